@@ -1,0 +1,161 @@
+"""``TextDataModule``: the shared path from text sources to packed token batches.
+
+::
+
+    sources (datasets.IterableDataset of {"text": ...}) ── weighted interleave ── tokenize (in workers)
+        ── pack (EOS between documents) ── DataLoader ── {"input_ids": (B, T), "labels": (B, T)}
+
+Subclasses only say which sources exist (:meth:`sources`); hub, local and embedded text all go through the
+same ``datasets`` streaming code. Batches know nothing of the model: labels are unshifted copies of the
+inputs, ``-100`` where no loss is wanted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import datasets
+import lightning as L
+import torch
+from datasets.distributed import split_dataset_by_node
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from zoo.data.packing import PackedDataset
+from zoo.data.tokenizer import TokenizerSource
+
+
+class TextDataModule(L.LightningDataModule):
+    """Weighted text sources → tokenizer → packed fixed-length rows.
+
+    Args:
+        tokenizer: where the tokenizer comes from, e.g. :class:`zoo.data.TrainedBPE` or
+            :class:`zoo.data.PretrainedTokenizer`.
+        seq_len: tokens per row.
+        batch_size: rows per batch on each device.
+        num_workers: DataLoader worker processes (tokenization runs inside them).
+        seed: shuffling and interleaving seed.
+        shuffle_buffer: documents held in the shuffle buffer of each training source.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: TokenizerSource,
+        seq_len: int,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+    ) -> None:
+        super().__init__()
+        if seq_len < 2:
+            raise ValueError(f"data seq_len={seq_len} must be ≥ 2")
+        if batch_size < 1:
+            raise ValueError(f"data batch_size={batch_size} must be ≥ 1")
+        if num_workers < 0:
+            raise ValueError(f"data num_workers={num_workers} must be ≥ 0")
+        self.tokenizer_source = tokenizer
+        self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.tokenizer: Tokenizer | None = None
+
+    # ---- what subclasses provide -------------------------------------------------------------------------
+    def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:
+        """``(dataset, weight)`` pairs for ``split`` ("train" or "validation"); rows have a ``text`` column."""
+        raise NotImplementedError
+
+    def tokenizer_texts(self) -> Iterable[str]:
+        """Text a trained tokenizer learns from (default: one pass over the unweighted training sources)."""
+        for dataset, _ in self.sources("train"):
+            for row in dataset:
+                yield row["text"]
+
+    def fingerprint(self) -> str:
+        """Identifies the training text, so a trained tokenizer is cached per corpus."""
+        raise NotImplementedError
+
+    # ---- tokenizer ---------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:  # rank 0 only: trains (and caches) the tokenizer once
+        self.load_tokenizer()
+
+    def load_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            self.tokenizer = self.tokenizer_source.load(self.tokenizer_texts, self.fingerprint())
+        return self.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.load_tokenizer().get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.load_tokenizer().token_to_id(self.tokenizer_source.eos_token)
+
+    def setup(self, stage: str) -> None:
+        self.load_tokenizer()
+
+    # ---- the pipeline ------------------------------------------------------------------------------------
+    def _stream(self, split: str) -> datasets.IterableDataset:
+        pairs = self.sources(split)
+        train = split == "train"
+        streams = []
+        for i, (dataset, _) in enumerate(pairs):
+            dataset = dataset.select_columns(["text"])
+            if train:  # reshuffled each epoch, repeated forever: the trainer's max_steps ends the run
+                dataset = dataset.shuffle(seed=self.seed + i, buffer_size=self.shuffle_buffer).repeat(None)
+            streams.append(dataset)
+        weights = [w for _, w in pairs]
+        total = sum(weights)
+        stream = (
+            streams[0]
+            if len(streams) == 1
+            else datasets.interleave_datasets(
+                streams,
+                probabilities=[w / total for w in weights],
+                seed=self.seed,
+                stopping_strategy="all_exhausted" if train else "first_exhausted",
+            )
+        )
+        if self.trainer is not None and self.trainer.world_size > 1:
+            stream = split_dataset_by_node(stream, rank=self.trainer.global_rank, world_size=self.trainer.world_size)
+        tokenizer = self.load_tokenizer()
+
+        def tokenize(batch: dict) -> dict:
+            return {"input_ids": [e.ids for e in tokenizer.encode_batch(batch["text"], add_special_tokens=False)]}
+
+        return stream.map(tokenize, batched=True, batch_size=64, remove_columns=["text"])
+
+    def _loader(self, split: str) -> DataLoader:
+        if self.num_workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer was used
+        packed = PackedDataset(self._stream(split), seq_len=self.seq_len, eos_id=self.eos_id)
+        return DataLoader(
+            packed,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0 and split == "train",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    # ---- checkpoints carry the tokenizer, so a checkpoint alone can be evaluated or sampled ------------------
+    def state_dict(self) -> dict:
+        return {"tokenizer": self.load_tokenizer().to_str(), "eos_token": self.tokenizer_source.eos_token}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("tokenizer")
+        if saved is not None and saved != self.load_tokenizer().to_str():
+            raise ValueError(
+                "the checkpoint was trained with a different tokenizer than data.tokenizer gives now: resume with "
+                "the run's original data config (see config.yaml in its run folder)"
+            )

@@ -1,0 +1,80 @@
+"""The embedded default data module: prose and code from the Python standard library (see :mod:`zoo.data.corpus`)."""
+
+from __future__ import annotations
+
+import sys
+
+import datasets
+
+from zoo.data.base import TextDataModule
+from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_shards
+from zoo.data.tokenizer import TokenizerSource
+
+
+class StdlibCorpus(TextDataModule):
+    """Weighted mixture of the stdlib's English documentation (``prose``) and its source code (``code``).
+
+    A deterministic ``val_fraction`` of documents (by a hash of their path) is held out for validation.
+
+    Args:
+        tokenizer: see :class:`zoo.data.TextDataModule`.
+        seq_len: tokens per row.
+        batch_size: rows per batch on each device.
+        prose_weight: sampling weight of the documentation source.
+        code_weight: sampling weight of the source-code source.
+        val_fraction: share of documents held out for validation.
+        limit_files: read only the first N stdlib files (small corpora for tests).
+        num_workers: see :class:`zoo.data.TextDataModule`.
+        seed: see :class:`zoo.data.TextDataModule`.
+        shuffle_buffer: see :class:`zoo.data.TextDataModule`.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: TokenizerSource,
+        seq_len: int,
+        batch_size: int,
+        prose_weight: float = 0.5,
+        code_weight: float = 0.5,
+        val_fraction: float = 0.02,
+        limit_files: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+        )
+        for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
+            if weight < 0:
+                raise ValueError(f"data {name}={weight} must be ≥ 0")
+        if prose_weight + code_weight <= 0:
+            raise ValueError("data prose_weight and code_weight are both 0: give at least one a positive weight")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data val_fraction={val_fraction} must be in (0, 1), e.g. 0.02")
+        if limit_files is not None and limit_files < 1:
+            raise ValueError(f"data limit_files={limit_files} must be ≥ 1 or null (all files)")
+        self.weights = {"prose": prose_weight, "code": code_weight}
+        self.val_fraction, self.limit_files = val_fraction, limit_files
+
+    def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:
+        held_out = split != "train"
+        fraction = self.val_fraction
+        pairs = []
+        for kind in SOURCES:
+            if self.weights[kind] == 0:
+                continue
+            dataset = datasets.IterableDataset.from_generator(
+                stdlib_documents, gen_kwargs={"kind": kind, "shards": stdlib_shards(kind, self.limit_files)}
+            ).filter(lambda row: is_validation(row["id"], fraction) == held_out)
+            pairs.append((dataset, self.weights[kind]))
+        return pairs
+
+    def fingerprint(self) -> str:
+        return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}-{self.limit_files}-{self.val_fraction}"

@@ -1,0 +1,136 @@
+"""Tokenizers: a byte-level BPE trained on the run's own corpus, or an existing ``tokenizer.json``.
+
+Both are chosen in YAML (``data.init_args.tokenizer.class_path``) and return a ``tokenizers.Tokenizer``
+whose end-of-text token separates packed documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+EOS = "<|endoftext|>"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo"))
+
+
+class TokenizerSource:
+    """Where a data module's tokenizer comes from. ``eos_token`` separates documents when packing."""
+
+    eos_token: str = EOS
+
+    def load(self, texts: Callable[[], Iterable[str]], fingerprint: str) -> Tokenizer:
+        """Return the tokenizer; ``texts`` yields the training corpus (used only by trained tokenizers),
+        ``fingerprint`` identifies that corpus for caching."""
+        raise NotImplementedError
+
+
+class TrainedBPE(TokenizerSource):
+    """Byte-level BPE (GPT-2 style) trained with ``tokenizers`` on the data module's training split.
+
+    Trained once and cached under ``cache_dir`` (``$ZOO_CACHE`` or ``~/.cache/zoo``), keyed by the corpus
+    fingerprint and these settings.
+
+    Args:
+        vocab_size: final vocabulary, special tokens included; the model's ``vocab_size`` must be at least this.
+        min_frequency: pairs seen fewer times are never merged.
+        special_tokens: added first, so their ids are 0, 1, …; the first is the end-of-text token.
+        cache_dir: where trained tokenizers are kept (``None`` = the default cache).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        min_frequency: int = 2,
+        special_tokens: list[str] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        special_tokens = [EOS] if special_tokens is None else list(special_tokens)
+        if not special_tokens:
+            raise ValueError("TrainedBPE special_tokens=[] needs at least the end-of-text token, e.g. ['<|endoftext|>']")
+        min_vocab = 256 + len(special_tokens)
+        if vocab_size < min_vocab:
+            raise ValueError(
+                f"TrainedBPE vocab_size={vocab_size} is below the {min_vocab} byte-level symbols and special "
+                f"tokens: use vocab_size ≥ {min_vocab}"
+            )
+        self.vocab_size, self.min_frequency, self.special_tokens = vocab_size, min_frequency, special_tokens
+        self.eos_token = special_tokens[0]
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    def load(self, texts: Callable[[], Iterable[str]], fingerprint: str) -> Tokenizer:
+        key = json.dumps([fingerprint, self.vocab_size, self.min_frequency, self.special_tokens])
+        path = self.cache_dir / "tokenizers" / f"bpe-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if path.exists():
+            return Tokenizer.from_file(str(path))
+        tokenizer = train_bpe(
+            texts(), vocab_size=self.vocab_size, min_frequency=self.min_frequency, special_tokens=self.special_tokens
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tokenizer.save(str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file
+        return tokenizer
+
+
+class PretrainedTokenizer(TokenizerSource):
+    """An existing tokenizer: a local ``tokenizer.json`` (or a directory holding one), or a hub repository id
+    (needs the network).
+
+    Args:
+        path: file, directory, or hub id such as ``gpt2``.
+        eos_token: the token that ends documents (GPT-2: ``<|endoftext|>``; Llama: ``</s>``).
+    """
+
+    def __init__(self, *, path: str, eos_token: str = EOS) -> None:
+        self.path, self.eos_token = path, eos_token
+
+    def load(self, texts: Callable[[], Iterable[str]], fingerprint: str) -> Tokenizer:
+        local = Path(self.path)
+        if local.is_dir():
+            local = local / "tokenizer.json"
+        if local.exists():
+            tokenizer = Tokenizer.from_file(str(local))
+        elif self.path.startswith((".", "/", "~")) or local.suffix == ".json":
+            raise ValueError(f"tokenizer path={self.path!r} does not exist: give a tokenizer.json or its directory")
+        else:
+            try:
+                tokenizer = Tokenizer.from_pretrained(self.path)
+            except Exception as err:  # the hub client raises several types; all mean "not reachable/found"
+                raise ValueError(
+                    f"tokenizer path={self.path!r} is neither a local file nor a reachable hub repository ({err}); "
+                    "offline, download its tokenizer.json elsewhere and give its local path"
+                ) from err
+        if tokenizer.token_to_id(self.eos_token) is None:
+            raise ValueError(
+                f"tokenizer {self.path!r} has no eos_token={self.eos_token!r}: set eos_token to one of its special "
+                "tokens"
+            )
+        return tokenizer
+
+
+def train_bpe(
+    texts: Iterable[str], *, vocab_size: int, min_frequency: int = 2, special_tokens: list[str] = (EOS,)
+) -> Tokenizer:
+    """Train a byte-level BPE: every byte is a base symbol, so any text round-trips exactly."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer

@@ -1,0 +1,40 @@
+"""Building blocks in plain PyTorch: no Lightning here. Every class is chosen in YAML by its ``class_path``."""
+
+from zoo.nn.attention import (
+    KERNELS,
+    ExclusiveGroupedQueryAttention,
+    GroupedQueryAttention,
+    KVCache,
+    eager_attention,
+    sdpa_attention,
+)
+from zoo.nn.block import PreNormBlock
+from zoo.nn.canon import Canon
+from zoo.nn.ffn import GatedFFN, GeGLU, GeluMLP, SwiGLU
+from zoo.nn.norm import LayerNorm, RMSNorm
+from zoo.nn.position import LearnedPositions, NoPositions, PositionEncoding, Rotary, apply_rotary
+from zoo.nn.transformer import DecodingCache, Transformer
+
+__all__ = [
+    "KERNELS",
+    "Canon",
+    "DecodingCache",
+    "ExclusiveGroupedQueryAttention",
+    "GatedFFN",
+    "GeGLU",
+    "GeluMLP",
+    "GroupedQueryAttention",
+    "KVCache",
+    "LayerNorm",
+    "LearnedPositions",
+    "NoPositions",
+    "PositionEncoding",
+    "PreNormBlock",
+    "RMSNorm",
+    "Rotary",
+    "SwiGLU",
+    "Transformer",
+    "apply_rotary",
+    "eager_attention",
+    "sdpa_attention",
+]

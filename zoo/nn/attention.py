@@ -1,0 +1,201 @@
+"""Attention: one grouped-query module and swappable inner kernels.
+
+``GroupedQueryAttention`` owns the projections, rotary embedding, QK-norm, Canon-B and the KV cache. The
+inner computation ``softmax(q kᵀ · scale + mask) v`` is a *kernel*, a plain function with a fixed
+signature, so SDPA, the eager reference or any future kernel can be swapped without touching the module::
+
+    kernel(q, k, v, *, causal, mask, scale) -> out
+        q: (B, H, T, D)   k, v: (B, Hkv, S, D)   mask: (B or 1, 1, T, S) bool, True = may attend, or None
+        out: (B, H, T, D)
+
+Query head ``h`` reads key/value head ``h // (H / Hkv)``: MHA is ``Hkv = H``, MQA is ``Hkv = 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.nn.position import apply_rotary
+
+
+class AttentionKernel(Protocol):
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, mask: Tensor | None, scale: float
+    ) -> Tensor: ...
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, mask: Tensor | None, scale: float) -> Tensor:
+    """Reference kernel: materialises the score matrix in fp32. Slow; every other kernel is tested against it."""
+    n_rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, D)
+    v = v.repeat_interleave(n_rep, dim=1)
+    scores = torch.einsum("bhtd,bhsd->bhts", q.float(), k.float()) * scale  # (B, H, T, S)
+    T, S = scores.shape[-2:]
+    if causal:  # query t sits at absolute position S - T + t and sees keys 0..S-T+t
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).nan_to_num(0.0)  # a fully masked row gives zeros, not NaN
+    return torch.einsum("bhts,bhsd->bhtd", probs, v.float()).to(q.dtype)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, mask: Tensor | None, scale: float) -> Tensor:
+    """PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient / C++ kernels by device).
+
+    Grouped K/V heads are read in place (``enable_gqa``), never copied to the query head count.
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    if causal and T != S:  # SDPA's is_causal aligns the mask top-left; with a cache it must align bottom-right
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        mask = allowed if mask is None else mask & allowed
+        causal = False
+    if causal and mask is not None:
+        mask = mask & torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        causal = False
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
+KERNELS: dict[str, AttentionKernel] = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated to ``max_len`` positions.
+
+    ``length`` is the number of positions already written; ``append`` writes the new ones and returns the
+    whole valid prefix.
+    """
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, *, device, dtype) -> None:
+        self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:  # (B, Hkv, T, D) -> (B, Hkv, S, D)
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; writing up to {end} overflows it")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class GroupedQueryAttention(nn.Module):
+    """Multi-head attention with grouped key/value heads (Ainslie et al., 2023); MHA and MQA are special cases.
+
+    Args:
+        dim: model width (given by the block).
+        n_heads: query heads.
+        n_kv_heads: key/value heads; must divide ``n_heads`` (``None`` = ``n_heads``, i.e. MHA; 1 = MQA).
+        head_dim: size of each head (``None`` = ``dim // n_heads``).
+        causal: mask future positions (autoregressive); ``False`` for bidirectional (masked diffusion).
+        bias: biases on the q/k/v and output projections.
+        qk_norm: optional norm factory applied to each query and key head (over ``head_dim``) before RoPE.
+        canon: optional Canon-B factory applied to the concatenated q/k/v projection.
+        kernel: ``sdpa`` (default) or ``eager`` (the reference); see :data:`KERNELS`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        causal: bool = True,
+        bias: bool = False,
+        qk_norm: Callable[[int], nn.Module] | None = None,
+        canon: Callable[[int], nn.Module] | None = None,
+        kernel: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads < 1 or n_kv_heads < 1:
+            raise ValueError(f"n_heads={n_heads} and n_kv_heads={n_kv_heads} must be ≥ 1")
+        if n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}: "
+                f"choose n_kv_heads among {[d for d in range(1, n_heads + 1) if n_heads % d == 0]}"
+            )
+        if head_dim is None:
+            if dim % n_heads:
+                raise ValueError(
+                    f"dim={dim} is not divisible by n_heads={n_heads}: change one of them or set head_dim explicitly"
+                )
+            head_dim = dim // n_heads
+        if kernel not in KERNELS:
+            raise ValueError(f"attention kernel={kernel!r} is unknown; choose one of {sorted(KERNELS)}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.causal, self.kernel = causal, kernel
+        self.q_size, self.kv_size = n_heads * head_dim, n_kv_heads * head_dim
+        self.qkv = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=bias)  # one matmul for q, k and v
+        self.out = nn.Linear(self.q_size, dim, bias=bias)
+        self.out.is_residual_projection = True
+        self.q_norm = qk_norm(head_dim) if qk_norm is not None else None
+        self.k_norm = qk_norm(head_dim) if qk_norm is not None else None
+        self.canon = canon(self.q_size + 2 * self.kv_size) if canon is not None else None
+
+    def forward(
+        self,
+        x: Tensor,  # (B, T, C)
+        *,
+        rope: tuple[Tensor, Tensor] | None = None,  # cos, sin: (T, R/2) at the absolute positions of x
+        mask: Tensor | None = None,  # (B or 1, 1, T, S) bool, True = may attend; combined with `causal`
+        cache: dict | None = None,  # this layer's decoding state; None = whole sequence from position 0
+    ) -> Tensor:  # (B, T, C)
+        B, T, _ = x.shape
+        qkv = self.qkv(x)  # (B, T, (H + 2·Hkv)·D)
+        if self.canon is not None:
+            qkv = self.canon(qkv, None if cache is None else cache.setdefault("canon_b", {}))
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache["kv"].append(k, v)  # (B, Hkv, S, D)
+        y = KERNELS[self.kernel](q, k, v, causal=self.causal, mask=mask, scale=self.head_dim**-0.5)  # (B, H, T, D)
+        y = self.combine_heads(y, v)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.q_size))
+
+    def combine_heads(self, y: Tensor, v: Tensor) -> Tensor:
+        """Hook between the kernel and the output projection; identity here. y: (B, H, T, D), v: (B, Hkv, S, D)."""
+        return y
+
+    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> dict:
+        return {"kv": KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)}
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+            f"causal={self.causal}, kernel={self.kernel!r}"
+        )
+
+
+class ExclusiveGroupedQueryAttention(GroupedQueryAttention):
+    """Identical to :class:`GroupedQueryAttention` except: each head's output has its component along its own
+    value vector removed before the output projection (exclusive self-attention, the "XGQA" of GPT-S-5M).
+
+    With ``v̂ = v_t / ‖v_t‖`` the value of the query's own position, the head output becomes
+    ``y − (y · v̂) v̂``, so attention carries only information *other* than the token's own value. It adds no
+    parameters. Under grouping each query head uses the value head it reads from.
+    """
+
+    def combine_heads(self, y: Tensor, v: Tensor) -> Tensor:
+        B, H, T, D = y.shape
+        own_v = v[:, :, v.shape[2] - T :]  # the values at the queries' own positions: (B, Hkv, T, D)
+        unit = F.normalize(own_v.float(), dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, D), broadcast over the group
+        y32 = y.float().view(B, self.n_kv_heads, H // self.n_kv_heads, T, D)  # (B, Hkv, H/Hkv, T, D)
+        y32 = y32 - (y32 * unit).sum(-1, keepdim=True) * unit
+        return y32.view(B, H, T, D).to(y.dtype)

@@ -1,0 +1,61 @@
+"""Transformer blocks: how attention, FFN, norms and Canon layers are wired around the residual stream.
+
+A block is built by a factory ``Callable[[int], nn.Module]`` that receives the model width; its own
+components are factories too, so YAML composes a block without code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+
+class PreNormBlock(nn.Module):
+    """Pre-norm residual block (GPT-2, Llama)::
+
+        x ──┬──────────────────────────────────────────(+)──┬──────────────────────────────────(+)──▶
+            └─ norm ─ [Canon-A] ─ attention(rope, mask) ─┘   └─ norm ─ [Canon-C] ─ ffn ─────────┘
+
+    Args:
+        dim: model width (given by the backbone).
+        attention: factory of the attention module, e.g. :class:`zoo.nn.GroupedQueryAttention`.
+        ffn: factory of the feed-forward module, e.g. :class:`zoo.nn.SwiGLU`.
+        norm: factory of the two norms, e.g. :class:`zoo.nn.RMSNorm`.
+        canon_a: optional Canon layer factory before attention (after its norm).
+        canon_c: optional Canon layer factory before the FFN (after its norm).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        attention: Callable[[int], nn.Module],
+        ffn: Callable[[int], nn.Module],
+        norm: Callable[[int], nn.Module],
+        canon_a: Callable[[int], nn.Module] | None = None,
+        canon_c: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.attention_norm = norm(dim)
+        self.canon_a = canon_a(dim) if canon_a is not None else None
+        self.attention = attention(dim)
+        self.ffn_norm = norm(dim)
+        self.canon_c = canon_c(dim) if canon_c is not None else None
+        self.ffn = ffn(dim)
+
+    def forward(
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+    ) -> Tensor:  # (B, T, C) -> (B, T, C)
+        h = self.attention_norm(x)
+        if self.canon_a is not None:
+            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
+        x = x + self.attention(h, rope=rope, mask=mask, cache=cache)
+        h = self.ffn_norm(x)
+        if self.canon_c is not None:
+            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
+        return x + self._ffn(h, cache)
+
+    def _ffn(self, h: Tensor, cache: dict | None) -> Tensor:
+        # Only FFNs with internal state (Canon-D) take the cache.
+        return self.ffn(h, cache) if getattr(self.ffn, "canon", None) is not None else self.ffn(h)

@@ -1,0 +1,158 @@
+"""The backbone: token embedding → blocks → final norm → LM head.
+
+::
+
+    input_ids (B, T)
+        │ embed (+ position.absolute)            (B, T, C)
+        ▼
+    block × n_layers   ◀── rope tables (cos, sin) computed once per forward from position.rotary
+        │                                        (B, T, C)
+    final norm ─ head (tied to embed or not)     (B, T, V)
+
+Initialisation (GPT-2 / nanoGPT): every Linear and Embedding weight ~ N(0, ``init_std``), biases zero,
+norms at their identity; projections that write into the residual stream (attention output, FFN down)
+~ N(0, ``init_std / sqrt(2 · n_layers)``) when ``scale_residual_init`` (so the stream's variance does not
+grow with depth). Modules mark such projections with ``is_residual_projection = True``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from zoo.nn.position import PositionEncoding
+
+
+class Transformer(nn.Module):
+    """A decoder-style transformer backbone with pluggable blocks, norm and position encoding.
+
+    Args:
+        vocab_size: rows of the embedding and LM head; must be ≥ the tokenizer's vocabulary.
+        dim: model width C.
+        n_layers: number of blocks.
+        max_seq_len: longest sequence (training or prompt + generation) the model accepts.
+        block: factory ``block(dim)`` of one block, e.g. :class:`zoo.nn.PreNormBlock`; called once per layer.
+        norm: factory ``norm(dim)`` of the final norm.
+        position: factory ``position(dim, head_dim, max_seq_len)``: :class:`zoo.nn.Rotary`,
+            :class:`zoo.nn.LearnedPositions` or :class:`zoo.nn.NoPositions`.
+        tie_embeddings: share the embedding matrix with the LM head.
+        init_std: standard deviation of the normal initialisation.
+        scale_residual_init: divide the std of residual projections by ``sqrt(2 · n_layers)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        dim: int,
+        n_layers: int,
+        max_seq_len: int,
+        block: Callable[[int], nn.Module],
+        norm: Callable[[int], nn.Module],
+        position: Callable[[int, int, int], PositionEncoding],
+        tie_embeddings: bool = True,
+        init_std: float = 0.02,
+        scale_residual_init: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("dim", dim), ("n_layers", n_layers)):
+            if value < 1:
+                raise ValueError(f"Transformer {name}={value} must be ≥ 1")
+        if max_seq_len < 1:
+            raise ValueError(f"Transformer max_seq_len={max_seq_len} must be ≥ 1")
+        self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
+        self.tie_embeddings, self.init_std, self.scale_residual_init = tie_embeddings, init_std, scale_residual_init
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.ModuleList(block(dim) for _ in range(n_layers))
+        self.head_dim = self.blocks[0].attention.head_dim
+        self.position = position(dim, self.head_dim, max_seq_len)
+        self.norm = norm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if getattr(module, "is_residual_projection", False) else self.init_std
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.init_std)
+            elif module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # norms, Canon, learned positions
+
+    def features(
+        self,
+        input_ids: Tensor,  # (B, T)
+        *,
+        mask: Tensor | None = None,  # (B or 1, 1, T, S) bool, True = may attend; extra to each layer's causality
+        cache: DecodingCache | None = None,
+    ) -> Tensor:  # (B, T, C), after the final norm
+        T = input_ids.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}: shorten the input "
+                "(data.seq_len / generation length) or build the model with a larger max_seq_len"
+            )
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        x = self.embed(input_ids)  # (B, T, C)
+        absolute = self.position.absolute(positions)
+        if absolute is not None:
+            x = x + absolute
+        rope = self.position.rotary(positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=rope, mask=mask, cache=cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+    def forward(
+        self, input_ids: Tensor, *, mask: Tensor | None = None, cache: DecodingCache | None = None
+    ) -> Tensor:  # (B, T) -> logits (B, T, V)
+        return self.head(self.features(input_ids, mask=mask, cache=cache))
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> DecodingCache:
+        """Empty decoding state for ``batch_size`` sequences of up to ``max_len`` (default ``max_seq_len``) tokens."""
+        max_len = self.max_seq_len if max_len is None else max_len
+        weight = self.embed.weight
+        layers = [
+            block.attention.new_cache(batch_size, max_len, device=weight.device, dtype=weight.dtype)
+            for block in self.blocks
+        ]
+        return DecodingCache(layers)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward) at context ``seq_len``, after PaLM (Chowdhery et al.,
+        2022, app. B): ``6·N + 12·L·(H·D)·T``. ``N`` counts every weight used in a matmul: all parameters but
+        the embedding tables, plus the LM head even when tied; the second term is attention's scores and
+        weighted sum (full, not halved for causality, as in the usual MFU convention)."""
+        n_matmul = self.num_parameters(embeddings=False) + self.head.weight.numel() * self.tie_embeddings
+        attention_width = sum(block.attention.n_heads * block.attention.head_dim for block in self.blocks)
+        return 6.0 * n_matmul + 12.0 * attention_width * seq_len
+
+    def num_parameters(self, *, embeddings: bool = True) -> int:
+        """Unique parameters; ``embeddings=False`` leaves out the token (and learned position) embeddings, and
+        the head when it is tied to them."""
+        params = {id(p): p for p in self.parameters()}
+        if not embeddings:
+            params.pop(id(self.embed.weight), None)
+            for p in self.position.parameters():
+                params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())
+
+
+class DecodingCache:
+    """Per-layer decoding state (KV cache, Canon buffers) and the number of positions already processed."""
+
+    def __init__(self, layers: list[dict]) -> None:
+        self.layers = layers
+        self.length = 0

@@ -1,0 +1,129 @@
+"""``LanguageModel``: what every training objective shares.
+
+Objectives differ only in :meth:`LanguageModel.loss` (masking, causality and the loss itself). Everything
+else lives here once: the training/validation step, logging, optimizer parameter groups, the per-step
+learning-rate schedule and checkpoint bookkeeping::
+
+    batch {"input_ids", "labels"} ─▶ loss(batch) = (mean loss, target tokens) ─▶ log ─▶ backward (Lightning)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from zoo.nn.transformer import Transformer
+from zoo.optim.groups import weight_decay_groups
+from zoo.optim.schedules import Constant, Schedule
+
+
+class LanguageModel(L.LightningModule):
+    """Base objective around a :class:`zoo.nn.Transformer` backbone.
+
+    Args:
+        backbone: the network (blocks, norm, positions), built from YAML by ``class_path``.
+        optimizer: optimizer factory called with the parameter groups, e.g. ``torch.optim.AdamW`` with its
+            ``lr``, ``betas``, ``weight_decay``; weight decay applies to matrices only (see
+            :func:`zoo.optim.weight_decay_groups`).
+        schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Transformer,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        schedule: Schedule | None = None,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # built in Python (not by the CLI), the backbone is in the state dict
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("backbone"), torch.nn.Module):
+            self.remove_ignored_hparams(["backbone", "optimizer", "schedule"])
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.schedule = schedule if schedule is not None else Constant()
+        self.val_loss = MeanMetric()
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
+        self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
+
+    # ---- what subclasses define ----------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Return (mean loss over target tokens, number of target tokens)."""
+        raise NotImplementedError
+
+    # ---- the shared step -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        vocab = getattr(datamodule, "vocab_size", None)
+        if vocab is not None and vocab > self.backbone.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {vocab} tokens but model backbone.vocab_size={self.backbone.vocab_size}: "
+                f"set backbone.vocab_size ≥ {vocab} or train a smaller tokenizer (data.tokenizer.vocab_size)"
+            )
+        seq_len = getattr(datamodule, "seq_len", None)
+        if seq_len is not None and seq_len > self.backbone.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={seq_len} exceeds backbone.max_seq_len={self.backbone.max_seq_len}: "
+                f"lower data.seq_len or raise backbone.max_seq_len"
+            )
+        if seq_len is not None:
+            tokens = seq_len * getattr(datamodule, "batch_size", 1)
+            self.flops_per_batch = self.backbone.flops_per_token(seq_len) * tokens
+
+    def forward(self, input_ids: Tensor, **kwargs) -> Tensor:
+        return self.backbone(input_ids, **kwargs)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self.loss(batch)
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", loss.detach().exp())
+        self.log("train/tokens_seen", self.tokens_seen.float())
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, n_tokens = self.loss(batch)
+        self.val_loss.update(loss, weight=n_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)  # MeanMetric already reduced across ranks
+        self.log("val/ppl", loss.exp())
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss)
+        self.log("test/ppl", loss.exp())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:  # the norm before clipping
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    # ---- optimization --------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(weight_decay_groups(self.backbone))
+        total = self.trainer.max_steps
+        if total is None or total < 0:
+            if not isinstance(self.schedule, Constant) or self.schedule.warmup_steps:
+                raise ValueError(
+                    "trainer.max_steps is not set, but the learning-rate schedule needs the run's length: "
+                    "set --trainer.max_steps N"
+                )
+            total = math.inf
+        scheduler = self.schedule.build(optimizer, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
