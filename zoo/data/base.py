@@ -97,35 +97,39 @@ class TextDataModule(L.LightningDataModule):
         self.load_tokenizer()
 
     # ---- the pipeline ------------------------------------------------------------------------------------
-    def _stream(self, split: str) -> datasets.IterableDataset:
+    def mixed_text(self, split: str) -> datasets.IterableDataset:
+        """The weighted interleaving of :meth:`sources`: rows ``{"text", "source"}`` (``source`` = index of the
+        source the row came from), sharded across DDP ranks. Training sources repeat forever."""
         pairs = self.sources(split)
         train = split == "train"
         streams = []
         for i, (dataset, _) in enumerate(pairs):
-            dataset = dataset.select_columns(["text"])
+            dataset = dataset.select_columns(["text"]).map(lambda row, i=i: {"source": i})
             if train:  # reshuffled each epoch, repeated forever: the trainer's max_steps ends the run
                 dataset = dataset.shuffle(seed=self.seed + i, buffer_size=self.shuffle_buffer).repeat(None)
             streams.append(dataset)
         weights = [w for _, w in pairs]
-        total = sum(weights)
         stream = (
             streams[0]
             if len(streams) == 1
             else datasets.interleave_datasets(
                 streams,
-                probabilities=[w / total for w in weights],
+                probabilities=[w / sum(weights) for w in weights],
                 seed=self.seed,
                 stopping_strategy="all_exhausted" if train else "first_exhausted",
             )
         )
         if self.trainer is not None and self.trainer.world_size > 1:
             stream = split_dataset_by_node(stream, rank=self.trainer.global_rank, world_size=self.trainer.world_size)
+        return stream
+
+    def _stream(self, split: str) -> datasets.IterableDataset:
         tokenizer = self.load_tokenizer()
 
         def tokenize(batch: dict) -> dict:
             return {"input_ids": [e.ids for e in tokenizer.encode_batch(batch["text"], add_special_tokens=False)]}
 
-        return stream.map(tokenize, batched=True, batch_size=64, remove_columns=["text"])
+        return self.mixed_text(split).map(tokenize, batched=True, batch_size=64, remove_columns=["text", "source"])
 
     def _loader(self, split: str) -> DataLoader:
         if self.num_workers > 0:

@@ -10,6 +10,8 @@ from zoo.data.base import TextDataModule
 from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import TokenizerSource
 
+FEATURES = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string")})
+
 
 class StdlibCorpus(TextDataModule):
     """Weighted mixture of the stdlib's English documentation (``prose``) and its source code (``code``).
@@ -71,7 +73,9 @@ class StdlibCorpus(TextDataModule):
             if self.weights[kind] == 0:
                 continue
             dataset = datasets.IterableDataset.from_generator(
-                stdlib_documents, gen_kwargs={"kind": kind, "shards": stdlib_shards(kind, self.limit_files)}
+                stdlib_documents,
+                gen_kwargs={"kind": kind, "shards": stdlib_shards(kind, self.limit_files)},
+                features=FEATURES,  # declared, so datasets never reads rows ahead to infer them
             ).filter(lambda row: is_validation(row["id"], fraction) == held_out)
             pairs.append((dataset, self.weights[kind]))
         return pairs

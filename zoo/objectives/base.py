@@ -9,6 +9,7 @@ learning-rate schedule and checkpoint bookkeeping::
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 
@@ -53,6 +54,24 @@ class LanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
         self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **kwargs) -> LanguageModel:
+        """Load a checkpoint written by ``python -m zoo fit`` as the objective class it was trained with
+        (``LanguageModel.from_checkpoint`` returns a ``CausalLM`` for a causal-LM run). ``kwargs`` go to
+        Lightning's ``load_from_checkpoint`` (e.g. ``map_location``)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+        if class_path is None:
+            raise ValueError(
+                f"checkpoint {path} has no recorded objective class (it was not written by `python -m zoo fit`): "
+                "build the objective in Python and use load_from_checkpoint(path, backbone=...)"
+            )
+        module_name, _, name = class_path.rpartition(".")
+        target = getattr(importlib.import_module(module_name), name)
+        if not (isinstance(target, type) and issubclass(target, cls)):
+            raise ValueError(f"checkpoint {path} holds a {class_path}, which is not a {cls.__name__}")
+        return target.load_from_checkpoint(path, **kwargs)
 
     # ---- what subclasses define ----------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

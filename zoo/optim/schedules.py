@@ -21,7 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class Schedule:
-    """Base class. ``multiplier(step, total_steps)`` in [0, 1] scales the peak learning rate."""
+    """Base class: a linear warmup from 0 to the peak over ``warmup_steps``, then :meth:`after_warmup`
+    in [0, 1] interpolates between ``min_lr`` (0) and the peak (1)."""
 
     def __init__(self, *, warmup_steps: int = 0, min_lr: float = 0.0) -> None:
         if warmup_steps < 0:
@@ -30,8 +31,14 @@ class Schedule:
             raise ValueError(f"schedule min_lr={min_lr} must be ≥ 0")
         self.warmup_steps, self.min_lr = warmup_steps, min_lr
 
-    def multiplier(self, step: int, total_steps: int) -> float:
+    def after_warmup(self, step: int, total_steps: int) -> float:
         raise NotImplementedError
+
+    def multiplier(self, step: int, total_steps: int, floor: float = 0.0) -> float:
+        """Learning rate at ``step`` as a fraction of the peak; ``floor`` = ``min_lr / peak``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return floor + (1.0 - floor) * self.after_warmup(step, total_steps)
 
     def build(self, optimizer: Optimizer, total_steps: int) -> LambdaLR:
         if total_steps <= self.warmup_steps:
@@ -42,20 +49,16 @@ class Schedule:
 
         def for_group(peak: float):
             floor = min(self.min_lr / peak, 1.0) if peak > 0 else 0.0
-            return lambda step: floor + (1.0 - floor) * self.multiplier(step, total_steps)
+            return lambda step: self.multiplier(step, total_steps, floor)
 
         return LambdaLR(optimizer, [for_group(group["lr"]) for group in optimizer.param_groups])
-
-    def _warmup(self, step: int) -> float | None:
-        return (step + 1) / self.warmup_steps if step < self.warmup_steps else None
 
 
 class Constant(Schedule):
     """Linear warmup, then the peak learning rate until the end."""
 
-    def multiplier(self, step: int, total_steps: int) -> float:
-        warm = self._warmup(step)
-        return warm if warm is not None else 1.0
+    def after_warmup(self, step: int, total_steps: int) -> float:
+        return 1.0
 
 
 class WarmupCosine(Schedule):
@@ -66,10 +69,7 @@ class WarmupCosine(Schedule):
         min_lr: learning rate at the end (absolute, not a ratio).
     """
 
-    def multiplier(self, step: int, total_steps: int) -> float:
-        warm = self._warmup(step)
-        if warm is not None:
-            return warm
+    def after_warmup(self, step: int, total_steps: int) -> float:
         progress = min((step - self.warmup_steps) / max(total_steps - self.warmup_steps, 1), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -94,10 +94,7 @@ class WarmupStableDecay(Schedule):
             raise ValueError(f"WarmupStableDecay decay_shape={decay_shape!r} must be 'linear' or '1-sqrt'")
         self.decay_start, self.decay_shape = decay_start, decay_shape
 
-    def multiplier(self, step: int, total_steps: int) -> float:
-        warm = self._warmup(step)
-        if warm is not None:
-            return warm
+    def after_warmup(self, step: int, total_steps: int) -> float:
         start = max(int(self.decay_start * total_steps), self.warmup_steps)
         if step < start:
             return 1.0

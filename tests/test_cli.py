@@ -1,0 +1,108 @@
+"""`python -m zoo` end to end: a few steps of `fit` write TensorBoard events, a checkpoint and the config."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = [
+    "--config", "configs/quickstart.yaml",
+    "--trainer.max_steps", "3",
+    "--trainer.val_check_interval", "3",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--model.backbone.dim", "32",
+    "--model.backbone.n_layers", "2",
+    "--model.backbone.vocab_size", "300",
+    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
+    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
+    "--model.schedule.init_args.warmup_steps", "1",
+    "--data.tokenizer.init_args.vocab_size", "300",
+    "--data.seq_len", "32",
+    "--data.batch_size", "2",
+    "--data.limit_files", "30",
+    "--data.val_fraction", "0.2",
+]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def zoo(*args, cache, check=True):
+    env = {"ZOO_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "zoo", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    swap = [
+        "--model.backbone.block.init_args.attention.class_path", "zoo.nn.ExclusiveGroupedQueryAttention",
+        "--model.backbone.block.init_args.norm", "zoo.nn.LayerNorm",
+    ]
+    result = zoo("fit", *TINY, *swap, "--trainer.default_root_dir", str(tmp), cache=tmp)
+    return tmp, result
+
+
+def test_fit_writes_events_checkpoint_and_config(run):
+    tmp, _ = run
+    version = tmp / "lightning_logs" / "version_0"
+    assert list(version.glob("events.out.tfevents.*"))
+    assert (version / "config.yaml").exists()
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert ckpt["state_dict"]["tokens_seen"].item() == 3 * 2 * 32
+
+
+def test_block_swap_from_the_command_line(run):
+    tmp, _ = run
+    config = (tmp / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "zoo.nn.ExclusiveGroupedQueryAttention" in config and "zoo.nn.LayerNorm" in config
+
+
+def test_tensorboard_has_training_scalars(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, _ = run
+    events = EventAccumulator(str(tmp / "lightning_logs" / "version_0"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_seen", "val/loss", "val/ppl"} <= tags
+
+
+def test_checkpoint_reloads_without_the_config(run):
+    from zoo.objectives import LanguageModel
+
+    tmp, _ = run
+    model = LanguageModel.from_checkpoint(tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    assert type(model).__name__ == "CausalLM" and model.backbone.dim == 32
+    assert type(model.backbone.blocks[0].attention).__name__ == "ExclusiveGroupedQueryAttention"
+
+
+def test_print_config_and_bad_class_path(tmp_path):
+    printed = zoo("fit", "--config", "configs/quickstart.yaml", "--print_config", cache=tmp_path)
+    assert "zoo.nn.GroupedQueryAttention" in printed.stdout
+    bad = zoo(
+        "fit", "--config", "configs/quickstart.yaml",
+        "--model.backbone.block.init_args.attention.class_path", "zoo.nn.NoSuchAttention",
+        cache=tmp_path, check=False,
+    )
+    assert bad.returncode != 0 and "zoo.nn.NoSuchAttention" in bad.stderr
+
+
+def test_bad_value_fails_before_training(tmp_path):
+    bad = zoo(
+        "fit", *TINY, "--model.backbone.block.init_args.attention.init_args.n_kv_heads", "3",
+        "--trainer.default_root_dir", str(tmp_path), cache=tmp_path, check=False,
+    )
+    assert bad.returncode != 0 and "n_heads=4 is not divisible by n_kv_heads=3" in bad.stderr
+    assert not (tmp_path / "lightning_logs").exists() or not list(tmp_path.glob("lightning_logs/*/checkpoints"))
+
+
+def test_unknown_command(tmp_path):
+    bad = zoo("train", cache=tmp_path, check=False)
+    assert bad.returncode != 0 and "unknown command 'train'" in bad.stderr
