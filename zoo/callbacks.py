@@ -14,10 +14,11 @@ def _tokens(batch: dict) -> int:
 
 
 class TokenThroughput(ThroughputMonitor):
-    """Lightning's ``ThroughputMonitor`` told how to count a zoo batch: logs ``train/tokens_per_sec``,
-    ``train/samples_per_sec``, their ``train/device/…`` per-device twins, and ``train/device/mfu`` when the
-    accelerator's peak FLOP/s is known (Lightning's table, or ``available_flops``), from the objective's
-    ``flops_per_batch``.
+    """Lightning's ``ThroughputMonitor`` told how to count a zoo batch.
+
+    Logs ``train/device/tokens_per_sec`` and ``…/samples_per_sec`` (all-device figures too when several
+    devices train), and ``train/device/mfu`` when the accelerator's peak FLOP/s is known (Lightning's table,
+    or ``available_flops``), from the objective's ``flops_per_batch``.
 
     Args:
         window_size: batches averaged for each figure.
@@ -30,7 +31,16 @@ class TokenThroughput(ThroughputMonitor):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.flops_override is not None:  # Lightning reads the peak from its device table; replace it
-            self.available_flops = self.flops_override
-            for throughput in self._throughputs.values():
+        for throughput in self._throughputs.values():
+            if self.flops_override is not None:  # Lightning reads the peak from its device table; replace it
                 throughput.available_flops = self.flops_override
+            throughput.compute = _tokens_named(throughput.compute)
+
+
+def _tokens_named(compute):
+    """Lightning counts a batch's length in generic "items"; here an item is a token, so say so in the logs."""
+
+    def renamed() -> dict:
+        return {k.replace("items", "tokens").replace("lengths", "tokens"): v for k, v in compute().items()}
+
+    return renamed

@@ -5,4 +5,12 @@ from zoo.data.packing import PackedDataset
 from zoo.data.stdlib import StdlibCorpus
 from zoo.data.tokenizer import PretrainedTokenizer, TokenizerSource, TrainedBPE, train_bpe
 
-__all__ = ["PackedDataset", "PretrainedTokenizer", "StdlibCorpus", "TextDataModule", "TokenizerSource", "TrainedBPE", "train_bpe"]
+__all__ = [
+    "PackedDataset",
+    "PretrainedTokenizer",
+    "StdlibCorpus",
+    "TextDataModule",
+    "TokenizerSource",
+    "TrainedBPE",
+    "train_bpe",
+]

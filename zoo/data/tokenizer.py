@@ -55,7 +55,7 @@ class TrainedBPE(TokenizerSource):
     ) -> None:
         special_tokens = [EOS] if special_tokens is None else list(special_tokens)
         if not special_tokens:
-            raise ValueError("TrainedBPE special_tokens=[] needs at least the end-of-text token, e.g. ['<|endoftext|>']")
+            raise ValueError("TrainedBPE special_tokens=[] needs the end-of-text token, e.g. ['<|endoftext|>']")
         min_vocab = 256 + len(special_tokens)
         if vocab_size < min_vocab:
             raise ValueError(
