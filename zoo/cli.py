@@ -7,8 +7,8 @@ later files override earlier ones), ``--print_config``, and ``class_path`` choic
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -39,8 +39,13 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(TokenThroughput, "throughput")
 
 
-# zoo's own subcommands: name -> (one-line help, main(argv)). Lightning's subcommands go to ZooCLI.
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {}
+# zoo's own subcommands: name -> (one-line help, "module:function" taking argv). Imported only when called, so
+# `python -m zoo fit` does not pay for transformers or the samplers. Lightning's subcommands go to ZooCLI.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("architecture and parameter count of a model config, without allocating weights", "zoo.info:main"),
+    "export": ("write a checkpoint as a Hugging Face transformers directory", "zoo.interop.export:main"),
+    "generate": ("sample from an autoregressive or masked-diffusion checkpoint", "zoo.generation.cli:main"),
+}
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = argv  # None: LightningCLI reads sys.argv itself (and warns when given both)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        COMMANDS[argv[0]][1](argv[1:])
+        module_name, _, function = COMMANDS[argv[0]][1].partition(":")
+        getattr(importlib.import_module(module_name), function)(argv[1:])
         return
     if argv and argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         known = ", ".join([*LIGHTNING_COMMANDS, *COMMANDS])

@@ -134,3 +134,22 @@ def train_bpe(
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
+
+
+def tokenizer_from_checkpoint(checkpoint: dict | str | os.PathLike) -> tuple[Tokenizer, str]:
+    """The tokenizer and end-of-text token a ``python -m zoo fit`` checkpoint was trained with.
+
+    Lightning saves the data module's ``state_dict`` under the module's class name; zoo's data modules put the
+    tokenizer's JSON there, so a checkpoint alone is enough to sample from, evaluate or export a model.
+    """
+    if not isinstance(checkpoint, dict):
+        import torch  # only here: this module is otherwise torch-free
+
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for value in checkpoint.values():
+        if isinstance(value, dict) and isinstance(value.get("tokenizer"), str):
+            return Tokenizer.from_str(value["tokenizer"]), value.get("eos_token", EOS)
+    raise ValueError(
+        "the checkpoint carries no tokenizer (it was not trained through a zoo data module): pass the "
+        "tokenizer explicitly, e.g. --tokenizer path/to/tokenizer.json"
+    )

@@ -120,6 +120,12 @@ class Transformer(nn.Module):
     ) -> Tensor:  # (B, T) -> logits (B, T, V)
         return self.head(self.features(input_ids, mask=mask, cache=cache))
 
+    def auxiliary_loss(self) -> Tensor | None:
+        """Sum of the ``aux_loss`` tensors that submodules (e.g. a routed FFN's load-balancing term) set during
+        the last forward pass, already scaled by their own coefficients; ``None`` when no module has one."""
+        losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+        return torch.stack(losses).sum() if losses else None
+
     def new_cache(self, batch_size: int, max_len: int | None = None) -> DecodingCache:
         """Empty decoding state for ``batch_size`` sequences of up to ``max_len`` (default ``max_seq_len``) tokens."""
         max_len = self.max_seq_len if max_len is None else max_len

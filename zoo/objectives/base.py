@@ -33,6 +33,8 @@ class LanguageModel(L.LightningModule):
             ``lr``, ``betas``, ``weight_decay``; weight decay applies to matrices only (see
             :func:`zoo.optim.weight_decay_groups`).
         schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
+        compile: compile the backbone with ``torch.compile`` for training (in place, so checkpoints keep their
+            parameter names); the first steps are slower while it compiles.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class LanguageModel(L.LightningModule):
         backbone: Transformer,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: Schedule | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # built in Python (not by the CLI), the backbone is in the state dict
@@ -54,6 +57,7 @@ class LanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
         self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
+        self.compile_backbone = compile
 
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs) -> LanguageModel:
@@ -96,18 +100,23 @@ class LanguageModel(L.LightningModule):
         if seq_len is not None:
             tokens = seq_len * getattr(datamodule, "batch_size", 1)
             self.flops_per_batch = self.backbone.flops_per_token(seq_len) * tokens
+        if self.compile_backbone and stage == "fit":
+            self.backbone.compile()  # nn.Module.compile: in place, state-dict keys unchanged
 
     def forward(self, input_ids: Tensor, **kwargs) -> Tensor:
         return self.backbone(input_ids, **kwargs)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self.loss(batch)
+        aux = self.backbone.auxiliary_loss()  # e.g. MoE load balancing: logged apart, added to what is optimized
+        if aux is not None:
+            self.log("train/aux_loss", aux)
         self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ppl", loss.detach().exp())
         self.log("train/tokens_seen", self.tokens_seen.float())
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        return loss
+        return loss if aux is None else loss + aux
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, n_tokens = self.loss(batch)

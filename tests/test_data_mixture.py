@@ -1,0 +1,99 @@
+"""The streamed mixture: local files through the same ``datasets`` path as the hub, weights, bad rows, hold-out."""
+
+import json
+from collections import Counter
+
+import datasets
+import huggingface_hub.constants
+import pytest
+import yaml
+
+from zoo.data import Mixture, Source, TrainedBPE
+
+
+@pytest.fixture
+def files(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with a.open("w") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": f"alpha document {i} " * 3}) + "\n")
+            if i % 50 == 0:  # bad rows: None, missing field, empty, not a string
+                for bad in ({"text": None}, {"other": "x"}, {"text": "  "}, {"text": 7}):
+                    f.write(json.dumps(bad) + "\n")
+    with b.open("w") as f:
+        for i in range(200):
+            f.write(json.dumps({"q": f"question {i}", "a": f"beta answer {i}"}) + "\n")
+    return str(a), str(b)
+
+
+def mixture(files, tmp_path, **kwargs):
+    a, b = files
+    sources = [
+        Source(data_files=a, weight=0.7, val_documents=10),
+        Source(data_files=b, template="{q}\n{a}", weight=0.3, val_documents=10),
+    ]
+    tokenizer = TrainedBPE(vocab_size=300, cache_dir=str(tmp_path / "tok"))
+    return Mixture(sources=sources, tokenizer=tokenizer, seq_len=16, batch_size=2, **kwargs)
+
+
+def test_realized_proportions_follow_weights(files, tmp_path):
+    counts = Counter(row["source"] for _, row in zip(range(2000), mixture(files, tmp_path).mixed_text("train")))
+    assert counts[0] / 2000 == pytest.approx(0.7, abs=0.04)
+
+
+def test_bad_rows_are_skipped_and_templates_fill_fields(files, tmp_path):
+    texts = [row["text"] for row in mixture(files, tmp_path).sources("train")[0][0]]
+    # 216 rows: the first 10 (6 good, 4 bad) are held out; of the rest, the 12 bad ones are skipped
+    assert len(texts) == 194
+    assert all(isinstance(t, str) and t.strip() for t in texts)
+    second = next(iter(mixture(files, tmp_path).sources("validation")[1][0]))
+    assert second["text"] == "question 0\nbeta answer 0"
+
+
+def test_validation_is_a_fixed_slice_never_trained_on(files, tmp_path):
+    dm = mixture(files, tmp_path)
+    held_out = {row["text"] for dataset, _ in dm.sources("validation") for row in dataset}
+    trained = {row["text"] for dataset, _ in dm.sources("train") for row in dataset}
+    assert len(held_out) == 16 and not held_out & trained
+    again = {row["text"] for dataset, _ in mixture(files, tmp_path).sources("validation") for row in dataset}
+    assert again == held_out
+
+
+def test_batches_are_packed_rows(files, tmp_path):
+    dm = mixture(files, tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (2, 16) and batch["input_ids"].max() < dm.vocab_size
+
+
+def test_unreachable_hub_source_says_how_to_go_offline(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"fineweb-edu.*data_files"):
+        Source(path="HuggingFaceFW/fineweb-edu", name="sample-100BT").load("train")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"data_files": "x.jsonl", "weight": -1.0}, "weight=-1.0"),
+        ({}, "neither path nor data_files"),
+        ({"data_files": "x.jsonl", "template": "no fields"}, "names no field"),
+    ],
+)
+def test_bad_source_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Source(**kwargs)
+
+
+def test_unknown_extension_asks_for_a_builder():
+    with pytest.raises(ValueError, match="set path to one of"):
+        Source(data_files="/data/corpus.xyz").builder()
+
+
+@pytest.mark.parametrize("preset", ["fineweb-edu-100bt", "gpt-s-mixture", "dhara-mixture"])
+def test_presets_are_valid_sources_with_weights_summing_to_one(preset):
+    rows = yaml.safe_load(open(f"configs/data/{preset}.yaml"))
+    sources = [Source(**row) for row in rows]
+    assert sum(s.weight for s in sources) == pytest.approx(1.0)
