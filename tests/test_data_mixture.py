@@ -43,19 +43,19 @@ def test_realized_proportions_follow_weights(files, tmp_path):
 
 def test_bad_rows_are_skipped_and_templates_fill_fields(files, tmp_path):
     texts = [row["text"] for row in mixture(files, tmp_path).sources("train")[0][0]]
-    # 216 rows: the first 10 (6 good, 4 bad) are held out; of the rest, the 12 bad ones are skipped
-    assert len(texts) == 194
-    assert all(isinstance(t, str) and t.strip() for t in texts)
+    # 216 rows: the first 10 (6 good, 4 bad) are held out; of the other 206, the 12 bad ones come out as None
+    assert len(texts) == 206 and sum(t is None for t in texts) == 12
+    assert all(isinstance(t, str) and t.strip() for t in texts if t is not None)
     second = next(iter(mixture(files, tmp_path).sources("validation")[1][0]))
     assert second["text"] == "question 0\nbeta answer 0"
 
 
 def test_validation_is_a_fixed_slice_never_trained_on(files, tmp_path):
     dm = mixture(files, tmp_path)
-    held_out = {row["text"] for dataset, _ in dm.sources("validation") for row in dataset}
-    trained = {row["text"] for dataset, _ in dm.sources("train") for row in dataset}
+    held_out = {row["text"] for dataset, _ in dm.sources("validation") for row in dataset} - {None}
+    trained = {row["text"] for dataset, _ in dm.sources("train") for row in dataset} - {None}
     assert len(held_out) == 16 and not held_out & trained
-    again = {row["text"] for dataset, _ in mixture(files, tmp_path).sources("validation") for row in dataset}
+    again = {row["text"] for dataset, _ in mixture(files, tmp_path).sources("validation") for row in dataset} - {None}
     assert again == held_out
 
 

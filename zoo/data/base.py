@@ -22,6 +22,7 @@ from datasets.distributed import split_dataset_by_node
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
+from zoo.data.loader import ResumableDataLoader
 from zoo.data.packing import PackedDataset
 from zoo.data.tokenizer import TokenizerSource
 
@@ -36,7 +37,8 @@ class TextDataModule(L.LightningDataModule):
         batch_size: rows per batch on each device.
         num_workers: DataLoader worker processes (tokenization runs inside them).
         seed: shuffling and interleaving seed.
-        shuffle_buffer: documents held in the shuffle buffer of each training source.
+        shuffle_buffer: tokenized documents held in the training stream's shuffle buffer (saved in checkpoints,
+            so resuming is exact).
     """
 
     def __init__(
@@ -70,7 +72,8 @@ class TextDataModule(L.LightningDataModule):
         """Text a trained tokenizer learns from (default: one pass over the unweighted training sources)."""
         for dataset, _ in self.sources("train"):
             for row in dataset:
-                yield row["text"]
+                if row["text"]:
+                    yield row["text"]
 
     def fingerprint(self) -> str:
         """Identifies the training text, so a trained tokenizer is cached per corpus."""
@@ -105,8 +108,9 @@ class TextDataModule(L.LightningDataModule):
         streams = []
         for i, (dataset, _) in enumerate(pairs):
             dataset = dataset.select_columns(["text"]).map(lambda row, i=i: {"source": i})
-            if train:  # reshuffled each epoch, repeated forever: the trainer's max_steps ends the run
-                dataset = dataset.shuffle(seed=self.seed + i, buffer_size=self.shuffle_buffer).repeat(None)
+            if train:  # shard order reshuffled, repeated forever: the trainer's max_steps ends the run. Documents
+                # are shuffled later, by the packer, whose buffer is saved in checkpoints (datasets' is not).
+                dataset = dataset.shuffle(seed=self.seed + i, buffer_size=1).repeat(None)
             streams.append(dataset)
         weights = [w for _, w in pairs]
         stream = (
@@ -126,22 +130,35 @@ class TextDataModule(L.LightningDataModule):
     def _stream(self, split: str) -> datasets.IterableDataset:
         tokenizer = self.load_tokenizer()
 
-        def tokenize(batch: dict) -> dict:
-            return {"input_ids": [e.ids for e in tokenizer.encode_batch(batch["text"], add_special_tokens=False)]}
+        def tokenize(batch: dict) -> dict:  # bad rows (text None) become input_ids None: skipped and counted
+            texts = batch["text"]
+            good = [i for i, text in enumerate(texts) if text]
+            encoded = tokenizer.encode_batch([texts[i] for i in good], add_special_tokens=False)
+            ids: list = [None] * len(texts)
+            for i, encoding in zip(good, encoded):
+                ids[i] = encoding.ids
+            return {"input_ids": ids}
 
         return self.mixed_text(split).map(tokenize, batched=True, batch_size=64, remove_columns=["text", "source"])
 
     def _loader(self, split: str) -> DataLoader:
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer was used
-        packed = PackedDataset(self._stream(split), seq_len=self.seq_len, eos_id=self.eos_id)
-        return DataLoader(
-            packed,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0 and split == "train",
+        train = split == "train"
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        packed = PackedDataset(
+            self._stream(split),
+            seq_len=self.seq_len,
+            eos_id=self.eos_id,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            seed=self.seed + 1000 * rank,
         )
+        kwargs = {"batch_size": self.batch_size, "num_workers": self.num_workers}
+        kwargs["pin_memory"] = torch.cuda.is_available()
+        if not train:  # validation restarts from its beginning every time
+            return DataLoader(packed, **kwargs)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return ResumableDataLoader(packed, world_size=world_size, persistent_workers=self.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -53,12 +53,23 @@ def _read(path: Path) -> str | None:
         return None  # a few stdlib files are latin-1 test fixtures or unreadable: skipped
 
 
+def _parse(source: str) -> ast.Module | None:
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SyntaxWarning)  # invalid escape sequences in old stdlib strings
+                return ast.parse(source)
+        except SyntaxError:
+            return None
+        except SystemError:  # CPython 3.11's spurious "AST constructor recursion depth mismatch" when threads
+            if attempt == 2:  # (DataLoader workers) parse at once; the parse itself is fine: try again
+                raise
+    return None
+
+
 def _docstrings(source: str) -> Iterator[str]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)  # invalid escape sequences in old stdlib strings
-            tree = ast.parse(source)
-    except SyntaxError:
+    tree = _parse(source)
+    if tree is None:
         return
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -117,7 +117,8 @@ class Source:
 class Mixture(TextDataModule):
     """Weighted, streamed mixture of :class:`Source` s (hub or local), e.g. GPT-S-5M's 55/30/15 mix.
 
-    Rows whose text is missing, ``None``, empty, not a string or undecodable are skipped.
+    Rows whose text is missing, ``None``, empty, not a string or undecodable are skipped and counted
+    (``data/skipped_rows`` in TensorBoard).
 
     Args:
         sources: the mixture's sources with their weights.
@@ -166,13 +167,14 @@ class Mixture(TextDataModule):
                 rows = spec.load(spec.split)
                 rows = rows.skip(spec.val_documents) if split == "train" else rows.take(spec.val_documents)
             texts = rows.map(lambda row, spec=spec: {"text": spec.text(row)}, remove_columns=rows.column_names)
-            pairs.append((texts.filter(lambda row: row["text"] is not None), spec.weight))
+            pairs.append((texts, spec.weight))  # bad rows keep text None: the packer skips and counts them
         return pairs
 
     def tokenizer_texts(self):
         for dataset, _ in self.sources("train"):
             for row in dataset.take(self.tokenizer_documents):
-                yield row["text"]
+                if row["text"]:
+                    yield row["text"]
 
     def fingerprint(self) -> str:
         spec = json.dumps([asdict(s) for s in self.source_specs], sort_keys=True)

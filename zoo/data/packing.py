@@ -5,41 +5,133 @@
     doc₁ EOS doc₂ EOS doc₃ …  ──▶  [ seq_len ][ seq_len ][ seq_len ] …   (the tail of a document carries over)
 
 Written here because packing with carry-over across documents is a streaming operation that neither
-``datasets`` nor Lightning provides for an iterable source.
+``datasets`` nor Lightning provides for an iterable source, and because exact resumption needs the packer's
+own state (the carried-over tokens, the shuffle buffer and its random state) saved next to the position of
+the ``datasets`` stream.
+
+Documents are shuffled here, in a buffer of ``shuffle_buffer`` documents, rather than by ``datasets``'
+``shuffle``: ``datasets`` drops its shuffle buffer on resume (its documentation says so), which would skip
+documents after a restart; this buffer is part of the saved state.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 
 class PackedDataset(IterableDataset):
-    """Rows ``{"input_ids": (seq_len,), "labels": (seq_len,)}`` packed from a stream of tokenized documents.
+    """Rows ``{"input_ids": (seq_len,), "labels": (seq_len,), "skipped": ()}`` packed from a stream of documents.
 
-    Labels equal the inputs (the objective shifts or masks them); ``drop_last`` drops a final partial row.
+    Each document is a dict with ``input_ids`` (a list of ints) or ``None`` for a bad row (missing or empty
+    text), which is skipped; ``skipped`` on a row counts the bad rows met since the previous row, so the sum over
+    batches is the number of bad rows seen. Labels equal the inputs (the objective shifts or masks them).
+
+    The dataset is resumable: :meth:`state_dict` holds the stream's position (when the stream, like a
+    ``datasets.IterableDataset``, has ``state_dict``), the carried-over tokens, the shuffle buffer and the
+    random state, so :meth:`load_state_dict` continues with exactly the next row.
+
+    Args:
+        documents: the tokenized documents.
+        seq_len: tokens per row.
+        eos_id: token appended after every document.
+        drop_last: drop a final partial row (finite streams).
+        shuffle_buffer: documents held for shuffling (0: keep stream order).
+        seed: shuffle seed; each DataLoader worker adds its id.
     """
 
-    def __init__(self, documents: Iterable[dict], *, seq_len: int, eos_id: int, drop_last: bool = True) -> None:
+    def __init__(
+        self,
+        documents: Iterable[dict],
+        *,
+        seq_len: int,
+        eos_id: int,
+        drop_last: bool = True,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if seq_len < 2:
             raise ValueError(f"seq_len={seq_len} must be ≥ 2")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer={shuffle_buffer} must be ≥ 0")
         self.documents, self.seq_len, self.eos_id, self.drop_last = documents, seq_len, eos_id, drop_last
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self._state: dict | None = None  # loaded, applied when iteration starts
+        self._live: _PackerState | None = None
+
+    def state_dict(self) -> dict:
+        if self._live is None:
+            return dict(self._state) if self._state is not None else {}
+        live = self._live
+        stream = self.documents.state_dict() if hasattr(self.documents, "state_dict") else None
+        return {
+            "stream": stream,
+            "carry": list(live.carry),
+            "buffer": [list(doc) for doc in live.buffer],
+            "rng": live.rng.getstate(),
+            "skipped": live.skipped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = dict(state) if state else None
 
     def __iter__(self) -> Iterator[dict]:
-        buffer: list[int] = []
+        worker = get_worker_info()
+        live = _PackerState(random.Random(self.seed + (worker.id if worker is not None else 0)))
+        state, self._state = self._state, None
+        if state:
+            if state.get("stream") is not None:
+                self.documents.load_state_dict(state["stream"])
+            live.carry, live.buffer, live.skipped = list(state["carry"]), list(state["buffer"]), state["skipped"]
+            live.rng.setstate(_as_rng_state(state["rng"]))
+        self._live = live
+        for doc in self._shuffled(live):
+            live.carry.extend(doc)
+            live.carry.append(self.eos_id)
+            while len(live.carry) >= self.seq_len:
+                row, live.carry = live.carry[: self.seq_len], live.carry[self.seq_len :]
+                skipped, live.skipped = live.skipped, 0
+                yield _row(row, skipped)
+        if live.carry and not self.drop_last:
+            yield _row(live.carry, live.skipped)
+
+    def _shuffled(self, live: _PackerState) -> Iterator[list[int]]:
         for doc in self.documents:
-            buffer.extend(doc["input_ids"])
-            buffer.append(self.eos_id)
-            while len(buffer) >= self.seq_len:
-                row, buffer = buffer[: self.seq_len], buffer[self.seq_len :]
-                yield _row(row)
-        if buffer and not self.drop_last:
-            yield _row(buffer)
+            ids = doc.get("input_ids")
+            if not ids:
+                live.skipped += 1
+                continue
+            if self.shuffle_buffer == 0:
+                yield ids
+                continue
+            live.buffer.append(ids)
+            if len(live.buffer) >= self.shuffle_buffer:  # swap a random document out, as a reservoir would
+                i = live.rng.randrange(len(live.buffer))
+                live.buffer[i], live.buffer[-1] = live.buffer[-1], live.buffer[i]
+                yield live.buffer.pop()
+        live.rng.shuffle(live.buffer)
+        while live.buffer:
+            yield live.buffer.pop()
 
 
-def _row(ids: list[int]) -> dict:
+class _PackerState:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.carry: list[int] = []
+        self.buffer: list[list[int]] = []
+        self.skipped = 0
+
+
+def _as_rng_state(state) -> tuple:
+    # random.Random.getstate() is (version, tuple, gauss); a checkpoint round trip may turn tuples into lists.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def _row(ids: list[int], skipped: int) -> dict:
     t = torch.tensor(ids, dtype=torch.long)
-    return {"input_ids": t, "labels": t.clone()}
+    return {"input_ids": t, "labels": t.clone(), "skipped": torch.tensor(skipped, dtype=torch.long)}

@@ -56,6 +56,7 @@ class LanguageModel(L.LightningModule):
         self.schedule = schedule if schedule is not None else Constant()
         self.val_loss = MeanMetric()
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
+        self.register_buffer("skipped_rows", torch.zeros((), dtype=torch.long), persistent=True)
         self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
         self.compile_backbone = compile
 
@@ -115,6 +116,9 @@ class LanguageModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ppl", loss.detach().exp())
         self.log("train/tokens_seen", self.tokens_seen.float())
+        if "skipped" in batch:  # bad data rows the packer skipped on this rank since the previous batch
+            self.skipped_rows += batch["skipped"].sum()
+            self.log("data/skipped_rows", self.skipped_rows.float(), reduce_fx="sum", sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss if aux is None else loss + aux
 
