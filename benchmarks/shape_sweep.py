@@ -72,12 +72,12 @@ def count_parameters(model_file: str, vocab_size: int, max_seq_len: int) -> tupl
     from zoo.nn import Transformer
 
     parser = ArgumentParser()
-    parser.add_argument("--backbone", type=Transformer, enable_path=True)
+    parser.add_argument("--backbone", type=Transformer, sub_configs=True)
     cfg = parser.parse_args(
         ["--backbone", model_file, "--backbone.vocab_size", str(vocab_size), "--backbone.max_seq_len", str(max_seq_len)]
     )
     with torch.device("meta"):
-        backbone = parser.instantiate_classes(cfg).backbone
+        backbone = parser.instantiate(cfg).backbone
     return backbone.num_parameters(), backbone.num_parameters(embeddings=False)
 
 

@@ -8,9 +8,10 @@ from zoo.nn.attention import (
     eager_attention,
     sdpa_attention,
 )
-from zoo.nn.block import PreNormBlock
+from zoo.nn.block import ParallelBlock, PreNormBlock, SandwichBlock
 from zoo.nn.canon import Canon
 from zoo.nn.ffn import GatedFFN, GeGLU, GeluMLP, SwiGLU
+from zoo.nn.moe import RoutedFFN
 from zoo.nn.norm import LayerNorm, RMSNorm
 from zoo.nn.position import LearnedPositions, NoPositions, PositionEncoding, Rotary, apply_rotary
 from zoo.nn.transformer import DecodingCache, Transformer
@@ -28,10 +29,13 @@ __all__ = [
     "LayerNorm",
     "LearnedPositions",
     "NoPositions",
+    "ParallelBlock",
     "PositionEncoding",
     "PreNormBlock",
     "RMSNorm",
     "Rotary",
+    "RoutedFFN",
+    "SandwichBlock",
     "SwiGLU",
     "Transformer",
     "apply_rotary",

@@ -59,3 +59,63 @@ class PreNormBlock(nn.Module):
     def _ffn(self, h: Tensor, cache: dict | None) -> Tensor:
         # Only FFNs with internal state (Canon-D) take the cache.
         return self.ffn(h, cache) if getattr(self.ffn, "canon", None) is not None else self.ffn(h)
+
+
+class ParallelBlock(PreNormBlock):
+    """Identical to :class:`PreNormBlock` except attention and FFN read the same input and their outputs are
+    added together (GPT-J, GPT-NeoX / Pythia "parallel residual")::
+
+        x ──┬──────────────────────────────────────────────────────────(+)──▶
+            ├─ attention_norm ─ [Canon-A] ─ attention(rope, mask) ─────(+)
+            └─ ffn_norm ─ [Canon-C] ─ ffn ─────────────────────────────┘
+    """
+
+    def forward(
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+    ) -> Tensor:  # (B, T, C) -> (B, T, C)
+        h = self.attention_norm(x)
+        if self.canon_a is not None:
+            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
+        attended = self.attention(h, rope=rope, mask=mask, cache=cache)
+        h = self.ffn_norm(x)
+        if self.canon_c is not None:
+            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
+        return x + attended + self._ffn(h, cache)
+
+
+class SandwichBlock(PreNormBlock):
+    """Identical to :class:`PreNormBlock` except each branch's output is normalized again before it joins the
+    residual stream (Gemma 2/3; "sandwich" norm)::
+
+        x ──┬────────────────────────────────────────────────────────────────(+)──┬─────── … ───────(+)──▶
+            └─ attention_norm ─ [Canon-A] ─ attention ─ post_attention_norm ──┘   └─ ffn_norm ─ [Canon-C] ─ ffn
+                                                                                     ─ post_ffn_norm ─┘
+
+    Args: as :class:`PreNormBlock`; ``norm`` also builds the two post-norms.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        attention: Callable[[int], nn.Module],
+        ffn: Callable[[int], nn.Module],
+        norm: Callable[[int], nn.Module],
+        canon_a: Callable[[int], nn.Module] | None = None,
+        canon_c: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__(dim, attention=attention, ffn=ffn, norm=norm, canon_a=canon_a, canon_c=canon_c)
+        self.post_attention_norm = norm(dim)
+        self.post_ffn_norm = norm(dim)
+
+    def forward(
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+    ) -> Tensor:  # (B, T, C) -> (B, T, C)
+        h = self.attention_norm(x)
+        if self.canon_a is not None:
+            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
+        x = x + self.post_attention_norm(self.attention(h, rope=rope, mask=mask, cache=cache))
+        h = self.ffn_norm(x)
+        if self.canon_c is not None:
+            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
+        return x + self.post_ffn_norm(self._ffn(h, cache))

@@ -41,6 +41,8 @@ class Transformer(nn.Module):
         tie_embeddings: share the embedding matrix with the LM head.
         init_std: standard deviation of the normal initialisation.
         scale_residual_init: divide the std of residual projections by ``sqrt(2 · n_layers)``.
+        scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Gemma; the factor is rounded to the
+            embedding's dtype, as Gemma does).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Transformer(nn.Module):
         tie_embeddings: bool = True,
         init_std: float = 0.02,
         scale_residual_init: bool = True,
+        scale_embeddings: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("dim", dim), ("n_layers", n_layers)):
@@ -65,6 +68,7 @@ class Transformer(nn.Module):
             raise ValueError(f"Transformer max_seq_len={max_seq_len} must be ≥ 1")
         self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
         self.tie_embeddings, self.init_std, self.scale_residual_init = tie_embeddings, init_std, scale_residual_init
+        self.scale_embeddings = scale_embeddings
         self.embed = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(block(dim) for _ in range(n_layers))
         self.head_dim = self.blocks[0].attention.head_dim
@@ -86,6 +90,8 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=self.init_std)
+            elif hasattr(module, "init_weights"):  # modules with raw parameters, e.g. stacked MoE experts
+                module.init_weights(std=self.init_std, residual_std=residual_std)
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # norms, Canon, learned positions
 
@@ -105,6 +111,8 @@ class Transformer(nn.Module):
             )
         positions = torch.arange(start, start + T, device=input_ids.device)
         x = self.embed(input_ids)  # (B, T, C)
+        if self.scale_embeddings:
+            x = x * torch.tensor(self.dim**0.5, dtype=x.dtype)
         absolute = self.position.absolute(positions)
         if absolute is not None:
             x = x + absolute
@@ -142,12 +150,17 @@ class Transformer(nn.Module):
         the embedding tables, plus the LM head even when tied; the second term is attention's scores and
         weighted sum (full, not halved for causality, as in the usual MFU convention)."""
         n_matmul = self.num_parameters(embeddings=False) + self.head.weight.numel() * self.tie_embeddings
+        n_matmul -= self.inactive_parameters()
         attention_width = sum(block.attention.n_heads * block.attention.head_dim for block in self.blocks)
         return 6.0 * n_matmul + 12.0 * attention_width * seq_len
 
+    def inactive_parameters(self) -> int:
+        """Parameters a token does not use (routed experts it is not sent to); 0 for dense models."""
+        return sum(m.inactive_parameters() for m in self.blocks.modules() if hasattr(m, "inactive_parameters"))
+
     def num_parameters(self, *, embeddings: bool = True) -> int:
         """Unique parameters; ``embeddings=False`` leaves out the token (and learned position) embeddings, and
-        the head when it is tied to them."""
+        the head when it is tied to them. Routed experts count in full (see :meth:`inactive_parameters`)."""
         params = {id(p): p for p in self.parameters()}
         if not embeddings:
             params.pop(id(self.embed.weight), None)

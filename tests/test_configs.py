@@ -1,0 +1,109 @@
+"""Every YAML under configs/ parses and builds; every published model has its published parameter count."""
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from zoo.cli import ZooCLI
+from zoo.data import TextDataModule
+from zoo.info import build
+from zoo.info import main as info_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+MODELS = sorted((CONFIGS / "models").rglob("*.yaml"))
+SOURCE_LISTS = sorted((CONFIGS / "data").glob("*.yaml"))
+TRAINER_PRESETS = sorted((CONFIGS / "trainer").glob("*.yaml"))
+RUNS = sorted(set(CONFIGS.rglob("*.yaml")) - set(MODELS) - set(SOURCE_LISTS) - set(TRAINER_PRESETS))
+
+# name: (total parameters, as published by the model's authors)
+PUBLISHED = {
+    "gpt-s-5m": 5_158_464,
+    "supra-50m": 51_786_240,
+    "dhara-70m": 71_344_512,
+    "smallcoder-303m": 302_027_520,
+    "gpt2-124m": 124_439_808,
+    "pythia-14m": 14_067_712,
+    "pythia-31m": 30_494_720,
+    "pythia-70m": 70_426_624,
+    "smollm-135m": 134_515_008,
+}
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def stated_count(path: Path) -> int:
+    """The `# parameters: N` line every model config carries in its header."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# parameters:"):
+            return int(line.split(":")[1].split("(")[0].replace(",", ""))
+    raise AssertionError(f"{path} states no parameter count")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_parameter_counts(name):
+    assert build([CONFIGS / "models" / f"{name}.yaml"]).num_parameters() == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("path", MODELS, ids=rel)
+def test_model_config_builds_with_the_count_it_states(path):
+    backbone = build([path])
+    assert backbone.embed.weight.device.type == "meta"  # sized without allocating
+    assert backbone.num_parameters() == stated_count(path)
+
+
+@pytest.mark.parametrize("path", MODELS, ids=rel)
+def test_zoo_info_prints_the_parameter_count(path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        info_main(["--config", str(path)])
+    lines = dict(line.split(": ", 1) for line in out.getvalue().splitlines() if line.startswith("parameters: "))
+    assert int(lines["parameters"].replace(",", "")) == stated_count(path)
+
+
+def test_zoo_info_refuses_an_unknown_class_path(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("class_path: zoo.nn.NoSuchBackbone\ninit_args: {}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        info_main(["--config", str(bad)])
+    assert exit_info.value.code == 2 and "zoo.nn.NoSuchBackbone" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def parser():
+    with torch.device("meta"):
+        return ZooCLI(args=["--config", str(CONFIGS / "quickstart.yaml")], run=False).parser
+
+
+@pytest.mark.parametrize("path", RUNS, ids=rel)
+def test_run_config_parses_and_its_model_and_data_build(path, parser):
+    extra = []
+    if path.name == "base.yaml":  # everything but the model, by design
+        extra = ["--model.backbone", str(CONFIGS / "models" / "gpt-s-5m.yaml")]
+    config = parser.parse_args(["--config", str(path), *extra])  # the trainer is parsed, not built: it may need a GPU
+    assert config.model.class_path.startswith("zoo.objectives.")
+    data = ArgumentParser()
+    data.add_argument("--data", type=TextDataModule)
+    assert isinstance(data.instantiate(data.parse_object({"data": config.data.as_dict()})).data, TextDataModule)
+    assert build([path] if not extra else [Path(extra[1])]).num_parameters() > 0  # on the meta device
+
+
+@pytest.mark.parametrize("path", TRAINER_PRESETS, ids=rel)
+def test_trainer_preset_parses_on_top_of_the_quickstart(path, parser):
+    config = parser.parse_args(["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(path)])
+    assert config.trainer.accelerator is not None
+
+
+@pytest.mark.parametrize("path", SOURCE_LISTS, ids=rel)
+def test_data_source_lists_parse_as_mixture_sources(path, parser):
+    config = parser.parse_args(
+        ["--config", str(CONFIGS / "quickstart.yaml"), "--data", "zoo.data.Mixture", "--data.sources", str(path)]
+    )
+    assert len(config.data.init_args.sources) == len(yaml.safe_load(path.read_text()))
