@@ -1,0 +1,57 @@
+"""``python -m zoo export --ckpt CKPT --out DIR``: a zoo checkpoint as a Hugging Face transformers directory.
+
+DIR gets ``config.json``, ``model.safetensors``, ``generation_config.json`` and the run's tokenizer, so that
+``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` and ``transformers.pipeline("text-generation",
+model=DIR)`` work with the stock library (no remote code). The model family follows from the architecture (see
+:mod:`zoo.interop.hf`); blocks transformers cannot express are refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export(ckpt: str, out: str, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the checkpoint's model and tokenizer to ``out`` in transformers' format; returns the directory."""
+    from transformers import PreTrainedTokenizerFast
+
+    from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.interop.hf import to_hf
+    from zoo.objectives.base import LanguageModel
+
+    model = LanguageModel.from_checkpoint(ckpt, map_location="cpu")
+    hf = to_hf(model.backbone, dtype=dtype)
+    tokenizer, eos = tokenizer_from_checkpoint(ckpt)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos)
+    eos_id = fast.convert_tokens_to_ids(eos)
+    for config in (hf.config, hf.generation_config):
+        config.eos_token_id, config.bos_token_id, config.pad_token_id = eos_id, eos_id, eos_id
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(directory, safe_serialization=True)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="zoo export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
+    parser.add_argument("--out", required=True, help="directory to write (created if missing)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype of the export")
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        sys.exit(f"zoo export: --ckpt {args.ckpt} does not exist")
+    try:
+        directory = export(args.ckpt, args.out, dtype=DTYPES[args.dtype])
+    except ValueError as err:
+        print(f"zoo export: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {directory}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r})")
