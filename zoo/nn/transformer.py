@@ -101,15 +101,19 @@ class Transformer(nn.Module):
         *,
         mask: Tensor | None = None,  # (B or 1, 1, T, S) bool, True = may attend; extra to each layer's causality
         cache: DecodingCache | None = None,
+        positions: Tensor | None = None,  # (T,) absolute positions; default: consecutive, after the cache
     ) -> Tensor:  # (B, T, C), after the final norm
         T = input_ids.shape[1]
         start = cache.length if cache is not None else 0
-        if start + T > self.max_seq_len:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}: shorten the input "
-                "(data.seq_len / generation length) or build the model with a larger max_seq_len"
-            )
-        positions = torch.arange(start, start + T, device=input_ids.device)
+        if positions is None:
+            if start + T > self.max_seq_len:
+                raise ValueError(
+                    f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}: shorten the input "
+                    "(data.seq_len / generation length) or build the model with a larger max_seq_len"
+                )
+            positions = torch.arange(start, start + T, device=input_ids.device)
+        elif int(positions.max()) >= self.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len={self.max_seq_len}")
         x = self.embed(input_ids)  # (B, T, C)
         if self.scale_embeddings:
             x = x * torch.tensor(self.dim**0.5, dtype=x.dtype)
@@ -124,9 +128,14 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, input_ids: Tensor, *, mask: Tensor | None = None, cache: DecodingCache | None = None
+        self,
+        input_ids: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: DecodingCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:  # (B, T) -> logits (B, T, V)
-        return self.head(self.features(input_ids, mask=mask, cache=cache))
+        return self.head(self.features(input_ids, mask=mask, cache=cache, positions=positions))
 
     def auxiliary_loss(self) -> Tensor | None:
         """Sum of the ``aux_loss`` tensors that submodules (e.g. a routed FFN's load-balancing term) set during

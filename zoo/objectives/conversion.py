@@ -1,0 +1,121 @@
+"""Schedules that move an autoregressive model to masked diffusion, step by step (chosen in YAML by class_path).
+
+``MaskedDiffusionLM`` asks its schedule for a :class:`Plan` at every step: the attention mask to use and whether
+the clean sequence rides along as context (block diffusion). Two recipes:
+
+``AttentionAnnealing`` (DiffuLLaMA, Gong et al. 2024): the mask is causal ∪ Bernoulli(r), r rising linearly
+from 0 to 1, after which attention is fully bidirectional::
+
+    r = 0          r = 0.5        r = 1
+    ■ · · ·        ■ · ■ ·        ■ ■ ■ ■
+    ■ ■ · ·        ■ ■ · ■        ■ ■ ■ ■        ■ may attend   · may not
+    ■ ■ ■ ·        ■ ■ ■ ■        ■ ■ ■ ■
+    ■ ■ ■ ■        ■ ■ ■ ■        ■ ■ ■ ■
+
+``BlockWarmupStableDecay`` (LLaDA 2.0's WSD over block diffusion): the sequence is cut into blocks; a block is
+denoised seeing itself (bidirectionally) and the *clean* earlier blocks (the noisy and clean copies go through
+the model together, BD3-LM style); the block size grows through ``warmup_blocks`` to the whole sequence (plain
+masked diffusion) for ``stable_steps``, then falls to ``decay_block``. For blocks of 2 in a 4-token sequence::
+
+                 noisy 0 1 2 3   clean 0 1 2 3
+    noisy 0,1    ■ ■ · ·         · · · ·
+    noisy 2,3    · · ■ ■         ■ ■ · ·
+    clean 0,1    · · · ·         ■ ■ · ·
+    clean 2,3    · · · ·         ■ ■ ■ ■
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Plan:
+    """What one training step uses: ``mask`` (1, 1, S, S) bool, True = may attend, ``None`` = all; ``clean_context``
+    True when the input is the noisy sequence followed by the clean one (S = 2T)."""
+
+    mask: Tensor | None
+    clean_context: bool = False
+
+
+class ConversionSchedule:
+    """Base class: :meth:`plan` returns the step's :class:`Plan`, or ``None`` for plain bidirectional attention."""
+
+    def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
+        raise NotImplementedError
+
+
+class AttentionAnnealing(ConversionSchedule):
+    """Causal ∪ Bernoulli(r) attention with ``r = step / anneal_steps``, then fully bidirectional.
+
+    Args:
+        anneal_steps: optimizer steps over which r rises from 0 to 1.
+    """
+
+    def __init__(self, *, anneal_steps: int) -> None:
+        if anneal_steps < 1:
+            raise ValueError(f"AttentionAnnealing anneal_steps={anneal_steps} must be ≥ 1")
+        self.anneal_steps = anneal_steps
+
+    def rate(self, step: int) -> float:
+        return min(step / self.anneal_steps, 1.0)
+
+    def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
+        r = self.rate(step)
+        if r >= 1:
+            return None
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+        extra = torch.rand(seq_len, seq_len, device=device, generator=generator) < r
+        return Plan((causal | extra)[None, None])
+
+
+class BlockWarmupStableDecay(ConversionSchedule):
+    """Block diffusion whose block size warms up to the whole sequence, stays there, then decays.
+
+    Args:
+        warmup_blocks: block sizes of the warmup phase, in order, each for an equal share of ``warmup_steps``
+            (LLaDA 2.0: 1, 4, 32, 64 before the full sequence).
+        warmup_steps: steps of the warmup phase.
+        stable_steps: steps of plain masked diffusion over the whole sequence.
+        decay_block: block size after the stable phase (LLaDA 2.0: 32); ``None`` keeps the whole sequence.
+    """
+
+    def __init__(
+        self, *, warmup_blocks: list[int], warmup_steps: int, stable_steps: int, decay_block: int | None = None
+    ) -> None:
+        if not warmup_blocks or any(b < 1 for b in warmup_blocks):
+            raise ValueError(f"BlockWarmupStableDecay warmup_blocks={warmup_blocks} must be block sizes ≥ 1")
+        if warmup_steps < 0 or stable_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} and stable_steps={stable_steps} must be ≥ 0")
+        if decay_block is not None and decay_block < 1:
+            raise ValueError(f"BlockWarmupStableDecay decay_block={decay_block} must be ≥ 1 or null")
+        self.warmup_blocks, self.warmup_steps = list(warmup_blocks), warmup_steps
+        self.stable_steps, self.decay_block = stable_steps, decay_block
+
+    def block_size(self, step: int, seq_len: int) -> int:
+        if step < self.warmup_steps:
+            stage = step * len(self.warmup_blocks) // self.warmup_steps
+            return min(self.warmup_blocks[stage], seq_len)
+        if step < self.warmup_steps + self.stable_steps or self.decay_block is None:
+            return seq_len
+        return min(self.decay_block, seq_len)
+
+    def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
+        size = self.block_size(step, seq_len)
+        return None if size >= seq_len else Plan(block_diffusion_mask(seq_len, size, device=device), True)
+
+
+def block_diffusion_mask(seq_len: int, block: int, *, device=None) -> Tensor:  # (1, 1, 2T, 2T) bool
+    """Attention over [noisy; clean]: a noisy block sees itself and earlier clean blocks; clean blocks are
+    block-causal among themselves and never see noisy ones."""
+    ids = torch.arange(seq_len, device=device) // block  # block index of each position
+    same = ids[:, None] == ids[None, :]
+    earlier = ids[:, None] > ids[None, :]
+    upto = ids[:, None] >= ids[None, :]
+    none = torch.zeros_like(same)
+    top = torch.cat([same, earlier], dim=1)  # noisy queries
+    bottom = torch.cat([none, upto], dim=1)  # clean queries
+    return torch.cat([top, bottom], dim=0)[None, None]
