@@ -40,9 +40,9 @@ def test_bidirectional_attention_sees_future_tokens():
         assert not torch.allclose(backbone(x)[:, 0], backbone(y)[:, 0])
 
 
-def test_causal_attention_is_refused():
-    with pytest.raises(ValueError, match="causal false"):
-        MaskedDiffusionLM(backbone=tiny_backbone(), mask_id=MASK)
+def test_an_ar_backbone_is_made_bidirectional():
+    m = MaskedDiffusionLM(backbone=tiny_backbone(), mask_id=MASK)
+    assert not any(block.attention.causal for block in m.backbone.blocks)
 
 
 def test_mask_id_outside_the_vocabulary_is_refused():
@@ -180,3 +180,27 @@ def test_elbo_is_seeded_and_ranks_a_memorized_answer_first():
     assert score(answer) == score(answer)
     assert score(answer) != score(answer, seed=1)
     assert score(answer) > score(wrong) + 5.0
+
+
+def test_diffusion_quickstart_fits_from_an_ar_checkpoint_and_samples(tmp_path, capsys):
+    """The documented demo at toy size: AR fit → conversion fit (init_from, annealing) → generate."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_cli import TINY
+    from zoo.cli import ZooCLI
+    from zoo.generation.cli import main as generate_main
+
+    common = [*TINY[2:], "--data.tokenizer.init_args.cache_dir", str(tmp_path / "tok"), "--trainer.logger", "true"]
+    ZooCLI(args=["fit", "--config", "configs/quickstart.yaml", *common,
+                 "--trainer.default_root_dir", str(tmp_path / "ar")])  # fmt: skip
+    ar_ckpt = next((tmp_path / "ar").rglob("last.ckpt"))
+    ZooCLI(args=["fit", "--config", "configs/diffusion-quickstart.yaml", *common,
+                 "--model.conversion.init_args.anneal_steps", "2", "--model.init_from", str(ar_ckpt),
+                 "--trainer.default_root_dir", str(tmp_path / "dm")])  # fmt: skip
+    events = EventAccumulator(str(next((tmp_path / "dm").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert "val/loss" in events.Tags()["scalars"]
+    dm_ckpt = next((tmp_path / "dm").rglob("last.ckpt"))
+    generate_main(["--ckpt", str(dm_ckpt), "--prompt", "import os", "--gen-length", "8", "--block-length", "4",
+                   "--steps", "4"])  # fmt: skip
+    assert capsys.readouterr().out.startswith("import os")

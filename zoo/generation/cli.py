@@ -71,7 +71,7 @@ def run(args) -> None:
             prompt = torch.tensor([ids], device=args.device)
             common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": args.gen_length,
                       "block_length": args.block_length, "temperature": args.temperature, "eos_id": eos_id,
-                      "generator": generator}  # fmt: skip
+                      "shift": model.shift, "generator": generator}  # fmt: skip
             if args.threshold is not None:
                 out = confidence_threshold(model.backbone, prompt, threshold=args.threshold, **common)
             else:

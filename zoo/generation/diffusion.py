@@ -67,6 +67,10 @@ def _scores(
     return choice, confidence
 
 
+def _aligned(logits: Tensor, shift: bool) -> Tensor:  # (B, S, V): row i scores the token at position i
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if shift else logits
+
+
 def _after_eos(tokens: Tensor, start: int, eos_id: int | None) -> Tensor:
     """Everything after the first generated EOS becomes EOS (the answer has ended)."""
     if eos_id is None:
@@ -91,6 +95,7 @@ def low_confidence_remasking(
     remasking: str = "low_confidence",
     eos_id: int | None = None,
     stop_at_eos: bool = True,
+    shift: bool = False,
     generator: torch.Generator | None = None,
 ) -> DiffusionOutput:
     """LLaDA's semi-autoregressive sampler.
@@ -106,6 +111,7 @@ def low_confidence_remasking(
         remasking: ``low_confidence`` keeps the most probable predictions; ``random`` keeps random ones.
         eos_id: end-of-text id; the answer ends at its first EOS.
         stop_at_eos: stop after a block once every row has produced EOS and no mask precedes it.
+        shift: the model predicts token ``i+1`` at position ``i`` (``MaskedDiffusionLM.shift``).
         generator: random source (sampling and ``random`` remasking).
     """
     n_blocks = _check(vocab_size, mask_id, gen_length, block_length)
@@ -130,7 +136,7 @@ def low_confidence_remasking(
         for k in quota:
             if k == 0:
                 continue
-            logits = model(x)
+            logits = _aligned(model(x), shift)
             passes += 1
             choice, confidence = _scores(logits, temperature, generator, None if mask_id == eos_id else mask_id)
             if remasking == "random":
@@ -173,6 +179,7 @@ def confidence_threshold(
     temperature: float = 0.0,
     eos_id: int | None = None,
     stop_at_eos: bool = True,
+    shift: bool = False,
     generator: torch.Generator | None = None,
 ) -> DiffusionOutput:
     """Parallel decoding: per step, unmask every position of the current block whose confidence ≥ ``threshold``
@@ -188,7 +195,7 @@ def confidence_threshold(
     for block in range(n_blocks):
         lo, hi = P + block * block_length, P + (block + 1) * block_length
         while masked[:, lo:hi].any():
-            logits = model(x)
+            logits = _aligned(model(x), shift)
             passes += 1
             choice, confidence = _scores(logits, temperature, generator, None if mask_id == eos_id else mask_id)
             eligible = masked.clone()

@@ -30,8 +30,8 @@ class MaskedDiffusionLM(LanguageModel):
     Validation reports the negative ELBO per token (``val/loss``) and its exponential, a perplexity bound.
 
     Args:
-        backbone, optimizer, schedule, compile: as :class:`LanguageModel`; the attention must be bidirectional
-            (``causal: false``).
+        backbone, optimizer, schedule, compile: as :class:`LanguageModel`. Its attention is made bidirectional
+            whatever its ``causal`` setting, so an AR model's config (``configs/models/*.yaml``) serves unchanged.
         mask_id: the mask token: an existing id (Dhara reuses GPT-2's 50256) or ``None`` for a dedicated id equal
             to the tokenizer's vocabulary size, which must then be below ``backbone.vocab_size``.
         eps: smallest noise level, so ``1/t`` stays bounded.
@@ -59,13 +59,10 @@ class MaskedDiffusionLM(LanguageModel):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        causal = [i for i, block in enumerate(self.backbone.blocks) if getattr(block.attention, "causal", False)]
-        if causal:
-            raise ValueError(
-                f"MaskedDiffusionLM needs bidirectional attention, but blocks {causal} are causal: set "
-                "backbone.block.init_args.attention.init_args.causal false (a ConversionSchedule eases an AR model "
-                "into it through attention masks)"
-            )
+        for block in self.backbone.blocks:  # the same blocks as the AR model; only the attention's causality changes
+            if not hasattr(block.attention, "causal"):
+                raise ValueError(f"{type(block.attention).__name__} has no `causal` switch to make it bidirectional")
+            block.attention.causal = False
         if not 0 < eps < 1:
             raise ValueError(f"MaskedDiffusionLM eps={eps} must be in (0, 1), e.g. 1e-3")
         if mask_id is not None and not 0 <= mask_id < self.backbone.vocab_size:
