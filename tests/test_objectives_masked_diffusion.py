@@ -196,11 +196,23 @@ def test_diffusion_quickstart_fits_from_an_ar_checkpoint_and_samples(tmp_path, c
     ar_ckpt = next((tmp_path / "ar").rglob("last.ckpt"))
     ZooCLI(args=["fit", "--config", "configs/diffusion-quickstart.yaml", *common,
                  "--model.conversion.init_args.anneal_steps", "2", "--model.init_from", str(ar_ckpt),
+                 "--model.backbone.vocab_size", "301",  # a dedicated mask token after the tokenizer's 300
                  "--trainer.default_root_dir", str(tmp_path / "dm")])  # fmt: skip
     events = EventAccumulator(str(next((tmp_path / "dm").rglob("events.out.tfevents.*")).parent))
     events.Reload()
     assert "val/loss" in events.Tags()["scalars"]
     dm_ckpt = next((tmp_path / "dm").rglob("last.ckpt"))
+    capsys.readouterr()  # the fits' summaries
     generate_main(["--ckpt", str(dm_ckpt), "--prompt", "import os", "--gen-length", "8", "--block-length", "4",
                    "--steps", "4"])  # fmt: skip
     assert capsys.readouterr().out.startswith("import os")
+
+
+def test_conversion_may_grow_the_vocabulary_for_a_dedicated_mask_token(tmp_path):
+    ar = CausalLM(backbone=tiny_backbone(vocab_size=V - 1))
+    path = tmp_path / "ar.ckpt"
+    torch.save({"state_dict": ar.state_dict()}, path)
+    converted = MaskedDiffusionLM(backbone=bidirectional(), mask_id=None, init_from=str(path))
+    embed = converted.backbone.embed.weight
+    assert torch.equal(embed[: V - 1], ar.backbone.embed.weight)
+    torch.testing.assert_close(embed[V - 1], ar.backbone.embed.weight.mean(dim=0))

@@ -1,9 +1,11 @@
 """``python -m zoo export --ckpt CKPT --out DIR``: a zoo checkpoint as a Hugging Face transformers directory.
 
-DIR gets ``config.json``, ``model.safetensors``, ``generation_config.json`` and the run's tokenizer, so that
+DIR gets ``config.json``, ``model.safetensors``, ``generation_config.json`` and the run's tokenizer
+(``tokenizer.json`` with its end-of-text token as eos, bos and pad), so that
 ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` and ``transformers.pipeline("text-generation",
 model=DIR)`` work with the stock library (no remote code). The model family follows from the architecture (see
-:mod:`zoo.interop.hf`); blocks transformers cannot express are refused by name.
+:mod:`zoo.interop.hf`); blocks transformers cannot express (exclusive attention, Canon layers, ...) are refused
+by name, with exit status 2.
 """
 
 from __future__ import annotations
@@ -26,32 +28,43 @@ def export(ckpt: str, out: str, *, dtype: torch.dtype = torch.float32) -> Path:
     from zoo.objectives.base import LanguageModel
 
     model = LanguageModel.from_checkpoint(ckpt, map_location="cpu")
-    hf = to_hf(model.backbone, dtype=dtype)
+    hf = to_hf(model.backbone, dtype=dtype)  # refuses what transformers cannot express, before writing anything
     tokenizer, eos = tokenizer_from_checkpoint(ckpt)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos,
+        model_max_length=model.backbone.max_seq_len,
+    )  # fmt: skip
     eos_id = fast.convert_tokens_to_ids(eos)
+    if eos_id is None or eos_id == fast.unk_token_id:
+        raise ValueError(f"the checkpoint's tokenizer has no end-of-text token {eos!r}")
     for config in (hf.config, hf.generation_config):
         config.eos_token_id, config.bos_token_id, config.pad_token_id = eos_id, eos_id, eos_id
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(directory, safe_serialization=True)
+    hf.save_pretrained(directory)  # safetensors
     fast.save_pretrained(directory)
     return directory
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="zoo export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m zoo export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit` (e.g. last.ckpt)")
     parser.add_argument("--out", required=True, help="directory to write (created if missing)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype of the export")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the exported weights (default float32)"
+    )
     args = parser.parse_args(argv)
+
+    def fail(message: str) -> None:
+        print(f"zoo export: error: {message}", file=sys.stderr)
+        sys.exit(2)  # argparse's status for a bad command line
+
     if not Path(args.ckpt).is_file():
-        sys.exit(f"zoo export: --ckpt {args.ckpt} does not exist")
+        fail(f"--ckpt {args.ckpt} is not a file: give the path of a checkpoint written by `python -m zoo fit`")
     try:
         directory = export(args.ckpt, args.out, dtype=DTYPES[args.dtype])
-    except ValueError as err:
-        print(f"zoo export: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (ValueError, OSError) as err:
+        fail(str(err))
     print(f"wrote {directory}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r})")

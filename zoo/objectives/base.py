@@ -60,6 +60,12 @@ class LanguageModel(L.LightningModule):
         self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
         self.compile_backbone = compile
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Counters added after a checkpoint was written start from zero instead of failing the load.
+        state = checkpoint.get("state_dict", {})
+        for name in ("tokens_seen", "skipped_rows"):
+            state.setdefault(name, torch.zeros((), dtype=torch.long))
+
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs) -> LanguageModel:
         """Load a checkpoint written by ``python -m zoo fit`` as the objective class it was trained with

@@ -78,10 +78,16 @@ class MaskedDiffusionLM(LanguageModel):
     # ---- conversion from an AR checkpoint --------------------------------------------------------------------
     def load_backbone(self, path: str) -> None:
         """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with
-        the differing parameters named."""
+        the differing parameters named. The one allowed difference: a larger vocabulary (room for a dedicated mask
+        token), whose extra embedding and head rows start at the mean of the trained rows."""
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
         target = self.backbone.state_dict()
+        for name in ("embed.weight", "head.weight"):
+            old, new = source.get(name), target.get(name)
+            if old is not None and new is not None and old.shape[1:] == new.shape[1:] and len(old) < len(new):
+                grown = old.mean(dim=0, keepdim=True).expand(len(new) - len(old), -1)
+                source[name] = torch.cat([old, grown.to(old.dtype)])
         missing = sorted(set(target) - set(source))
         extra = sorted(set(source) - set(target))
         shapes = [f"{k}: {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
@@ -90,7 +96,7 @@ class MaskedDiffusionLM(LanguageModel):
             raise ValueError(
                 f"init_from={path} does not match this backbone: missing {missing[:5]}, unexpected {extra[:5]}, "
                 f"shapes (checkpoint vs model) {shapes[:5]}: build the same architecture as the checkpoint (only "
-                "attention.causal may differ)"
+                "attention.causal and a larger vocab_size may differ)"
             )
         self.backbone.load_state_dict(source)
 
