@@ -68,10 +68,12 @@ class PackedDataset(IterableDataset):
             return dict(self._state) if self._state is not None else {}
         live = self._live
         stream = self.documents.state_dict() if hasattr(self.documents, "state_dict") else None
+        # Token lists are stored as int64 tensors: pickling millions of Python ints makes checkpoints slow to load.
         return {
             "stream": stream,
-            "carry": list(live.carry),
-            "buffer": [list(doc) for doc in live.buffer],
+            "carry": torch.tensor(live.carry, dtype=torch.long),
+            "buffer": torch.tensor([t for doc in live.buffer for t in doc], dtype=torch.long),
+            "buffer_lengths": torch.tensor([len(doc) for doc in live.buffer], dtype=torch.long),
             "rng": live.rng.getstate(),
             "skipped": live.skipped,
         }
@@ -86,7 +88,10 @@ class PackedDataset(IterableDataset):
         if state:
             if state.get("stream") is not None:
                 self.documents.load_state_dict(state["stream"])
-            live.carry, live.buffer, live.skipped = list(state["carry"]), list(state["buffer"]), state["skipped"]
+            live.carry, live.skipped = state["carry"].tolist(), state["skipped"]
+            flat = state["buffer"].tolist()
+            bounds = [0, *torch.as_tensor(state["buffer_lengths"]).cumsum(0).tolist()]
+            live.buffer = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
             live.rng.setstate(_as_rng_state(state["rng"]))
         self._live = live
         for doc in self._shuffled(live):
