@@ -107,3 +107,65 @@ def test_data_source_lists_parse_as_mixture_sources(path, parser):
         ["--config", str(CONFIGS / "quickstart.yaml"), "--data", "zoo.data.Mixture", "--data.sources", str(path)]
     )
     assert len(config.data.init_args.sources) == len(yaml.safe_load(path.read_text()))
+
+
+def info_lines(argv: list[str]) -> dict[str, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        info_main(argv)
+    return dict(line.split(": ", 1) for line in out.getvalue().splitlines() if ": " in line)
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+@pytest.mark.parametrize("path", [p for p in MODELS if "RoutedFFN" in p.read_text()], ids=rel)
+def test_zoo_info_prints_the_active_parameters_of_a_routed_model(path):
+    backbone, lines = build([path]), info_lines(["--config", str(path)])
+    active = number(lines["active parameters per token"])
+    assert active == backbone.num_parameters() - backbone.inactive_parameters() < backbone.num_parameters()
+    assert f"active per token {active:,}" in path.read_text()  # the header states it too
+
+
+def test_zoo_info_merges_configs_in_order_and_ignores_other_sections(tmp_path):
+    model = CONFIGS / "models" / "gpt-s-5m.yaml"
+    override = tmp_path / "override.yaml"
+    override.write_text(
+        "trainer: {max_steps: 3}\ndata: {class_path: zoo.data.NoSuchData}\n"
+        "model:\n  class_path: zoo.objectives.CausalLM\n  init_args:\n    backbone:\n      init_args: {n_layers: 1}\n"
+    )
+    full = build([model])
+    per_layer = sum(p.numel() for p in full.blocks[0].parameters())
+    lines = info_lines(["--config", str(model), "--config", str(override)])
+    assert number(lines["parameters"]) == full.num_parameters() - (full.n_layers - 1) * per_layer
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("model:\n  class_path: zoo.objectives.NoSuchObjective\n  init_args: {backbone: {}}\n", "NoSuchObjective"),
+        ("init_args: {vocab_size: 0}\n", "vocab_size=0"),
+        ("init_args: {block: {init_args: {ffn: {class_path: zoo.nn.NoSuchFFN}}}}\n", "zoo.nn.NoSuchFFN"),
+    ],
+)
+def test_zoo_info_refuses_bad_configs_with_exit_code_2(tmp_path, capsys, text, named):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)  # merged over a valid model
+    with pytest.raises(SystemExit) as exit_info:
+        info_main(["--config", str(CONFIGS / "models" / "gpt-s-5m.yaml"), "--config", str(bad)])
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_zoo_info_refuses_a_missing_file_with_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        info_main(["--config", str(tmp_path / "missing.yaml")])
+    assert exit_info.value.code == 2 and "missing.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", MODELS, ids=rel)
+def test_model_config_parses_as_the_backbone_of_a_run(path, parser):
+    """The documented use: `python -m zoo fit --config configs/base.yaml --model.backbone <model config>`."""
+    config = parser.parse_args(["--config", str(CONFIGS / "base.yaml"), "--model.backbone", str(path)])
+    assert config.model.init_args.backbone.class_path == "zoo.nn.Transformer"
+    assert config.model.init_args.backbone.init_args.dim == yaml.safe_load(path.read_text())["init_args"]["dim"]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.nn import (
+    Canon,
     GeGLU,
     GeluMLP,
     GroupedQueryAttention,
@@ -23,17 +24,18 @@ from zoo.nn import (
 B, T, C = 2, 10, 32
 
 
-def backbone(block_cls=PreNormBlock, ffn=None, norm=RMSNorm, **kwargs):
+def backbone(block_cls=PreNormBlock, ffn=None, norm=RMSNorm, block_kwargs=None, n_layers=2, **kwargs):
     return Transformer(
         vocab_size=64,
         dim=C,
-        n_layers=2,
+        n_layers=n_layers,
         max_seq_len=32,
         block=lambda d: block_cls(
             d,
             attention=lambda d: GroupedQueryAttention(d, n_heads=4, n_kv_heads=2),
             ffn=ffn or (lambda d: SwiGLU(d, hidden_dim=64)),
             norm=norm,
+            **(block_kwargs or {}),
         ),
         norm=norm,
         position=Rotary,
@@ -43,7 +45,13 @@ def backbone(block_cls=PreNormBlock, ffn=None, norm=RMSNorm, **kwargs):
 
 VARIANTS = {
     "parallel": {"block_cls": ParallelBlock, "norm": LayerNorm, "ffn": lambda d: GeluMLP(d, hidden_dim=64)},
-    "sandwich": {"block_cls": SandwichBlock, "ffn": lambda d: GeGLU(d, hidden_dim=64), "scale_embeddings": True},
+    "parallel_canon_ac": {"block_cls": ParallelBlock, "block_kwargs": {"canon_a": Canon, "canon_c": Canon}},
+    "sandwich": {
+        "block_cls": SandwichBlock,
+        "ffn": lambda d: GeGLU(d, hidden_dim=64, approximate="tanh"),
+        "scale_embeddings": True,
+    },
+    "sandwich_canon_ac": {"block_cls": SandwichBlock, "block_kwargs": {"canon_a": Canon, "canon_c": Canon}},
     "moe": {"ffn": lambda d: RoutedFFN(d, n_experts=4, top_k=2, hidden_dim=32)},
 }
 
@@ -79,6 +87,21 @@ def test_parallel_block_adds_both_branches_to_the_same_input():
     )
     x = torch.randn(B, T, C)
     expected = x + block.attention(block.attention_norm(x)) + block.ffn(block.ffn_norm(x))
+    torch.testing.assert_close(block(x, rope=None, mask=None, cache=None), expected)
+
+
+def test_parallel_block_applies_canon_a_and_c_to_their_own_branch():
+    block = ParallelBlock(
+        C,
+        attention=lambda d: GroupedQueryAttention(d, n_heads=4),
+        ffn=lambda d: SwiGLU(d, hidden_dim=64),
+        norm=RMSNorm,
+        canon_a=Canon,
+        canon_c=Canon,
+    )
+    x = torch.randn(B, T, C)
+    attended = block.attention(block.canon_a(block.attention_norm(x)))
+    expected = x + attended + block.ffn(block.canon_c(block.ffn_norm(x)))
     torch.testing.assert_close(block(x, rope=None, mask=None, cache=None), expected)
 
 
@@ -126,6 +149,64 @@ def test_load_balancing_loss_is_top_k_when_balanced_and_higher_when_not():
     skewed_probs = torch.tensor([[0.7, 0.2, 0.05, 0.05]] * 8)
     skewed = torch.tensor([[0, 1]] * 8)
     assert moe.load_balancing_loss(skewed_probs, skewed).item() == pytest.approx(4 * (0.5 * 0.7 + 0.5 * 0.2) * 2)
+
+
+def test_load_balancing_loss_matches_transformers_mixtral():
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    torch.manual_seed(0)
+    moe = RoutedFFN(C, n_experts=8, top_k=2, hidden_dim=16, aux_loss_coef=1.0).train()
+    x = torch.randn(B, T, C)
+    moe(x)
+    logits = moe.router(x.reshape(-1, C))  # (N, E): what Mixtral's router returns for one layer
+    expected = load_balancing_loss_func((logits,), num_experts=8, top_k=2)
+    torch.testing.assert_close(moe.aux_loss, expected)
+
+
+def test_top_1_load_balancing_loss_is_one_when_balanced_and_above_one_otherwise():
+    moe = RoutedFFN(C, n_experts=4, top_k=1, hidden_dim=16)
+    # Router probabilities that agree with the assignment (P_e = f_e): the loss is E · Σ f_e² ≥ 1,
+    # with equality exactly when every expert gets the same share.
+    balanced = torch.arange(8).remainder(4)[:, None]  # (N, 1)
+    assert moe.load_balancing_loss(F.one_hot(balanced[:, 0], 4).float(), balanced).item() == pytest.approx(1.0)
+    skewed = torch.tensor([0, 0, 0, 1, 1, 2, 3, 0])[:, None]
+    f = torch.tensor([4, 2, 1, 1]) / 8
+    loss = moe.load_balancing_loss(F.one_hot(skewed[:, 0], 4).float(), skewed).item()
+    assert loss == pytest.approx(4 * (f**2).sum().item()) and loss > 1
+    # Uniform router probabilities give exactly 1 whatever the assignment.
+    assert moe.load_balancing_loss(torch.full((8, 4), 0.25), skewed).item() == pytest.approx(1.0)
+
+
+def test_routed_output_gradient_reaches_the_router_and_every_chosen_expert():
+    moe = RoutedFFN(C, n_experts=4, top_k=2, hidden_dim=16).eval()
+    moe(torch.randn(B, T, C)).square().sum().backward()
+    assert moe.aux_loss is None
+    assert moe.router.weight.grad.abs().sum() > 0
+    assert (moe.gate_up.grad.flatten(1).abs().sum(1) > 0).all()  # 20 tokens × 2 slots reach all 4 experts
+
+
+def test_backbone_initializes_routed_experts_with_the_residual_scaling():
+    torch.manual_seed(0)
+    model = backbone(ffn=lambda d: RoutedFFN(d, n_experts=4, top_k=2, hidden_dim=64), n_layers=8)
+    ffn = model.blocks[3].ffn
+    assert ffn.gate_up.std().item() == pytest.approx(0.02, rel=0.05)
+    assert ffn.down.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # init_std / sqrt(2 · 8 layers)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_geglu_gelu_is_exact_or_tanh_approximated(approximate):
+    ffn = GeGLU(C, hidden_dim=48, approximate=approximate)
+    x = torch.randn(B, T, C)
+    gate, up = ffn.gate_up(x).chunk(2, dim=-1)
+    expected = ffn.down(F.gelu(gate, approximate=approximate) * up)
+    torch.testing.assert_close(ffn(x), expected)
+    other = "tanh" if approximate == "none" else "none"
+    assert not torch.allclose(ffn(x), ffn.down(F.gelu(gate, approximate=other) * up))
+
+
+def test_geglu_rejects_an_unknown_approximation():
+    with pytest.raises(ValueError, match="approximate='erf'"):
+        GeGLU(C, hidden_dim=48, approximate="erf")
 
 
 def test_aux_loss_is_set_in_training_reaches_the_router_and_is_summed_by_the_backbone():

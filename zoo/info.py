@@ -11,6 +11,7 @@ a recipe); several ``--config`` files are merged in order, later ones overriding
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ def backbone_config(path: Path) -> dict:
         model = config["model"]
         if isinstance(model, str):
             return backbone_config(path.parent / model)
+        if model.get("class_path"):
+            check_objective(model["class_path"])
         config = (model.get("init_args") or {}).get("backbone")
         if config is None:
             raise ValueError(f"{path} has a model section without model.init_args.backbone")
@@ -40,6 +43,22 @@ def backbone_config(path: Path) -> dict:
     if "class_path" not in config:  # init_args given directly: the backbone class is implied
         config = {"class_path": "zoo.nn.Transformer", "init_args": config.get("init_args", config)}
     return config
+
+
+def check_objective(class_path: str) -> None:
+    """Refuse a ``model.class_path`` that is not an objective: the backbone alone would still build, hiding it."""
+    from zoo.objectives.base import LanguageModel  # Lightning is imported only for run configs
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "zoo.objectives"), name)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, LanguageModel)):
+        raise ValueError(
+            f"model.class_path={class_path!r} is not an objective; use a subclass of "
+            "zoo.objectives.LanguageModel, e.g. zoo.objectives.CausalLM"
+        )
 
 
 def build(configs: list[Path]) -> Transformer:
@@ -83,7 +102,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     for path in args.config:
         if not path.is_file():
-            sys.exit(f"zoo info: --config {path} does not exist")
+            print(f"zoo info: --config {path} does not exist", file=sys.stderr)
+            sys.exit(2)
     try:
         backbone = build(args.config)
     except Exception as err:  # parser and constructor errors alike: report them, without a traceback

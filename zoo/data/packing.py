@@ -88,10 +88,13 @@ class PackedDataset(IterableDataset):
         if state:
             if state.get("stream") is not None:
                 self.documents.load_state_dict(state["stream"])
-            live.carry, live.skipped = state["carry"].tolist(), state["skipped"]
-            flat = state["buffer"].tolist()
-            bounds = [0, *torch.as_tensor(state["buffer_lengths"]).cumsum(0).tolist()]
-            live.buffer = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+            live.carry, live.skipped = torch.as_tensor(state["carry"]).tolist(), state["skipped"]
+            if "buffer_lengths" in state:
+                flat = torch.as_tensor(state["buffer"]).tolist()
+                bounds = [0, *torch.as_tensor(state["buffer_lengths"]).cumsum(0).tolist()]
+                live.buffer = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+            else:  # states written as lists of documents
+                live.buffer = [list(doc) for doc in state["buffer"]]
             live.rng.setstate(_as_rng_state(state["rng"]))
         self._live = live
         for doc in self._shuffled(live):

@@ -1,6 +1,27 @@
 """Sampling: autoregressive with a KV cache, and masked-diffusion samplers."""
 
-from zoo.generation.autoregressive import generate, top_k_filter, top_p_filter
-from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
+from zoo.generation.autoregressive import (
+    Generation,
+    banned_ngram_tokens,
+    generate,
+    left_padding_is_exact,
+    no_repeat_ngram_filter,
+    repetition_penalty_filter,
+    top_k_filter,
+    top_p_filter,
+)
+from zoo.generation.diffusion import DiffusionOutput, confidence_threshold, low_confidence_remasking
 
-__all__ = ["confidence_threshold", "generate", "low_confidence_remasking", "top_k_filter", "top_p_filter"]
+__all__ = [
+    "DiffusionOutput",
+    "Generation",
+    "banned_ngram_tokens",
+    "confidence_threshold",
+    "generate",
+    "left_padding_is_exact",
+    "low_confidence_remasking",
+    "no_repeat_ngram_filter",
+    "repetition_penalty_filter",
+    "top_k_filter",
+    "top_p_filter",
+]

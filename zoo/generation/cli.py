@@ -1,10 +1,13 @@
 """``python -m zoo generate --ckpt CKPT --prompt TEXT``: sample from an autoregressive or a masked-diffusion checkpoint.
 
-The objective recorded in the checkpoint decides the sampler: a causal LM decodes token by token with a KV cache;
-a masked-diffusion LM unmasks its answer over ``--steps`` (or by ``--threshold``). The tokenizer comes from the
-checkpoint. Examples::
+The objective recorded in the checkpoint decides the sampler: a causal LM decodes token by token with a KV cache
+(all prompts in one left-padded batch, or one by one with ``--stream``); a masked-diffusion LM unmasks a
+``--gen-length`` answer over ``--steps`` (LLaDA's low-confidence remasking) or by ``--threshold`` (parallel
+decoding). The tokenizer comes from the checkpoint. Each prompt is printed with its answer on stdout; the token
+count, forward passes and speed go to stderr. Examples::
 
-    python -m zoo generate --ckpt runs/quickstart/.../last.ckpt --prompt "def read_config(" --temperature 0.8
+    python -m zoo generate --ckpt runs/quickstart/.../last.ckpt --prompt "def read_config(" --temperature 0.8 \\
+        --top-p 0.95 --stop "\\n\\n" --stream
     python -m zoo generate --ckpt runs/diffusion-quickstart/.../last.ckpt --prompt "import os" --steps 64
 """
 
@@ -16,92 +19,126 @@ import time
 
 import torch
 
+from zoo.data.formats import FORMATS
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
-    p.add_argument("--format", default="none", help="prompt template: none, alpaca or user_assistant")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="autoregressive: tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="autoregressive: keep the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="autoregressive: nucleus probability (1 = all)")
-    p.add_argument("--stop", action="append", default=[], help="autoregressive: stop string (repeatable)")
-    p.add_argument("--gen-length", type=int, default=64, help="diffusion: answer length")
-    p.add_argument("--block-length", type=int, default=32, help="diffusion: semi-autoregressive block length")
-    p.add_argument("--steps", type=int, default=64, help="diffusion: forward passes (low-confidence remasking)")
-    p.add_argument("--threshold", type=float, help="diffusion: confidence-threshold decoding instead of --steps")
-    p.add_argument("--remasking", default="low_confidence", help="diffusion: low_confidence or random")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-stream", action="store_true", help="print each answer when complete")
+    p.add_argument("--input", default="", help="context for every prompt (the alpaca format's '### Input:')")
+    p.add_argument("--format", default="none", choices=sorted(FORMATS), help="prompt template (default: none)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    p.add_argument("--stop", action="extend", nargs="+", default=[],
+                   help="stop strings: the answer ends before the first one; backslash escapes such as \\n are "
+                   "read as the character")  # fmt: skip
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")  # fmt: skip
+    ar = p.add_argument_group("autoregressive models")
+    ar.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most")
+    ar.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    ar.add_argument("--top-p", type=float, default=1.0, help="nucleus probability (1 = all)")
+    ar.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (1 = none)")
+    ar.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeated n-grams (0 = off)")
+    ar.add_argument("--stream", action="store_true", help="print tokens as they come (prompts one at a time)")
+    dm = p.add_argument_group("masked-diffusion models")
+    dm.add_argument("--gen-length", type=int, default=64, help="answer length in tokens")
+    dm.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block; divides --gen-length")
+    dm.add_argument("--steps", type=int, default=64, help="unmasking steps; a multiple of the number of blocks")
+    dm.add_argument("--threshold", type=float, help="confidence-threshold decoding in (0, 1] instead of --steps")
+    dm.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
+                    help="which predictions a step keeps")  # fmt: skip
     return p
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    args.stop = [unescape(s) for s in args.stop]
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"zoo generate: {err}", file=sys.stderr)
         sys.exit(2)
 
 
-def run(args) -> None:
-    from zoo.data.formats import FORMATS
-    from zoo.data.tokenizer import tokenizer_from_checkpoint
-    from zoo.generation.autoregressive import generate
-    from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
-    from zoo.objectives.base import LanguageModel
-    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
+def unescape(text: str) -> str:
+    """``"\\n\\n"`` typed in a shell → two newlines; other characters (non-ASCII included) unchanged."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
-    if args.format not in FORMATS:
-        raise ValueError(f"--format {args.format!r} is unknown; choose one of {sorted(FORMATS)}")
-    model = LanguageModel.from_checkpoint(args.ckpt, map_location=args.device).eval()
+
+def is_diffusion(model) -> bool:
+    try:
+        from zoo.objectives.masked_diffusion import MaskedDiffusionLM
+    except ImportError:  # an install without the diffusion objective samples AR models only
+        return False
+    return isinstance(model, MaskedDiffusionLM)
+
+
+def run(args: argparse.Namespace) -> None:
+    from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.objectives.base import LanguageModel
+
+    # weights_only=False: from_checkpoint has already unpickled this file to read its class, and Lightning's
+    # weights-only unpickler is many times slower on the tokenizer and loop state a zoo checkpoint carries
+    model = LanguageModel.from_checkpoint(args.ckpt, map_location=args.device, weights_only=False).eval()
     tokenizer, eos = tokenizer_from_checkpoint(args.ckpt)
     eos_id = tokenizer.token_to_id(eos)
+    template = FORMATS[args.format]()
+    texts = [template.prompt(text, args.input) for text in args.prompt]
+    prompts = [tokenizer.encode(text, add_special_tokens=False).ids or [eos_id] for text in texts]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    for text in args.prompt:
-        prompt_text = FORMATS[args.format].prompt(text)
-        ids = tokenizer.encode(prompt_text, add_special_tokens=False).ids or [eos_id]
-        start = time.perf_counter()
-        print(prompt_text, end="", flush=True)
-        if isinstance(model, MaskedDiffusionLM):
-            prompt = torch.tensor([ids], device=args.device)
-            common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": args.gen_length,
-                      "block_length": args.block_length, "temperature": args.temperature, "eos_id": eos_id,
-                      "shift": model.shift, "generator": generator}  # fmt: skip
-            if args.threshold is not None:
-                out = confidence_threshold(model.backbone, prompt, threshold=args.threshold, **common)
-            else:
-                out = low_confidence_remasking(model.backbone, prompt, steps=args.steps, remasking=args.remasking,
-                                               **common)  # fmt: skip
-            new = [t for t in out.tokens[0, len(ids) :].tolist() if t != eos_id]
-            print(tokenizer.decode(new), flush=True)
-            passes = out.forward_passes
+    start = time.perf_counter()
+    if is_diffusion(model):
+        n_tokens, passes = sample_diffusion(model, tokenizer, eos_id, texts, prompts, args, generator)
+    else:
+        n_tokens, passes = sample_autoregressive(model, tokenizer, eos_id, texts, prompts, args, generator)
+    seconds = time.perf_counter() - start
+    print(f"[{n_tokens} tokens, {passes} forward passes, {n_tokens / seconds:.1f} tokens/s]", file=sys.stderr)
+
+
+def sample_autoregressive(model, tokenizer, eos_id, texts, prompts, args, generator) -> tuple[int, int]:
+    from zoo.generation.autoregressive import generate
+
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+               "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "eos_id": eos_id, "stop": args.stop,
+               "tokenizer": tokenizer, "generator": generator}  # fmt: skip
+    if not args.stream:
+        out = generate(model.backbone, prompts, **options)
+        for text, answer in zip(texts, out.texts):
+            print(text + answer, flush=True)
+        return sum(len(t) for t in out.tokens), out.forward_passes
+    n_tokens = passes = 0
+    for text, prompt in zip(texts, prompts):
+        print(text, end="", flush=True)
+        out = generate(model.backbone, [prompt], on_token=lambda row, token, piece: print(piece, end="", flush=True),
+                       **options)  # fmt: skip
+        print(flush=True)
+        n_tokens, passes = n_tokens + len(out.tokens[0]), passes + out.forward_passes
+    return n_tokens, passes
+
+
+def sample_diffusion(model, tokenizer, eos_id, texts, prompts, args, generator) -> tuple[int, int]:
+    from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
+
+    common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": args.gen_length,
+              "block_length": args.block_length, "temperature": args.temperature, "eos_id": eos_id,
+              "shift": getattr(model, "shift", False), "generator": generator}  # fmt: skip
+    n_tokens = passes = 0
+    for text, ids in zip(texts, prompts):  # one at a time: the samplers take prompts of one length
+        prompt = torch.tensor([ids], device=args.device)
+        if args.threshold is not None:
+            out = confidence_threshold(model.backbone, prompt, threshold=args.threshold, **common)
         else:
-            stream = {"ids": [], "printed": ""}
-
-            def on_token(token: int, stream: dict = stream) -> None:
-                if args.no_stream or token == eos_id:
-                    return
-                stream["ids"].append(token)
-                text_so_far = tokenizer.decode(stream["ids"])
-                print(text_so_far[len(stream["printed"]) :], end="", flush=True)
-                stream["printed"] = text_so_far
-
-            def stop(new: list[int]) -> bool:
-                return bool(args.stop) and any(s in tokenizer.decode(new) for s in args.stop)
-
-            out = generate(model.backbone, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, eos_id=eos_id, stop=stop, on_token=on_token,
-                           generator=generator)  # fmt: skip
-            new = [t for t in out.tokens if t != eos_id]
-            text_out = tokenizer.decode(new)
-            for s in args.stop:  # the stop string ends the answer and is not part of it
-                text_out = text_out.split(s)[0] if s in text_out else text_out
-            print(text_out if args.no_stream else "", flush=True)
-            passes = out.forward_passes
-        seconds = time.perf_counter() - start
-        print(f"[{len(new)} tokens, {passes} forward passes, {len(new) / seconds:.1f} tokens/s]", file=sys.stderr)
+            out = low_confidence_remasking(model.backbone, prompt, steps=args.steps, remasking=args.remasking,
+                                           **common)  # fmt: skip
+        answer = out.answer[0].tolist()
+        answer = answer[: answer.index(eos_id)] if eos_id in answer else answer
+        decoded = tokenizer.decode(answer)
+        for s in args.stop:
+            decoded = decoded.split(s)[0]
+        print(text + decoded, flush=True)
+        n_tokens, passes = n_tokens + len(answer), passes + out.forward_passes
+    return n_tokens, passes

@@ -476,8 +476,8 @@ def mapping_for(backbone: Transformer) -> Mapping:
         gemma = type(ffn) in (GatedFFN, GeGLU) and ffn.activation == "gelu_tanh" and ffn.gate_up.bias is None
         if not (gemma and norm.unit_offset and qk and backbone.scale_embeddings):
             raise _refuse(
-                "SandwichBlock maps to Gemma 3, which needs RMSNorm(unit_offset=True), QK-norm, GeGLU without biases "
-                "and scale_embeddings true"
+                "SandwichBlock maps to Gemma 3, which needs RMSNorm(unit_offset=True), QK-norm, "
+                "GeGLU(approximate='tanh') without biases and scale_embeddings true"
             )
         return Gemma3Mapping(backbone)
     if type(block) is not PreNormBlock:

@@ -164,7 +164,7 @@ def _gemma3_text(config) -> dict:
 
     return _decoder(
         config, block=SandwichBlock, norm=norm, qk_norm=norm, theta=ropes.pop()[0], scale_embeddings=True,
-        ffn=lambda d: GeGLU(d, hidden_dim=config.intermediate_size),
+        ffn=lambda d: GeGLU(d, hidden_dim=config.intermediate_size, approximate="tanh"),
     )  # fmt: skip
 
 

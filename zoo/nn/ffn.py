@@ -1,7 +1,7 @@
 """Feed-forward networks, each built by a factory ``Callable[[int], nn.Module]`` that receives the model width.
 
 ``GeluMLP``: ``down(gelu(up(x)))`` (GPT-2, Pythia).  ``GatedFFN``: ``down(act(gate(x)) * up(x))``
-(Shazeer, 2020); ``SwiGLU`` (Llama) and ``GeGLU`` (Gemma) fix its activation.
+(Shazeer, 2020); ``SwiGLU`` (Llama) and ``GeGLU`` (Gemma, with ``approximate="tanh"``) fix its activation.
 """
 
 from __future__ import annotations
@@ -94,9 +94,24 @@ class SwiGLU(GatedFFN):
 
 
 class GeGLU(GatedFFN):
-    """Identical to :class:`GatedFFN` except the activation is fixed to tanh-approximated GELU (Gemma)."""
+    """Identical to :class:`GatedFFN` except the activation is fixed to GELU (Shazeer, 2020; Gemma).
+
+    Args: as :class:`GatedFFN`, and
+        approximate: ``"none"`` for the exact erf GELU (the GLU-variants paper), ``"tanh"`` for its tanh
+            approximation (Gemma's ``gelu_pytorch_tanh``).
+    """
 
     def __init__(
-        self, dim: int, *, hidden_dim: int, bias: bool = False, canon: Callable[[int], nn.Module] | None = None
+        self,
+        dim: int,
+        *,
+        hidden_dim: int,
+        approximate: str = "none",
+        bias: bool = False,
+        canon: Callable[[int], nn.Module] | None = None,
     ) -> None:
-        super().__init__(dim, hidden_dim=hidden_dim, activation="gelu_tanh", bias=bias, canon=canon)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GeGLU approximate={approximate!r} must be 'none' (exact GELU) or 'tanh' (Gemma)")
+        activation = "gelu_tanh" if approximate == "tanh" else "gelu"
+        super().__init__(dim, hidden_dim=hidden_dim, activation=activation, bias=bias, canon=canon)
+        self.approximate = approximate

@@ -155,9 +155,10 @@ class Transformer(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward) at context ``seq_len``, after PaLM (Chowdhery et al.,
-        2022, app. B): ``6·N + 12·L·(H·D)·T``. ``N`` counts every weight used in a matmul: all parameters but
-        the embedding tables, plus the LM head even when tied; the second term is attention's scores and
-        weighted sum (full, not halved for causality, as in the usual MFU convention)."""
+        2022, app. B): ``6·N + 12·L·(H·D)·T``. ``N`` counts every weight a token uses in a matmul: all
+        parameters but the embedding tables, plus the LM head even when tied, minus the routed experts it is not
+        sent to (:meth:`inactive_parameters`); the second term is attention's scores and weighted sum (full, not
+        halved for causality, as in the usual MFU convention)."""
         n_matmul = self.num_parameters(embeddings=False) + self.head.weight.numel() * self.tie_embeddings
         n_matmul -= self.inactive_parameters()
         attention_width = sum(block.attention.n_heads * block.attention.head_dim for block in self.blocks)

@@ -1,10 +1,12 @@
 """Schedules that move an autoregressive model to masked diffusion, step by step (chosen in YAML by class_path).
 
-``MaskedDiffusionLM`` asks its schedule for a :class:`Plan` at every step: the attention mask to use and whether
-the clean sequence rides along as context (block diffusion). Two recipes:
+``MaskedDiffusionLM`` asks its schedule for a :class:`Plan` at every training step: the attention mask to use and,
+for block diffusion, the block size. The backbone's attention modules are bidirectional (``causal: false``); the
+schedule supplies whatever causality remains through the backbone's ``mask=`` argument ((1, 1, T, S) bool, True =
+may attend). Two recipes:
 
 ``AttentionAnnealing`` (DiffuLLaMA, Gong et al. 2024): the mask is causal ∪ Bernoulli(r), r rising linearly
-from 0 to 1, after which attention is fully bidirectional::
+from 0 to 1 over ``anneal_steps``, after which attention is fully bidirectional::
 
     r = 0          r = 0.5        r = 1
     ■ · · ·        ■ · ■ ·        ■ ■ ■ ■
@@ -12,16 +14,18 @@ from 0 to 1, after which attention is fully bidirectional::
     ■ ■ ■ ·        ■ ■ ■ ■        ■ ■ ■ ■
     ■ ■ ■ ■        ■ ■ ■ ■        ■ ■ ■ ■
 
-``BlockWarmupStableDecay`` (LLaDA 2.0's WSD over block diffusion): the sequence is cut into blocks; a block is
-denoised seeing itself (bidirectionally) and the *clean* earlier blocks (the noisy and clean copies go through
-the model together, BD3-LM style); the block size grows through ``warmup_blocks`` to the whole sequence (plain
-masked diffusion) for ``stable_steps``, then falls to ``decay_block``. For blocks of 2 in a 4-token sequence::
+``BlockWarmupStableDecay`` (LLaDA 2.0's warmup-stable-decay over block diffusion): the sequence is cut into
+blocks, each noised with its own level t; a block is denoised seeing itself (bidirectionally) and the *clean*
+earlier blocks — the block-causal mask (within a block bidirectional, earlier blocks visible). The noisy and clean
+copies go through the model together, BD3-LM style, so one pass trains every block. The block size grows through
+``warmup_blocks`` to the whole sequence (plain masked diffusion) for ``stable_steps``, then falls to
+``decay_block``, the block size used when sampling. For blocks of 2 in a 4-token sequence::
 
-                 noisy 0 1 2 3   clean 0 1 2 3
-    noisy 0,1    ■ ■ · ·         · · · ·
-    noisy 2,3    · · ■ ■         ■ ■ · ·
-    clean 0,1    · · · ·         ■ ■ · ·
-    clean 2,3    · · · ·         ■ ■ ■ ■
+    block_causal_mask         block_diffusion_mask:  keys = noisy 0 1 2 3 | clean 0 1 2 3
+    ■ ■ · ·                   queries noisy 0,1             ■ ■ · ·       · · · ·
+    ■ ■ · ·                           noisy 2,3             · · ■ ■       ■ ■ · ·
+    ■ ■ ■ ■                           clean 0,1             · · · ·       ■ ■ · ·
+    ■ ■ ■ ■                           clean 2,3             · · · ·       ■ ■ ■ ■
 """
 
 from __future__ import annotations
@@ -34,25 +38,47 @@ from torch import Tensor
 
 @dataclass
 class Plan:
-    """What one training step uses: ``mask`` (1, 1, S, S) bool, True = may attend, ``None`` = all; ``clean_context``
-    True when the input is the noisy sequence followed by the clean one (S = 2T)."""
+    """What one training step uses.
+
+    Attributes:
+        mask: (1, 1, S, S) bool attention mask, True = may attend; ``None`` = every position sees every position.
+        block_size: ``None`` for plain masked diffusion over the sequence; otherwise block diffusion: the input is
+            the noisy sequence followed by the clean one (S = 2T), and each block draws its own noise level.
+    """
 
     mask: Tensor | None
-    clean_context: bool = False
+    block_size: int | None = None
+
+    @property
+    def clean_context(self) -> bool:
+        return self.block_size is not None
 
 
 class ConversionSchedule:
-    """Base class: :meth:`plan` returns the step's :class:`Plan`, or ``None`` for plain bidirectional attention."""
+    """Base class: :meth:`plan` returns the step's :class:`Plan`, or ``None`` for plain bidirectional attention.
+
+    ``block_diffusion`` tells the objective whether plans may cut the sequence into blocks (the AR shift is not
+    supported there)."""
+
+    block_diffusion: bool = False
 
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         raise NotImplementedError
 
 
+def annealed_mask(seq_len: int, rate: float, *, device=None, generator: torch.Generator | None = None) -> Tensor:
+    """Causal ∪ Bernoulli(``rate``): (1, 1, T, T) bool; ``rate`` 0 is causal, 1 is all True."""
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    extra = torch.rand(seq_len, seq_len, device=device, generator=generator) < rate
+    return (causal | extra)[None, None]
+
+
 class AttentionAnnealing(ConversionSchedule):
-    """Causal ∪ Bernoulli(r) attention with ``r = step / anneal_steps``, then fully bidirectional.
+    """Causal ∪ Bernoulli(r) attention with ``r = step / anneal_steps`` (one random mask per step, shared by the
+    batch), then fully bidirectional (DiffuLLaMA's attention-mask annealing).
 
     Args:
-        anneal_steps: optimizer steps over which r rises from 0 to 1.
+        anneal_steps: optimizer steps over which r rises linearly from 0 to 1.
     """
 
     def __init__(self, *, anneal_steps: int) -> None:
@@ -65,23 +91,21 @@ class AttentionAnnealing(ConversionSchedule):
 
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         r = self.rate(step)
-        if r >= 1:
-            return None
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
-        extra = torch.rand(seq_len, seq_len, device=device, generator=generator) < r
-        return Plan((causal | extra)[None, None])
+        return None if r >= 1 else Plan(annealed_mask(seq_len, r, device=device, generator=generator))
 
 
 class BlockWarmupStableDecay(ConversionSchedule):
-    """Block diffusion whose block size warms up to the whole sequence, stays there, then decays.
+    """Block diffusion whose block size warms up to the whole sequence, stays there, then decays (LLaDA 2.0).
 
     Args:
         warmup_blocks: block sizes of the warmup phase, in order, each for an equal share of ``warmup_steps``
-            (LLaDA 2.0: 1, 4, 32, 64 before the full sequence).
+            (LLaDA 2.0: 1, 4, 32, 64 before the full sequence; block 1 is next-token prediction).
         warmup_steps: steps of the warmup phase.
         stable_steps: steps of plain masked diffusion over the whole sequence.
         decay_block: block size after the stable phase (LLaDA 2.0: 32); ``None`` keeps the whole sequence.
     """
+
+    block_diffusion = True
 
     def __init__(
         self, *, warmup_blocks: list[int], warmup_steps: int, stable_steps: int, decay_block: int | None = None
@@ -89,7 +113,9 @@ class BlockWarmupStableDecay(ConversionSchedule):
         if not warmup_blocks or any(b < 1 for b in warmup_blocks):
             raise ValueError(f"BlockWarmupStableDecay warmup_blocks={warmup_blocks} must be block sizes ≥ 1")
         if warmup_steps < 0 or stable_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps} and stable_steps={stable_steps} must be ≥ 0")
+            raise ValueError(
+                f"BlockWarmupStableDecay warmup_steps={warmup_steps} and stable_steps={stable_steps} must be ≥ 0"
+            )
         if decay_block is not None and decay_block < 1:
             raise ValueError(f"BlockWarmupStableDecay decay_block={decay_block} must be ≥ 1 or null")
         self.warmup_blocks, self.warmup_steps = list(warmup_blocks), warmup_steps
@@ -105,17 +131,23 @@ class BlockWarmupStableDecay(ConversionSchedule):
 
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         size = self.block_size(step, seq_len)
-        return None if size >= seq_len else Plan(block_diffusion_mask(seq_len, size, device=device), True)
+        return None if size >= seq_len else Plan(block_diffusion_mask(seq_len, size, device=device), size)
+
+
+def block_causal_mask(seq_len: int, block: int, *, device=None) -> Tensor:  # (T, T) bool
+    """Query ``i`` may attend key ``j`` when ``j``'s block is not after ``i``'s: bidirectional within a block,
+    earlier blocks visible (block 1 is causal, block ``seq_len`` is all True)."""
+    ids = torch.arange(seq_len, device=device) // block  # block index of each position
+    return ids[:, None] >= ids[None, :]
 
 
 def block_diffusion_mask(seq_len: int, block: int, *, device=None) -> Tensor:  # (1, 1, 2T, 2T) bool
-    """Attention over [noisy; clean]: a noisy block sees itself and earlier clean blocks; clean blocks are
+    """Attention over [noisy; clean]: a noisy block sees itself and the earlier clean blocks; clean blocks are
     block-causal among themselves and never see noisy ones."""
-    ids = torch.arange(seq_len, device=device) // block  # block index of each position
-    same = ids[:, None] == ids[None, :]
-    earlier = ids[:, None] > ids[None, :]
-    upto = ids[:, None] >= ids[None, :]
-    none = torch.zeros_like(same)
-    top = torch.cat([same, earlier], dim=1)  # noisy queries
-    bottom = torch.cat([none, upto], dim=1)  # clean queries
+    ids = torch.arange(seq_len, device=device) // block
+    same = ids[:, None] == ids[None, :]  # (T, T)
+    upto = block_causal_mask(seq_len, block, device=device)
+    earlier = upto & ~same
+    top = torch.cat([same, earlier], dim=1)  # noisy queries: (T, 2T)
+    bottom = torch.cat([torch.zeros_like(same), upto], dim=1)  # clean queries: (T, 2T)
     return torch.cat([top, bottom], dim=0)[None, None]

@@ -1,21 +1,29 @@
 """``MaskedDiffusionLM``: masked (absorbing-state) discrete diffusion, as MDLM and LLaDA train it.
 
-Each sequence draws a noise level ``t ~ U(ε, 1)``; every token is replaced by the mask token with probability
-``t``; a bidirectional backbone predicts the originals, and the loss is the cross-entropy on masked positions
-weighted by ``1/t`` — an upper bound on the negative log-likelihood (the ELBO), per token::
+Each sequence draws a noise level ``t ~ U(ε, 1)`` (stratified across the batch); every token is replaced by the
+mask token with probability ``t``; a bidirectional backbone predicts the originals, and the loss is the
+cross-entropy on masked positions weighted by ``1/t``, summed over the batch and divided by its number of tokens —
+the negative ELBO per token, an upper bound on the negative log-likelihood::
 
-    tokens      The  cat  sat  on   the  mat          attention: every position sees every position
-    noisy (t)   The  [M]  sat  [M]  [M]  mat          ┌──────────┐
-    loss            CE/t      CE/t CE/t               │ all True │  (T × T)
-                                                      └──────────┘
+    tokens      The  cat  sat  on   the  mat         attention mask (queries ↓, keys →), ■ may attend · may not
+    noisy (t)   The  [M]  sat  [M]  [M]  mat
+    loss             CE/t      CE/t CE/t              masked diffusion      causal (AR, for contrast)
+                                                      ■ ■ ■ ■ ■ ■           ■ · · · · ·
+    SFT, labels −100 on the prompt:                   ■ ■ ■ ■ ■ ■           ■ ■ · · · ·
+    tokens      Q:  2+2  A:  │ 4    .                 ■ ■ ■ ■ ■ ■           ■ ■ ■ · · ·
+    noisy (t)   Q:  2+2  A:  │ [M]  .                 ■ ■ ■ ■ ■ ■           ■ ■ ■ ■ · ·
+    loss                     │ CE/t                   ■ ■ ■ ■ ■ ■           ■ ■ ■ ■ ■ ·
+                (never masked, never scored)          ■ ■ ■ ■ ■ ■           ■ ■ ■ ■ ■ ■
 
-Converting an autoregressive model (the Dhara recipe) starts from its weights (``init_from``) and eases the
-attention from causal to bidirectional with a :class:`ConversionSchedule` (see :mod:`zoo.objectives.conversion`).
-Positions whose label is ``-100`` (an SFT prompt) are never masked and never scored: the loss covers the
-response only, as in LLaDA's SFT.
+Converting an autoregressive model (DiffuLLaMA, Dream, LLaDA 2.0, Dhara) starts from its weights (``init_from``)
+and may ease the attention from causal to bidirectional with a :class:`~zoo.objectives.conversion.ConversionSchedule`
+(``conversion``) and keep the AR shift (``shift``).
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +34,34 @@ from zoo.objectives.conversion import ConversionSchedule
 
 
 class MaskedDiffusionLM(LanguageModel):
-    """Identical to :class:`LanguageModel` except the loss: masked-diffusion cross-entropy weighted by ``1/t``.
-    Validation reports the negative ELBO per token (``val/loss``) and its exponential, a perplexity bound.
+    """Identical to :class:`LanguageModel` except the loss: masked-diffusion cross-entropy weighted by ``1/t``, with
+    bidirectional attention. Validation reports the negative ELBO per token (``val/loss``) and its exponential, a
+    bound on the perplexity (``val/ppl``), with fixed noise (``val_seed``) and without the conversion schedule, so
+    evaluations compare across the run and with an AR model's ``val/loss``.
+
+    SFT: a data module that sets ``labels`` to ``-100`` on prompt tokens gets LLaDA's SFT objective — the prompt is
+    never masked and the loss (and its token count) covers the response only.
 
     Args:
-        backbone, optimizer, schedule, compile: as :class:`LanguageModel`. Its attention is made bidirectional
-            whatever its ``causal`` setting, so an AR model's config (``configs/models/*.yaml``) serves unchanged.
-        mask_id: the mask token: an existing id (Dhara reuses GPT-2's 50256) or ``None`` for a dedicated id equal
-            to the tokenizer's vocabulary size, which must then be below ``backbone.vocab_size``.
-        eps: smallest noise level, so ``1/t`` stays bounded.
-        antithetic: draw the batch's noise levels stratified over ``(eps, 1)`` (one per stratum, shared random
-            offset), which lowers the variance of the loss.
+        backbone, optimizer, schedule, compile: as :class:`LanguageModel`. The attention must be bidirectional
+            (``attention.causal: false``); a causal one is refused, except when converting (``init_from`` or
+            ``conversion`` set), where it is switched to bidirectional so an AR model's config serves unchanged.
+        mask_id: the mask token: an existing id (Dhara reuses GPT-2's end-of-text 50256) or ``None`` for a
+            dedicated id equal to the tokenizer's vocabulary size, which must then be below ``backbone.vocab_size``
+            (checked against the data module when training starts).
+        eps: smallest noise level ε, so the weight ``1/t`` stays bounded (MDLM, LLaDA: 1e-3).
+        antithetic: draw the batch's noise levels stratified over ``(ε, 1)`` — one per stratum ``[i/B, (i+1)/B)``,
+            sharing one uniform offset (low-discrepancy sampling) — which lowers the variance of the loss.
         shift: keep the autoregressive shift: the logits at position ``i`` predict token ``i+1`` (DiffuLLaMA,
-            Dream), so an AR model's head is reused as trained; without it position ``i`` predicts token ``i``.
-        init_from: a checkpoint of ``python -m zoo fit`` (an AR model) whose backbone weights start this run; the
-            architectures must match, except the attention's causality.
-        conversion: how the run moves from causal to bidirectional attention (``None``: bidirectional from the
-            first step).
-        val_seed: seed of the noise used in validation, so validation losses are comparable between evaluations.
+            Dream), so an AR model's head keeps its job; the first token is then never masked. Without it position
+            ``i`` predicts token ``i`` (LLaDA, MDLM). Not supported with block-diffusion schedules.
+        init_from: a checkpoint of ``python -m zoo fit`` (e.g. a ``CausalLM``) whose backbone weights are loaded
+            exactly when training (or validation) first starts; only the backbone's state dict is read, and any
+            mismatch of names or shapes is refused with the differing parameters listed. Resuming restores the run's
+            own checkpoint over it; a model loaded from its own checkpoint never reads this path again.
+        conversion: how training moves from causal to bidirectional attention: ``AttentionAnnealing`` (DiffuLLaMA)
+            or ``BlockWarmupStableDecay`` (LLaDA 2.0); ``None`` = bidirectional masked diffusion from the first step.
+        val_seed: seed of the noise in validation (one generator per batch, seeded ``val_seed + batch_idx``).
     """
 
     def __init__(
@@ -59,10 +77,19 @@ class MaskedDiffusionLM(LanguageModel):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for block in self.backbone.blocks:  # the same blocks as the AR model; only the attention's causality changes
+        converting = init_from is not None or conversion is not None
+        for i, block in enumerate(self.backbone.blocks):
             if not hasattr(block.attention, "causal"):
-                raise ValueError(f"{type(block.attention).__name__} has no `causal` switch to make it bidirectional")
-            block.attention.causal = False
+                raise ValueError(
+                    f"backbone.blocks[{i}].attention ({type(block.attention).__name__}) has no `causal` switch: "
+                    "masked diffusion needs an attention module that can be made bidirectional"
+                )
+            if block.attention.causal and not converting:
+                raise ValueError(
+                    "MaskedDiffusionLM needs bidirectional attention, but backbone.block.attention.causal=true: set "
+                    "it to false (or convert an AR checkpoint with init_from / conversion, which switches it off)"
+                )
+            block.attention.causal = False  # the conversion schedule, if any, supplies the causality by mask
         if not 0 < eps < 1:
             raise ValueError(f"MaskedDiffusionLM eps={eps} must be in (0, 1), e.g. 1e-3")
         if mask_id is not None and not 0 <= mask_id < self.backbone.vocab_size:
@@ -70,17 +97,27 @@ class MaskedDiffusionLM(LanguageModel):
                 f"MaskedDiffusionLM mask_id={mask_id} is outside the model's vocabulary [0, "
                 f"{self.backbone.vocab_size}): choose an id below backbone.vocab_size, or null for a dedicated id"
             )
+        if shift and conversion is not None and conversion.block_diffusion:
+            raise ValueError(
+                f"MaskedDiffusionLM shift=true is not supported with {type(conversion).__name__} (block diffusion): "
+                "set shift to false, or use AttentionAnnealing"
+            )
         self.mask_id, self.eps, self.antithetic, self.shift = mask_id, eps, antithetic, shift
-        self.conversion, self.val_seed = conversion, val_seed
-        if init_from is not None:
-            self.load_backbone(init_from)
+        self.init_from, self.conversion, self.val_seed = init_from, conversion, val_seed
 
     # ---- conversion from an AR checkpoint --------------------------------------------------------------------
     def load_backbone(self, path: str) -> None:
         """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with
         the differing parameters named. The one allowed difference: a larger vocabulary (room for a dedicated mask
         token), whose extra embedding and head rows start at the mean of the trained rows."""
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"MaskedDiffusionLM init_from={path} is not a file: train the AR model first, or point init_from at "
+                "its checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
+            )
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if "state_dict" not in checkpoint:
+            raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")
         source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
         target = self.backbone.state_dict()
         for name in ("embed.weight", "head.weight"):
@@ -95,8 +132,9 @@ class MaskedDiffusionLM(LanguageModel):
         if missing or extra or shapes:
             raise ValueError(
                 f"init_from={path} does not match this backbone: missing {missing[:5]}, unexpected {extra[:5]}, "
-                f"shapes (checkpoint vs model) {shapes[:5]}: build the same architecture as the checkpoint (only "
-                "attention.causal and a larger vocab_size may differ)"
+                f"shapes (checkpoint vs model) {shapes[:5]} ({len(missing)}, {len(extra)}, {len(shapes)} in all): "
+                "build the same architecture as the checkpoint (only attention.causal and a larger vocab_size may "
+                "differ)"
             )
         self.backbone.load_state_dict(source)
 
@@ -106,7 +144,7 @@ class MaskedDiffusionLM(LanguageModel):
         vocab = getattr(datamodule, "vocab_size", None)
         if self.mask_id is None:
             if vocab is None:
-                raise ValueError("MaskedDiffusionLM mask_id=null needs the data module's vocabulary: set mask_id")
+                raise ValueError("MaskedDiffusionLM mask_id=null needs the data module's vocab_size: set mask_id")
             if vocab >= self.backbone.vocab_size:
                 raise ValueError(
                     f"MaskedDiffusionLM mask_id=null needs an id after the tokenizer's {vocab} tokens, but "
@@ -115,42 +153,62 @@ class MaskedDiffusionLM(LanguageModel):
                 )
             self.mask_id = vocab
             self.hparams["mask_id"] = vocab  # saved, so sampling from the checkpoint knows it
+        if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
+            self.load_backbone(self.init_from)
+            self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.init_from = None  # the checkpoint holds the weights; the AR model it started from is not needed
 
     # ---- the objective -----------------------------------------------------------------------------------------
-    def sample_t(self, batch_size: int, *, device, generator: torch.Generator | None = None) -> Tensor:  # (B,)
-        u = torch.rand(batch_size, device=device, generator=generator)
-        if self.antithetic:  # one draw per stratum [i/B, (i+1)/B), all sharing one offset
-            u = (torch.arange(batch_size, device=device) + u[:1]) / batch_size
+    def sample_t(self, n: int, *, device, generator: torch.Generator | None = None) -> Tensor:  # (n,)
+        """``n`` noise levels in ``(ε, 1)``: stratified (one per stratum) when ``antithetic``, else i.i.d."""
+        u = torch.rand(n, device=device, generator=generator)
+        if self.antithetic:  # one draw per stratum [i/n, (i+1)/n), all sharing one offset
+            u = (torch.arange(n, device=device) + u[:1]) / n
         return self.eps + (1 - self.eps) * u
 
-    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def loss(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, *, converting: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """(negative ELBO per scored token, scored tokens). ``converting``: follow the conversion schedule at the
+        current step (training); ``False`` scores the final objective, plain bidirectional masked diffusion."""
         input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T)
         B, T = input_ids.shape
+        device = input_ids.device
         scored = labels != -100  # prompt tokens (SFT) are neither masked nor scored
         if self.shift:
-            scored[:, 0] = False  # position 0 has no previous position to predict it
-        t = self.sample_t(B, device=input_ids.device, generator=generator)  # (B,)
-        draw = torch.rand(B, T, device=input_ids.device, generator=generator)
-        masked = (draw < t[:, None]) & scored  # (B, T)
-        noisy = torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids)
+            scored[:, 0] = False  # no position before the first token to predict it
         step = self.global_step if self._trainer is not None else 0
-        plan = self.conversion.plan(step, T, device=input_ids.device, generator=generator) if self.conversion else None
-        if plan is not None and plan.clean_context:  # block diffusion: each block sees clean earlier blocks
+        plan = None
+        if converting and self.conversion is not None:
+            plan = self.conversion.plan(step, T, device=device, generator=generator)
+        block = plan.block_size if plan is not None and plan.block_size is not None else T
+        n_blocks = math.ceil(T / block)
+        t = self.sample_t(B * n_blocks, device=device, generator=generator).view(B, n_blocks)  # a level per block
+        t = t.repeat_interleave(block, dim=1)[:, :T]  # (B, T): each token's noise level
+        draw = torch.rand(B, T, device=device, generator=generator)
+        masked = (draw < t) & scored  # (B, T)
+        noisy = torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids)
+        if plan is not None and plan.clean_context:  # block diffusion: each block sees the clean earlier blocks
             both = torch.cat([noisy, input_ids], dim=1)  # (B, 2T)
-            positions = torch.arange(T, device=input_ids.device).repeat(2)
+            positions = torch.arange(T, device=device).repeat(2)  # the clean copy sits at the same positions
             logits = self.backbone(both, mask=plan.mask, positions=positions)[:, :T]  # (B, T, V)
         else:
             logits = self.backbone(noisy, mask=plan.mask if plan is not None else None)  # (B, T, V)
+        weights = masked / t  # (B, T): 1/t on masked positions, 0 elsewhere
         if self.shift:  # logits at i predict token i+1
-            logits, targets, weights_mask = logits[:, :-1], labels[:, 1:], masked[:, 1:]
-        else:
-            targets, weights_mask = labels, masked
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
-        weighted = (ce * weights_mask / t[:, None]).sum()
+            logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
+        ce = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(labels)
         n_tokens = scored.sum()
-        return weighted / n_tokens.clamp(min=1), n_tokens
+        return (ce * weights).sum() / n_tokens.clamp(min=1), n_tokens
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # Fixed noise and no schedule: the same bound every evaluation, averaged per token over the whole set
+        # (the base weights each batch's per-token loss by its token count, so Σ(1/t)·CE / Σ tokens).
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(self.val_seed + batch_idx)
-        loss, n_tokens = self.loss(batch, generator=generator)
+        loss, n_tokens = self.loss(batch, generator=generator, converting=False)
         self.val_loss.update(loss, weight=n_tokens)
