@@ -47,16 +47,21 @@ class PreNormBlock(nn.Module):
     def forward(
         self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
+        x = x + self.attention_branch(x, rope=rope, mask=mask, cache=cache)
+        return x + self.ffn_branch(x, cache)
+
+    def attention_branch(
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+    ) -> Tensor:  # norm → [Canon-A] → attention: (B, T, C) -> (B, T, C), before it joins the stream
         h = self.attention_norm(x)
         if self.canon_a is not None:
             h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
-        x = x + self.attention(h, rope=rope, mask=mask, cache=cache)
+        return self.attention(h, rope=rope, mask=mask, cache=cache)
+
+    def ffn_branch(self, x: Tensor, cache: dict | None) -> Tensor:  # norm → [Canon-C] → FFN: (B, T, C) -> (B, T, C)
         h = self.ffn_norm(x)
         if self.canon_c is not None:
             h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
-        return x + self._ffn(h, cache)
-
-    def _ffn(self, h: Tensor, cache: dict | None) -> Tensor:
         # Only FFNs with internal state (Canon-D) take the cache.
         return self.ffn(h, cache) if getattr(self.ffn, "canon", None) is not None else self.ffn(h)
 
@@ -73,14 +78,7 @@ class ParallelBlock(PreNormBlock):
     def forward(
         self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
-        h = self.attention_norm(x)
-        if self.canon_a is not None:
-            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
-        attended = self.attention(h, rope=rope, mask=mask, cache=cache)
-        h = self.ffn_norm(x)
-        if self.canon_c is not None:
-            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
-        return x + attended + self._ffn(h, cache)
+        return x + self.attention_branch(x, rope=rope, mask=mask, cache=cache) + self.ffn_branch(x, cache)
 
 
 class SandwichBlock(PreNormBlock):
@@ -111,11 +109,5 @@ class SandwichBlock(PreNormBlock):
     def forward(
         self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
-        h = self.attention_norm(x)
-        if self.canon_a is not None:
-            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
-        x = x + self.post_attention_norm(self.attention(h, rope=rope, mask=mask, cache=cache))
-        h = self.ffn_norm(x)
-        if self.canon_c is not None:
-            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
-        return x + self.post_ffn_norm(self._ffn(h, cache))
+        x = x + self.post_attention_norm(self.attention_branch(x, rope=rope, mask=mask, cache=cache))
+        return x + self.post_ffn_norm(self.ffn_branch(x, cache))
