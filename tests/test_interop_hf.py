@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from zoo.interop import backbone_from_config, from_hf, hf_config_for, mapping_for, to_hf  # noqa: E402
-from zoo.interop.hf import GPTNeoXMapping, LlamaMapping, Rule  # noqa: E402
+from zoo.interop.mappings import GPTNeoXMapping, LlamaMapping, Rule  # noqa: E402
 
 SMALL = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
          "max_position_embeddings": 64}  # fmt: skip

@@ -5,7 +5,9 @@ position and the packer's buffers, see :class:`zoo.data.PackedDataset`), and Lig
 ``state_dict`` in its checkpoints and restores it on ``--ckpt_path``. One correction is needed on top:
 Lightning's training loop fetches one batch *ahead* of the step it runs, so at checkpoint time the loader has
 already handed out a batch that was never trained on. Saving the loader's own state would skip that batch after
-a restart; this loader reports its state as of ``lag`` batches earlier, which is exactly what was trained on.
+a restart, so this loader also saves the last ``lag`` batches it handed out and serves them again first on resume.
+Keeping a reference to a batch costs nothing per step; the loader's state itself is computed only when a
+checkpoint asks for it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 class ResumableDataLoader(StatefulDataLoader):
-    """A ``StatefulDataLoader`` whose ``state_dict`` is the position after the batches actually trained on.
+    """A ``StatefulDataLoader`` that resumes with exactly the batches not yet trained on.
 
     Args:
         lag: batches fetched ahead of training (Lightning's default training fetcher prefetches 1).
@@ -27,19 +29,26 @@ class ResumableDataLoader(StatefulDataLoader):
     def __init__(self, *args, lag: int = 1, world_size: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lag, self.world_size = lag, world_size
-        self._history: deque[dict] | None = None
+        self._recent: deque = deque(maxlen=lag)  # batches handed out but possibly not trained on yet
+        self._replay: list = []  # such batches from a checkpoint, served before the stream continues
 
     def __iter__(self):
-        iterator = super().__iter__()
-        history = deque([super().state_dict()], maxlen=self.lag + 1)
-        self._history = history
-        for batch in iterator:
-            history.append(super().state_dict())
+        replay, self._replay = self._replay, []
+        self._recent.clear()
+        for batch in replay:
+            self._recent.append(batch)
+            yield batch
+        for batch in super().__iter__():
+            self._recent.append(batch)
             yield batch
 
     def state_dict(self) -> dict:
-        state = self._history[0] if self._history else super().state_dict()
-        return {"loader": state, "world_size": self.world_size, "num_workers": self.num_workers}
+        return {
+            "loader": super().state_dict(),
+            "pending": list(self._recent),
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = {key: state_dict.get(key) for key in ("world_size", "num_workers")}
@@ -50,5 +59,5 @@ class ResumableDataLoader(StatefulDataLoader):
                 "split differently, so resuming would repeat or skip data. Resume with the same number of devices "
                 "(trainer.devices × trainer.num_nodes) and data.num_workers"
             )
-        self._history = None
+        self._replay = list(state_dict["pending"])
         super().load_state_dict(state_dict["loader"])

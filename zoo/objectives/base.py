@@ -124,7 +124,8 @@ class LanguageModel(L.LightningModule):
         self.log("train/tokens_seen", self.tokens_seen.float())
         if "skipped" in batch:  # bad data rows the packer skipped on this rank since the previous batch
             self.skipped_rows += batch["skipped"].sum()
-            self.log("data/skipped_rows", self.skipped_rows.float(), reduce_fx="sum", sync_dist=True)
+            if self.global_step % self.trainer.log_every_n_steps == 0:  # summed over ranks only when it is logged
+                self.log("data/skipped_rows", self.skipped_rows.float(), reduce_fx="sum", sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss if aux is None else loss + aux
 
