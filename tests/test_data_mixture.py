@@ -97,3 +97,47 @@ def test_presets_are_valid_sources_with_weights_summing_to_one(preset):
     rows = yaml.safe_load(open(f"configs/data/{preset}.yaml"))
     sources = [Source(**row) for row in rows]
     assert sum(s.weight for s in sources) == pytest.approx(1.0)
+
+
+def rank_streams(sources, tmp_path):
+    """The tokenized document stream each of 2 ranks reads through a DataLoader with 2 workers, decoded."""
+    import types
+
+    import torch
+
+    tokenizer = TrainedBPE(vocab_size=300, cache_dir=str(tmp_path / "tok"))
+    seen = []
+    for rank in range(2):
+        dm = Mixture(sources=sources, tokenizer=tokenizer, seq_len=16, batch_size=2, num_workers=2)
+        dm.trainer = types.SimpleNamespace(world_size=2, global_rank=rank)
+        dm.setup("validate")
+        loader = torch.utils.data.DataLoader(dm._stream("validation"), batch_size=None, num_workers=2)
+        seen.append([dm.load_tokenizer().decode(row["input_ids"]) for row in loader])
+    return seen
+
+
+def shards(tmp_path, name, n_files):
+    paths = []
+    for f in range(n_files):
+        path = tmp_path / f"{name}{f}.jsonl"
+        path.write_text("\n".join(json.dumps({"text": f"{name} doc {f} {i} end"}) for i in range(25)))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("n_files", [4, 1])
+def test_two_ranks_with_two_workers_read_disjoint_documents_covering_the_source(tmp_path, n_files):
+    # validation_split="train": the held-out stream is the whole (finite) file set, read once
+    seen = rank_streams([Source(data_files=shards(tmp_path, "a", n_files), validation_split="train")], tmp_path)
+    everything = [f"a doc {f} {i} end" for f in range(n_files) for i in range(25)]
+    assert not set(seen[0]) & set(seen[1])  # the ranks are disjoint
+    assert sorted(seen[0] + seen[1]) == sorted(everything)  # together they cover it, each document once
+    assert seen[0] and seen[1]
+
+
+def test_two_ranks_with_two_workers_read_disjoint_mixtures(tmp_path):
+    sources = [Source(data_files=shards(tmp_path, n, 4), weight=0.5, validation_split="train") for n in "ab"]
+    seen = rank_streams(sources, tmp_path)
+    assert len(seen[0] + seen[1]) == len(set(seen[0] + seen[1]))  # no document read twice
+    for stream in seen:  # each rank gets both sources
+        assert {text[0] for text in stream} == {"a", "b"}

@@ -39,7 +39,12 @@ class TextDataModule(L.LightningDataModule):
         seed: shuffling and interleaving seed.
         shuffle_buffer: tokenized documents held in the training stream's shuffle buffer (saved in checkpoints,
             so resuming is exact).
+        document_mask: keep attention inside each packed document: batches carry ``document_ids`` and the
+            objective masks attention across documents (see :class:`zoo.data.PackedDataset`). Off by default,
+            as in GPT-2/Llama pre-training; a dense mask also costs attention speed on GPUs.
     """
+
+    columns: tuple[str, ...] = ("text",)  # what each source row carries into the pipeline
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        document_mask: bool = False,
     ) -> None:
         super().__init__()
         if seq_len < 2:
@@ -60,7 +66,7 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data num_workers={num_workers} must be ≥ 0")
         self.tokenizer_source = tokenizer
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
-        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.seed, self.shuffle_buffer, self.document_mask = seed, shuffle_buffer, document_mask
         self.tokenizer: Tokenizer | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------------------
@@ -107,7 +113,7 @@ class TextDataModule(L.LightningDataModule):
         train = split == "train"
         streams = []
         for i, (dataset, _) in enumerate(pairs):
-            dataset = dataset.select_columns(["text"]).map(lambda row, i=i: {"source": i})
+            dataset = dataset.select_columns(list(self.columns)).map(lambda row, i=i: {"source": i})
             if train:  # shard order reshuffled, repeated forever: the trainer's max_steps ends the run. Documents
                 # are shuffled later, by the packer, whose buffer is saved in checkpoints (datasets' is not).
                 dataset = dataset.shuffle(seed=self.seed + i, buffer_size=1).repeat(None)
@@ -146,19 +152,26 @@ class TextDataModule(L.LightningDataModule):
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer was used
         train = split == "train"
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        packed = PackedDataset(
-            self._stream(split),
-            seq_len=self.seq_len,
-            eos_id=self.eos_id,
-            shuffle_buffer=self.shuffle_buffer if train else 0,
-            seed=self.seed + 1000 * rank,
-        )
-        kwargs = {"batch_size": self.batch_size, "num_workers": self.num_workers}
+        packed = self.packer(self._stream(split), train=train, seed=self.seed + 1000 * rank)
+        kwargs = {"batch_size": self.batch_size, "num_workers": self.num_workers, "collate_fn": self.collate}
         kwargs["pin_memory"] = torch.cuda.is_available()
         if not train:  # validation restarts from its beginning every time
             return DataLoader(packed, **kwargs)
         world_size = self.trainer.world_size if self.trainer is not None else 1
         return ResumableDataLoader(packed, world_size=world_size, persistent_workers=self.num_workers > 0, **kwargs)
+
+    def packer(self, documents, *, train: bool, seed: int) -> PackedDataset:
+        """The rows of the training or validation stream, from its tokenized documents."""
+        return PackedDataset(
+            documents,
+            seq_len=self.seq_len,
+            eos_id=self.eos_id,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            seed=seed,
+            document_ids=self.document_mask,
+        )
+
+    collate = None  # the DataLoader's default: rows have the same length
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -5,6 +5,7 @@ recipe written against the hub runs unchanged on local copies of the same files:
 
     Source(path="HuggingFaceFW/fineweb-edu", name="sample-100BT", weight=0.55)       # hub (needs the network)
     Source(path="parquet", data_files="/data/fineweb-edu/*.parquet", weight=0.55)  # the same rows, offline
+    Source(path="stdlib", name="code", weight=0.1)                                   # the embedded corpus
 
 The validation stream is a fixed slice of each source (its first ``val_documents`` rows, never trained on),
 or the source's own validation split when ``validation_split`` is given.
@@ -31,7 +32,9 @@ class Source:
 
     Args:
         path: a hub dataset id (``HuggingFaceFW/fineweb-edu``), or a ``datasets`` builder for local files
-            (``json``, ``parquet``, ``text``, ``csv``); ``None`` infers the builder from ``data_files``.
+            (``json``, ``parquet``, ``text``, ``csv``); ``None`` infers the builder from ``data_files``;
+            ``stdlib`` is the embedded corpus (:mod:`zoo.data.corpus`), whose ``name`` picks ``prose``, ``code``
+            or (for instruction data) ``functions``, with its own held-out split.
         name: the dataset's configuration (hub subset), e.g. ``sample-100BT``.
         split: the split to train on.
         data_files: local files or globs (``/data/*.jsonl``); with a hub ``path``, a subset of its files.
@@ -82,6 +85,17 @@ class Source:
             f"one of {sorted(set(LOCAL_BUILDERS.values()))}"
         )
 
+    def rows(self, split: str) -> datasets.IterableDataset:
+        """The rows of the training (``split="train"``) or held-out (any other value) stream of this source."""
+        if self.path == "stdlib":
+            from zoo.data.stdlib import stdlib_dataset
+
+            return stdlib_dataset(self.name or "code", split=split)
+        if self.validation_split is not None:
+            return self.load(self.split if split == "train" else self.validation_split)
+        rows = self.load(self.split)
+        return rows.skip(self.val_documents) if split == "train" else rows.take(self.val_documents)
+
     def load(self, split: str) -> datasets.IterableDataset:
         """The source's rows, streamed; raises a ``ValueError`` that says how to go offline if it is unreachable."""
         try:
@@ -129,6 +143,7 @@ class Mixture(TextDataModule):
         num_workers: see :class:`zoo.data.TextDataModule`.
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
+        document_mask: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -142,6 +157,7 @@ class Mixture(TextDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 1000,
+        document_mask: bool = False,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -150,6 +166,7 @@ class Mixture(TextDataModule):
             num_workers=num_workers,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
+            document_mask=document_mask,
         )
         if not sources:
             raise ValueError("data sources=[] is empty: list at least one source")
@@ -161,11 +178,7 @@ class Mixture(TextDataModule):
     def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:
         pairs = []
         for spec in self.source_specs:
-            if spec.validation_split is not None:
-                rows = spec.load(spec.split if split == "train" else spec.validation_split)
-            else:
-                rows = spec.load(spec.split)
-                rows = rows.skip(spec.val_documents) if split == "train" else rows.take(spec.val_documents)
+            rows = spec.rows(split)
             texts = rows.map(lambda row, spec=spec: {"text": spec.text(row)}, remove_columns=rows.column_names)
             pairs.append((texts, spec.weight))  # bad rows keep text None: the packer skips and counts them
         return pairs

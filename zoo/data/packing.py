@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+MAX_BAD_IN_A_ROW = 10_000
+
 
 class PackedDataset(IterableDataset):
     """Rows ``{"input_ids": (seq_len,), "labels": (seq_len,), "skipped": ()}`` packed from a stream of documents.
@@ -41,6 +43,10 @@ class PackedDataset(IterableDataset):
         drop_last: drop a final partial row (finite streams).
         shuffle_buffer: documents held for shuffling (0: keep stream order).
         seed: shuffle seed; each DataLoader worker adds its id.
+        document_ids: also give each row ``document_ids`` ``(seq_len,)``, the index of the document each token
+            belongs to (counted from the row's first token), so the objective can keep attention inside
+            documents. The EOS that separates two documents opens the second (it plays the part of a BOS): the
+            first token of a document is predicted from that EOS alone, and each document still learns to end.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class PackedDataset(IterableDataset):
         drop_last: bool = True,
         shuffle_buffer: int = 0,
         seed: int = 0,
+        document_ids: bool = False,
     ) -> None:
         super().__init__()
         if seq_len < 2:
@@ -59,7 +66,7 @@ class PackedDataset(IterableDataset):
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer={shuffle_buffer} must be ≥ 0")
         self.documents, self.seq_len, self.eos_id, self.drop_last = documents, seq_len, eos_id, drop_last
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.shuffle_buffer, self.seed, self.document_ids = shuffle_buffer, seed, document_ids
         self._state: dict | None = None  # loaded, applied when iteration starts
         self._live: _PackerState | None = None
 
@@ -72,6 +79,7 @@ class PackedDataset(IterableDataset):
         return {
             "stream": stream,
             "carry": torch.tensor(live.carry, dtype=torch.long),
+            "carry_docs": torch.tensor(live.carry_docs, dtype=torch.long),
             "buffer": torch.tensor([t for doc in live.buffer for t in doc], dtype=torch.long),
             "buffer_lengths": torch.tensor([len(doc) for doc in live.buffer], dtype=torch.long),
             "rng": live.rng.getstate(),
@@ -89,6 +97,7 @@ class PackedDataset(IterableDataset):
             if state.get("stream") is not None:
                 self.documents.load_state_dict(state["stream"])
             live.carry, live.skipped = torch.as_tensor(state["carry"]).tolist(), state["skipped"]
+            live.carry_docs = torch.as_tensor(state.get("carry_docs", [])).tolist()
             if "buffer_lengths" in state:
                 flat = torch.as_tensor(state["buffer"]).tolist()
                 bounds = [0, *torch.as_tensor(state["buffer_lengths"]).cumsum(0).tolist()]
@@ -97,22 +106,46 @@ class PackedDataset(IterableDataset):
                 live.buffer = [list(doc) for doc in state["buffer"]]
             live.rng.setstate(_as_rng_state(state["rng"]))
         self._live = live
+        yield from self._rows(live)
+
+    def _rows(self, live: _PackerState) -> Iterator[dict]:
+        """Concatenate the documents with EOS after each and cut ``seq_len`` rows (the tail carries over)."""
         for doc in self._shuffled(live):
             live.carry.extend(doc)
             live.carry.append(self.eos_id)
+            if self.document_ids:  # the document's tokens, then its EOS, which belongs to the next document
+                n = live.carry_docs[-1] if live.carry_docs else 0
+                live.carry_docs.extend([n] * len(doc))
+                live.carry_docs.append(n + 1)
             while len(live.carry) >= self.seq_len:
-                row, live.carry = live.carry[: self.seq_len], live.carry[self.seq_len :]
-                skipped, live.skipped = live.skipped, 0
-                yield _row(row, skipped)
+                yield self._emit(live, self.seq_len)
         if live.carry and not self.drop_last:
-            yield _row(live.carry, live.skipped)
+            yield self._emit(live, len(live.carry))
+
+    def _emit(self, live: _PackerState, n: int) -> dict:
+        row, live.carry = live.carry[:n], live.carry[n:]
+        skipped, live.skipped = live.skipped, 0
+        out = _row(row, skipped)
+        if self.document_ids:
+            docs, live.carry_docs = live.carry_docs[:n], live.carry_docs[n:]
+            out["document_ids"] = torch.tensor(docs, dtype=torch.long) - docs[0]
+        return out
 
     def _shuffled(self, live: _PackerState) -> Iterator[list[int]]:
+        bad_in_a_row = 0
         for doc in self.documents:
             ids = doc.get("input_ids")
             if not ids:
                 live.skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row == MAX_BAD_IN_A_ROW:  # a misconfigured source, not a few bad rows: say so
+                    raise ValueError(
+                        f"the last {MAX_BAD_IN_A_ROW} rows of the data stream were all unusable (text missing, "
+                        "None, empty or not a string): check each source's fields (text_field / template; for "
+                        "instruction data instruction_field / response_field / messages_field) against its columns"
+                    )
                 continue
+            bad_in_a_row = 0
             if self.shuffle_buffer == 0:
                 yield ids
                 continue
@@ -130,6 +163,7 @@ class _PackerState:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.carry: list[int] = []
+        self.carry_docs: list[int] = []  # with document_ids: the document of each carried token
         self.buffer: list[list[int]] = []
         self.skipped = 0
 

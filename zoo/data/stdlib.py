@@ -7,10 +7,36 @@ import sys
 import datasets
 
 from zoo.data.base import TextDataModule
-from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_shards
+from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_functions, stdlib_shards
 from zoo.data.tokenizer import TokenizerSource
 
-FEATURES = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string")})
+_STRING = datasets.Value("string")
+FEATURES = datasets.Features({"id": _STRING, "text": _STRING})
+INSTRUCTION_FEATURES = datasets.Features(
+    {"id": _STRING, "instruction": _STRING, "input": _STRING, "output": _STRING}
+)
+
+
+def stdlib_dataset(
+    kind: str, *, split: str, val_fraction: float = 0.02, limit_files: int | None = None
+) -> datasets.IterableDataset:
+    """One embedded source as a streamed ``datasets.IterableDataset``: ``prose`` or ``code`` (rows ``{"id",
+    "text"}``) or the instruction set ``functions`` (rows ``{"id", "instruction", "input", "output"}``).
+    ``split="train"`` gives the documents not held out; any other split the held-out ``val_fraction``, by a hash
+    of each document's id (the same on every machine). ``functions`` examples carry their file's path as id, as
+    ``code`` documents do, so they are held out with the very files the ``code`` source holds out."""
+    held_out = split != "train"
+    shards = stdlib_shards(kind, limit_files)  # validates kind
+    if kind in SOURCES:
+        generator, features = stdlib_documents, FEATURES
+        kwargs = {"kind": kind, "shards": shards}
+    else:
+        generator, features = stdlib_functions, INSTRUCTION_FEATURES
+        kwargs = {"shards": shards}
+    dataset = datasets.IterableDataset.from_generator(
+        generator, gen_kwargs=kwargs, features=features  # declared, so datasets never reads ahead to infer them
+    )
+    return dataset.filter(lambda row: is_validation(row["id"], val_fraction) == held_out)
 
 
 class StdlibCorpus(TextDataModule):
@@ -29,6 +55,7 @@ class StdlibCorpus(TextDataModule):
         num_workers: see :class:`zoo.data.TextDataModule`.
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
+        document_mask: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -44,6 +71,7 @@ class StdlibCorpus(TextDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        document_mask: bool = False,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -52,6 +80,7 @@ class StdlibCorpus(TextDataModule):
             num_workers=num_workers,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
+            document_mask=document_mask,
         )
         for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
             if weight < 0:
@@ -66,19 +95,11 @@ class StdlibCorpus(TextDataModule):
         self.val_fraction, self.limit_files = val_fraction, limit_files
 
     def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:
-        held_out = split != "train"
-        fraction = self.val_fraction
-        pairs = []
-        for kind in SOURCES:
-            if self.weights[kind] == 0:
-                continue
-            dataset = datasets.IterableDataset.from_generator(
-                stdlib_documents,
-                gen_kwargs={"kind": kind, "shards": stdlib_shards(kind, self.limit_files)},
-                features=FEATURES,  # declared, so datasets never reads rows ahead to infer them
-            ).filter(lambda row: is_validation(row["id"], fraction) == held_out)
-            pairs.append((dataset, self.weights[kind]))
-        return pairs
+        return [
+            (stdlib_dataset(kind, split=split, val_fraction=self.val_fraction, limit_files=self.limit_files), weight)
+            for kind, weight in self.weights.items()
+            if weight > 0
+        ]
 
     def fingerprint(self) -> str:
         return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}-{self.limit_files}-{self.val_fraction}"

@@ -117,6 +117,30 @@ class PretrainedTokenizer(TokenizerSource):
         return tokenizer
 
 
+class CheckpointTokenizer(TokenizerSource):
+    """The tokenizer a ``python -m zoo fit`` checkpoint was trained with (zoo saves it in every checkpoint):
+    fine-tuning and later curriculum stages keep the base model's tokenizer.
+
+    Args:
+        path: the checkpoint (``.ckpt``).
+    """
+
+    def __init__(self, *, path: str) -> None:
+        self.path = path
+        self._loaded: tuple[Tokenizer, str] | None = None
+
+    def load(self, texts: Callable[[], Iterable[str]], fingerprint: str) -> Tokenizer:
+        if self._loaded is None:
+            if not Path(self.path).is_file():
+                raise ValueError(
+                    f"tokenizer path={self.path!r} is not a checkpoint file: point it at the run whose model is "
+                    "fine-tuned (e.g. runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt)"
+                )
+            self._loaded = tokenizer_from_checkpoint(self.path)
+        tokenizer, self.eos_token = self._loaded
+        return tokenizer
+
+
 def train_bpe(
     texts: Iterable[str], *, vocab_size: int, min_frequency: int = 2, special_tokens: list[str] = (EOS,)
 ) -> Tokenizer:

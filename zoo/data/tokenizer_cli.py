@@ -1,0 +1,144 @@
+"""``python -m zoo tokenizer train``: a byte-level BPE trained on the text of any data config.
+
+::
+
+    python -m zoo tokenizer train --config configs/quickstart.yaml --vocab-size 4096 --output tokenizers/stdlib-4k
+    python -m zoo tokenizer train --config configs/recipes/supra-50m.yaml --vocab-size 32000 \\
+        --special-tokens "<|endoftext|>,<|pad|>,<|im_start|>,<|im_end|>,<|unk|>" --output tokenizers/fineweb-32k
+
+``--config`` is a run config (its ``data:`` section is used) or a data-module config (``class_path`` at the top);
+the tokenizer learns from the data module's training text (:meth:`zoo.data.TextDataModule.tokenizer_texts`), so
+hub mixtures, local files and the embedded corpus all work. The output directory holds ``tokenizer.json`` plus the
+two small files with which ``transformers.AutoTokenizer.from_pretrained(DIR)`` loads it; a run uses it with
+``tokenizer: {class_path: zoo.data.PretrainedTokenizer, init_args: {path: DIR}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from zoo.data.tokenizer import EOS, train_bpe
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo tokenizer", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    train = sub.add_parser("train", help="train a byte-level BPE on a data config's training text")
+    train.add_argument("--config", required=True, help="run config (with data:) or data-module config (YAML)")
+    train.add_argument("--vocab-size", type=int, required=True, help="final vocabulary, special tokens included")
+    train.add_argument("--min-frequency", type=int, default=2, help="pairs seen fewer times are never merged")
+    train.add_argument(
+        "--special-tokens", default=EOS, help=f"comma-separated, given ids 0, 1, …; the first ends documents ({EOS})"
+    )
+    train.add_argument("--documents", type=int, default=None, help="learn from at most this many documents")
+    train.add_argument("--output", required=True, help="directory to write tokenizer.json (and its config) into")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    special = [t for t in args.special_tokens.split(",") if t]
+    if not special:
+        raise SystemExit("--special-tokens is empty: give at least the end-of-text token, e.g. '<|endoftext|>'")
+    if args.vocab_size < 256 + len(special):
+        raise SystemExit(
+            f"--vocab-size {args.vocab_size} is below the 256 byte symbols and {len(special)} special tokens: "
+            f"use at least {256 + len(special)}"
+        )
+    datamodule = data_module(Path(args.config))
+    texts = datamodule.tokenizer_texts()
+    if args.documents is not None:
+        texts = itertools.islice(texts, args.documents)
+    counted = _Counting(texts)
+    start = time.perf_counter()
+    tokenizer = train_bpe(counted, vocab_size=args.vocab_size, min_frequency=args.min_frequency, special_tokens=special)
+    seconds = time.perf_counter() - start
+    out = write(tokenizer, Path(args.output), special_tokens=special)
+    print(
+        f"trained on {counted.documents:,} documents ({counted.chars / 1e6:.1f}M characters) in {seconds:.0f} s: "
+        f"{tokenizer.get_vocab_size():,} tokens, {held_out_compression(tokenizer, datamodule):.2f} characters per "
+        f"token on held-out text → {out / 'tokenizer.json'}"
+    )
+
+
+def data_module(config: Path):
+    """The data module a run config's ``data:`` section (or a data-module config) describes, built by
+    jsonargparse as ``python -m zoo fit`` builds it (paths inside resolve relative to the config's folder)."""
+    from jsonargparse import ArgumentParser
+
+    from zoo.data.base import TextDataModule
+
+    if not config.is_file():
+        raise SystemExit(f"--config {config} does not exist")
+    loaded = yaml.safe_load(config.read_text())
+    section = loaded.get("data", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(section, dict) or "class_path" not in section:
+        raise SystemExit(f"--config {config} has no data module: expected a `data:` section with a class_path")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(TextDataModule, "data", required=True)
+    with _working_directory(config.parent):
+        parsed = parser.parse_object({"data": section})
+        return parser.instantiate(parsed).data
+
+
+def write(tokenizer, out: Path, *, special_tokens: list[str]) -> Path:
+    """``tokenizer.json`` and the config files transformers' ``AutoTokenizer`` reads (the first special token
+    as end-of-text, beginning-of-text and padding, as GPT-2's tokenizer does)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    eos = special_tokens[0]
+    tokens = {"eos_token": eos, "bos_token": eos, "pad_token": eos}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000_000, **tokens}
+    if len(special_tokens) > 1:
+        tokens["additional_special_tokens"] = special_tokens[1:]
+        config["additional_special_tokens"] = special_tokens[1:]
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2) + "\n")
+    return out
+
+
+class _Counting:
+    """Passes texts through, counting documents and characters."""
+
+    def __init__(self, texts) -> None:
+        self.texts, self.documents, self.chars = texts, 0, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.documents += 1
+            self.chars += len(text)
+            yield text
+
+
+def held_out_compression(tokenizer, datamodule, limit: int = 200) -> float:
+    """Characters per token on up to ``limit`` held-out documents of the data module (0 if it has none)."""
+    held_out = datamodule.sources("validation")
+    texts = []
+    for dataset, _ in held_out:
+        for row in dataset.take(max(limit // len(held_out), 1)):
+            text = row["text"]
+            if isinstance(text, list):  # instruction data: the rendered pieces of an example
+                text = "".join(text)
+            if text:
+                texts.append(text)
+    tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
+    return sum(len(t) for t in texts) / tokens if tokens else 0.0
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
