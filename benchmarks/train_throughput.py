@@ -1,12 +1,18 @@
-"""Training throughput and peak memory: zoo's Llama-style model against HF transformers' ``LlamaForCausalLM``.
+"""Training throughput and peak memory: zoo's Llama-style model against HF transformers' ``LlamaForCausalLM``
+and LitGPT's ``GPT``.
 
-Both sides get the identical architecture (shape, GQA, SwiGLU, RMSNorm, RoPE, tied embeddings), the same
-batch, the same AdamW step and fp32 (or the --dtype you give), on the same machine. Each measurement runs in
-its own subprocess, alternating zoo / HF for --rounds rounds so drift in machine speed hits both alike; the
-script prints per-round figures, the medians and the ratio zoo / HF (> 1 means zoo is faster).
+All sides get the identical architecture (shape, GQA, SwiGLU, RMSNorm, RoPE, tied embeddings), the same
+batch, the same fused AdamW step and fp32 (or the --dtype you give), on the same machine, each computing its
+loss as its own training code does (zoo: ``CausalLM.loss``; HF: ``labels=``; LitGPT: its
+``chunked_cross_entropy``, as in ``litgpt pretrain``). Each measurement runs in its own subprocess, alternating
+zoo / HF / LitGPT for --rounds rounds so drift in machine speed hits all alike; the script prints per-round
+figures, the medians and the ratios zoo / HF and LitGPT / HF (> 1 means faster than HF).
 
-    python benchmarks/train_throughput.py                      # CPU defaults: small batch, both shapes
+    python benchmarks/train_throughput.py                      # CPU defaults: small batch, three shapes
     python benchmarks/train_throughput.py --device cuda --batch-size 16 --seq-len 1024 --dtype bf16
+
+``gpt2-124m`` is GPT-2 small's shape (12 × 768, 12 heads, vocabulary 50,257) in the same Llama block on all
+sides (LitGPT has no learned absolute positions); its SwiGLU width 2048 matches GELU-3072's parameters.
 
 Peak memory is the training step's high-water mark above the built model: ``torch.cuda.max_memory_allocated``
 on a GPU; on a CPU the process's peak resident set (``ru_maxrss``) minus its resident set before the first step.
@@ -27,7 +33,9 @@ from pathlib import Path
 SHAPES = {
     "gpt-s-5m": (9, 192, 6, 2, 672, 4096, 2500.0),
     "supra-50m": (12, 512, 8, 4, 1408, 32000, 10000.0),
+    "gpt2-124m": (12, 768, 12, 12, 2048, 50257, 10000.0),
 }
+IMPLS = ("zoo", "hf", "litgpt")
 
 
 def build_zoo(shape, seq_len):
@@ -61,6 +69,31 @@ def build_hf(shape, seq_len):
     return model, lambda batch: model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
 
 
+def build_litgpt(shape, seq_len):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.utils import chunked_cross_entropy
+
+    layers, dim, heads, kv, hidden, vocab, theta = shape
+    config = Config(
+        block_size=seq_len, n_layer=layers, n_embd=dim, n_head=heads, n_query_groups=kv, head_size=dim // heads,
+        vocab_size=vocab, padded_vocab_size=vocab, norm_class_name="RMSNorm", norm_eps=1e-5, bias=False,
+        parallel_residual=False, mlp_class_name="LLaMAMLP", intermediate_size=hidden, rotary_percentage=1.0,
+        rope_base=int(theta),
+    )
+    model = GPT(config)
+    model.lm_head.weight = model.transformer.wte.weight  # tied, as on the other sides
+
+    def loss(batch):
+        ids = batch["input_ids"]
+        return chunked_cross_entropy(model(ids[:, :-1]), ids[:, 1:])
+
+    return model, loss
+
+
+BUILDERS = {"zoo": build_zoo, "hf": build_hf, "litgpt": build_litgpt}
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -73,11 +106,11 @@ def worker(args) -> None:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     shape = SHAPES[args.shape]
-    model, loss_fn = (build_zoo if args.impl == "zoo" else build_hf)(shape, args.seq_len)
+    model, loss_fn = BUILDERS[args.impl](shape, args.seq_len)
     model.to(device).train()
     if args.compile:
-        model = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        model.compile()  # in place: loss_fn calls the compiled forward
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # zoo's default where the device has it
     ids = torch.randint(0, shape[5], (args.batch_size, args.seq_len), device=device)
     batch = {"input_ids": ids, "labels": ids}
 
@@ -90,9 +123,11 @@ def worker(args) -> None:
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     base_rss = _rss_mb()
+    start_warmup = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync()
+    first_steps = time.perf_counter() - start_warmup  # includes compilation with --compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
@@ -106,21 +141,22 @@ def worker(args) -> None:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
     tokens = args.steps * args.batch_size * args.seq_len
-    print(json.dumps({"tokens_per_s": tokens / elapsed, "peak_mb": peak}))
+    print(json.dumps({"tokens_per_s": tokens / elapsed, "peak_mb": peak, "warmup_s": first_steps}))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="gpt-s-5m,supra-50m", help="comma-separated, from: " + ", ".join(SHAPES))
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, from: " + ", ".join(SHAPES))
+    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from: " + ", ".join(IMPLS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--rounds", type=int, default=3, help="zoo/HF alternations per shape")
+    p.add_argument("--rounds", type=int, default=3, help="zoo/HF/LitGPT alternations per shape")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--impl", choices=["zoo", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.impl:
@@ -131,36 +167,41 @@ def main() -> None:
               f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
     common += ["--compile"] if args.compile else []
     print(f"device={args.device} dtype={args.dtype} batch={args.batch_size}x{args.seq_len} steps={args.steps} "
-          f"rounds={args.rounds} compile={args.compile} torch={_torch_version()} transformers={_hf_version()}")
+          f"rounds={args.rounds} compile={args.compile} torch={_version('torch')} "
+          f"transformers={_version('transformers')} litgpt={_version('litgpt')}")
+    impls = args.impls.split(",")
     for name in args.shapes.split(","):
-        results = {"zoo": [], "hf": []}
+        results = {impl: [] for impl in impls}
         for r in range(args.rounds):
-            for impl in ("zoo", "hf"):
+            for impl in impls:
                 out = subprocess.run(
                     [sys.executable, __file__, f"--impl={impl}", f"--shape={name}", *common],
                     cwd=root, capture_output=True, text=True, check=True,
                 )
                 results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"  {name} round {r + 1} {impl:>3}: {results[impl][-1]['tokens_per_s']:9.0f} tok/s "
-                      f"peak {results[impl][-1]['peak_mb']:8.1f} MB", flush=True)
-        med = {k: {m: statistics.median(x[m] for x in v) for m in ("tokens_per_s", "peak_mb")}
+                print(f"  {name} round {r + 1} {impl:>6}: {results[impl][-1]['tokens_per_s']:9.0f} tok/s "
+                      f"peak {results[impl][-1]['peak_mb']:8.1f} MB  first {args.warmup} steps "
+                      f"{results[impl][-1]['warmup_s']:.1f} s", flush=True)
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("tokens_per_s", "peak_mb", "warmup_s")}
                for k, v in results.items()}
-        print(f"{name}: zoo {med['zoo']['tokens_per_s']:.0f} tok/s, HF {med['hf']['tokens_per_s']:.0f} tok/s, "
-              f"speed ratio zoo/HF {med['zoo']['tokens_per_s'] / med['hf']['tokens_per_s']:.2f}; "
-              f"peak zoo {med['zoo']['peak_mb']:.0f} MB, HF {med['hf']['peak_mb']:.0f} MB, "
-              f"memory ratio zoo/HF {med['zoo']['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}")
+        line = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s peak {v['peak_mb']:.0f} MB" for k, v in med.items())
+        if "hf" in med:
+            line += "; speed vs HF " + ", ".join(
+                f"{k}/HF {v['tokens_per_s'] / med['hf']['tokens_per_s']:.2f}" for k, v in med.items() if k != "hf"
+            )
+            line += "; memory vs HF " + ", ".join(
+                f"{k}/HF {v['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}" for k, v in med.items() if k != "hf"
+            )
+        print(f"{name}: {line}", flush=True)
 
 
-def _torch_version() -> str:
-    import torch
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return torch.__version__
-
-
-def _hf_version() -> str:
-    import transformers
-
-    return transformers.__version__
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

@@ -103,8 +103,10 @@ def test_trainer_preset_parses_on_top_of_the_quickstart(path, parser):
 
 @pytest.mark.parametrize("path", SOURCE_LISTS, ids=rel)
 def test_data_source_lists_parse_as_mixture_sources(path, parser):
+    module = ["zoo.data.SFTDataModule", "--data.format", "zoo.data.UserAssistant"] if "sft" in path.name else [
+        "zoo.data.Mixture"]  # fmt: skip
     config = parser.parse_args(
-        ["--config", str(CONFIGS / "quickstart.yaml"), "--data", "zoo.data.Mixture", "--data.sources", str(path)]
+        ["--config", str(CONFIGS / "quickstart.yaml"), "--data", *module, "--data.sources", str(path)]
     )
     assert len(config.data.init_args.sources) == len(yaml.safe_load(path.read_text()))
 

@@ -1,10 +1,12 @@
+import copy
+import functools
 import math
 
 import pytest
 import torch
 
 from tests.conftest import tiny_backbone
-from zoo.optim import Constant, WarmupCosine, WarmupStableDecay, weight_decay_groups
+from zoo.optim import Constant, WarmupCosine, WarmupStableDecay, optimizer_groups, prefer_fused, weight_decay_groups
 
 
 def lrs(schedule, total=100, peak=1.0):
@@ -61,3 +63,99 @@ def test_weight_decay_groups_exclude_norms_biases_embeddings():
     assert id(model.blocks[0].attention.qkv.bias) not in decay_ids
     assert id(model.blocks[0].attention_norm.weight) not in decay_ids
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def _muon_model(tie_embeddings=False):
+    from zoo.nn import GroupedQueryAttention
+    from zoo.objectives import CausalLM
+    from zoo.optim import MuonWithAdamW
+
+    backbone = tiny_backbone(
+        attention=lambda d: GroupedQueryAttention(d, n_heads=4, n_kv_heads=2, bias=True),
+        tie_embeddings=tie_embeddings,
+    )
+    return CausalLM(backbone=backbone, optimizer=functools.partial(MuonWithAdamW, lr=0.02, adamw_lr=3e-3))
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_muon_groups_route_hidden_matrices_only(tie_embeddings):
+    from zoo.optim import MuonWithAdamW, muon_groups
+
+    model = _muon_model(tie_embeddings).backbone
+    opt = MuonWithAdamW(muon_groups(model))
+    muon_ids = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    adamw_ids = {id(p) for g in opt.adamw.param_groups for p in g["params"]}
+    attention, ffn = model.blocks[0].attention, model.blocks[0].ffn
+    hidden = [attention.qkv.weight, attention.out.weight, *(m.weight for m in ffn.modules() if m is not ffn and
+              isinstance(m, torch.nn.Linear))]  # fmt: skip
+    assert {id(p) for p in hidden} <= muon_ids
+    for p in (model.embed.weight, model.head.weight, attention.qkv.bias, model.norm.weight,
+              model.blocks[0].attention_norm.weight):  # fmt: skip
+        assert id(p) in adamw_ids and id(p) not in muon_ids
+    assert len(muon_ids) + len(adamw_ids) == len(list(model.parameters()))  # every parameter once
+    assert all(p.ndim == 2 for g in opt.muon.param_groups for p in g["params"])
+    # the same group dicts: a scheduler multiplying the wrapper's lrs drives both optimizers
+    assert opt.param_groups[0] is opt.muon.param_groups[0] and opt.param_groups[-1] is opt.adamw.param_groups[-1]
+    assert {g["lr"] for g in opt.muon.param_groups} == {0.02} and {g["lr"] for g in opt.adamw.param_groups} == {3e-3}
+    decay = {g["weight_decay"] for g in opt.adamw.param_groups if any(p is model.embed.weight for p in g["params"])}
+    assert decay == {0.0}
+
+
+def test_muon_needs_tagged_groups_and_matrices():
+    from zoo.optim import MuonWithAdamW
+
+    with pytest.raises(ValueError, match="use_muon"):
+        MuonWithAdamW([torch.nn.Parameter(torch.zeros(2, 2))])
+    with pytest.raises(ValueError, match="2-D matrices only"):
+        MuonWithAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "use_muon": True}])
+
+
+def _steps(model, opt, sched, batch, n):
+    losses = []
+    for _ in range(n):
+        loss = model.loss(batch)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_muon_lowers_loss_keeps_lr_ratio_and_resumes_exactly():
+    model = _muon_model()
+    groups = optimizer_groups(model.backbone, model.optimizer_factory)
+    assert any(g["use_muon"] for g in groups)  # the partial of MuonWithAdamW is recognised
+    opt = model.optimizer_factory(groups)
+    sched = WarmupCosine(warmup_steps=2, min_lr=0.0).build(opt, 20)
+    batch = {"input_ids": torch.randint(0, 64, (2, 16))}
+    batch["labels"] = batch["input_ids"]
+    losses = _steps(model, opt, sched, batch, 6)
+    assert losses[-1] < losses[0] - 0.1
+    assert opt.muon.param_groups[0]["lr"] / opt.adamw.param_groups[0]["lr"] == pytest.approx(0.02 / 3e-3)
+
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()})
+    expected = _steps(model, opt, sched, batch, 3)
+
+    clone = _muon_model()
+    clone.load_state_dict(saved["model"])
+    opt2 = clone.optimizer_factory(optimizer_groups(clone.backbone, clone.optimizer_factory))
+    sched2 = WarmupCosine(warmup_steps=2, min_lr=0.0).build(opt2, 20)
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    assert opt2.param_groups[0] is opt2.muon.param_groups[0]  # rebound after the inner loads
+    for p, state in list(opt2.state.items()):  # as Lightning moves the state to the device: written back
+        opt2.state[p] = state
+    assert len(opt2.muon.state) == len(opt.muon.state) and len(opt2.adamw.state) == len(opt.adamw.state)
+    assert _steps(clone, opt2, sched2, batch, 3) == expected  # bit-exact resume
+
+
+def test_adamw_prefers_fused_kernel_unless_told():
+    params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
+    opt = prefer_fused(torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=0.1))
+    assert opt.defaults["fused"] is True  # CPU has the fused kernel in torch ≥ 2.4
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0] and opt.param_groups[0]["lr"] == 0.1
+    explicit = torch.optim.AdamW(params, foreach=False)
+    assert prefer_fused(explicit) is explicit
+    sgd = torch.optim.SGD(params, lr=0.1)
+    assert prefer_fused(sgd) is sgd

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from zoo.nn.position import PositionEncoding
 
@@ -43,6 +44,9 @@ class Transformer(nn.Module):
         scale_residual_init: divide the std of residual projections by ``sqrt(2 · n_layers)``.
         scale_embeddings: multiply token embeddings by ``sqrt(dim)`` (Gemma; the factor is rounded to the
             embedding's dtype, as Gemma does).
+        activation_checkpointing: in training, keep only each block's input and recompute the block's
+            activations during the backward pass (``torch.utils.checkpoint``): less memory for about one more
+            forward pass of compute. Results are unchanged.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class Transformer(nn.Module):
         init_std: float = 0.02,
         scale_residual_init: bool = True,
         scale_embeddings: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("dim", dim), ("n_layers", n_layers)):
@@ -68,7 +73,7 @@ class Transformer(nn.Module):
             raise ValueError(f"Transformer max_seq_len={max_seq_len} must be ≥ 1")
         self.vocab_size, self.dim, self.n_layers, self.max_seq_len = vocab_size, dim, n_layers, max_seq_len
         self.tie_embeddings, self.init_std, self.scale_residual_init = tie_embeddings, init_std, scale_residual_init
-        self.scale_embeddings = scale_embeddings
+        self.scale_embeddings, self.activation_checkpointing = scale_embeddings, activation_checkpointing
         self.embed = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(block(dim) for _ in range(n_layers))
         self.head_dim = self.blocks[0].attention.head_dim
@@ -121,8 +126,12 @@ class Transformer(nn.Module):
         if absolute is not None:
             x = x + absolute
         rope = self.position.rotary(positions)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
-            x = block(x, rope=rope, mask=mask, cache=cache.layers[i] if cache is not None else None)
+            if recompute:  # non-reentrant: keyword arguments, and parameters' gradients flow as usual
+                x = checkpoint(block, x, rope=rope, mask=mask, cache=None, use_reentrant=False)
+            else:
+                x = block(x, rope=rope, mask=mask, cache=cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += T
         return self.norm(x)
@@ -134,8 +143,10 @@ class Transformer(nn.Module):
         mask: Tensor | None = None,
         cache: DecodingCache | None = None,
         positions: Tensor | None = None,
-    ) -> Tensor:  # (B, T) -> logits (B, T, V)
-        return self.head(self.features(input_ids, mask=mask, cache=cache, positions=positions))
+        features_only: bool = False,
+    ) -> Tensor:  # (B, T) -> logits (B, T, V), or the head's input (B, T, C) with ``features_only``
+        x = self.features(input_ids, mask=mask, cache=cache, positions=positions)
+        return x if features_only else self.head(x)
 
     def auxiliary_loss(self) -> Tensor | None:
         """Sum of the ``aux_loss`` tensors that submodules (e.g. a routed FFN's load-balancing term) set during

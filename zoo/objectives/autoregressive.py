@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 from zoo.objectives.base import LanguageModel
@@ -11,6 +11,9 @@ from zoo.objectives.base import LanguageModel
 class CausalLM(LanguageModel):
     """Identical to :class:`LanguageModel` except the loss: cross-entropy of token ``t+1`` given tokens
     ``≤ t``, on positions whose label is not ``-100``. The backbone's attention must be causal.
+
+    The LM head and the cross-entropy run together, a block of positions at a time
+    (:func:`linear_cross_entropy`): the ``(B, T, V)`` logits are never held whole, in fp32 or otherwise.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -23,8 +26,70 @@ class CausalLM(LanguageModel):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T) each
-        logits = self.backbone(input_ids[:, :-1])  # (B, T-1, V): position t predicts label t+1
+        # packed examples never attend to each other
+        mask = self.document_mask(batch, input_ids.shape[1] - 1, causal=True)
+        # position t predicts label t+1; the head is applied inside the loss
+        features = self.backbone(input_ids[:, :-1], mask=mask, features_only=True)  # (B, T-1, C)
         targets = labels[:, 1:]  # (B, T-1)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        loss = linear_cross_entropy(features.flatten(0, 1), self.backbone.head.weight, targets.flatten())
         n_tokens = (targets != -100).sum()
         return loss / n_tokens.clamp(min=1), n_tokens
+
+
+def linear_cross_entropy(features: Tensor, weight: Tensor, targets: Tensor, *, chunk_elements: int = 2**23) -> Tensor:
+    """``F.cross_entropy(features @ weight.T, targets, ignore_index=-100, reduction="sum")`` with the logits
+    formed ``chunk_elements // V`` rows at a time (in the matmul's dtype, then fp32 for the softmax, as the
+    unfused ``.float()`` cross-entropy does). features: (N, C), weight: (V, C), targets: (N,).
+
+    torch has no fused linear + cross-entropy (``F.cross_entropy`` needs the whole logits tensor, and autograd
+    then keeps it and its softmax for the backward pass), so it is written here: when gradients are needed each
+    block's gradients (``softmax − onehot``, times the weight and the features) are formed while its logits are
+    at hand, and the backward pass only scales them by the incoming gradient. Three matmuls, as unfused; the
+    memory for logits drops from several ``N × V`` fp32 tensors to one block's.
+    """
+    rows = max(1, chunk_elements // weight.shape[0])
+    if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(features, weight, targets, rows)
+    total = features.new_zeros((), dtype=torch.float32)
+    for start in range(0, features.shape[0], rows):
+        logits = (features[start : start + rows] @ weight.T).float()  # (n, V)
+        total = total + _block_loss(logits, targets[start : start + rows])[0]
+    return total
+
+
+def _block_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Summed cross-entropy of one block of fp32 logits (n, V), with what the gradient needs: the
+    log-sum-exp (n,), the valid-row mask (n,) and the clamped targets (n,)."""
+    valid = targets != -100
+    safe = targets.clamp(min=0)  # ignored rows read class 0, then count zero
+    lse = torch.logsumexp(logits, dim=-1)  # (n,)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)  # (n,)
+    return ((lse - picked) * valid).sum(), lse, valid, safe
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, targets: Tensor, rows: int) -> Tensor:
+        # Runs under the caller's autocast: the matmuls take its dtype, as the unfused head would.
+        grad_features = torch.empty_like(features)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = features.new_zeros((), dtype=torch.float32)
+        for start in range(0, features.shape[0], rows):
+            block = features[start : start + rows]  # (n, C)
+            logits = (block @ weight.T).float()  # (n, V)
+            loss, lse, valid, safe = _block_loss(logits, targets[start : start + rows])
+            total += loss
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(len(safe), device=grad.device), safe] -= 1.0
+            grad *= valid[:, None]  # ignored rows contribute nothing
+            grad = grad.to(weight.dtype)
+            grad_features[start : start + rows] = grad @ weight  # (n, C)
+            grad_weight += (grad.T @ block).float()  # (V, C)
+        ctx.save_for_backward(grad_features, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad_features, grad_weight = ctx.saved_tensors
+        return grad_features * grad_output, (grad_weight * grad_output).to(ctx.weight_dtype), None, None

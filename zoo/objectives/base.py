@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import warnings
 
 import lightning as L
@@ -19,8 +20,10 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from zoo.faults import CheckpointMismatchError, check_state_dict_fits, read_checkpoint
 from zoo.nn.transformer import Transformer
-from zoo.optim.groups import weight_decay_groups
+from zoo.optim.fused import prefer_fused
+from zoo.optim.muon import optimizer_groups
 from zoo.optim.schedules import Constant, Schedule
 
 
@@ -31,10 +34,16 @@ class LanguageModel(L.LightningModule):
         backbone: the network (blocks, norm, positions), built from YAML by ``class_path``.
         optimizer: optimizer factory called with the parameter groups, e.g. ``torch.optim.AdamW`` with its
             ``lr``, ``betas``, ``weight_decay``; weight decay applies to matrices only (see
-            :func:`zoo.optim.weight_decay_groups`).
+            :func:`zoo.optim.weight_decay_groups`); Adam/AdamW without ``fused``/``foreach`` use the fused kernel
+            where the device has it. ``zoo.optim.MuonWithAdamW``: Muon on the blocks' matrices, AdamW on the rest.
         schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
         compile: compile the backbone with ``torch.compile`` for training (in place, so checkpoints keep their
             parameter names); the first steps are slower while it compiles.
+        init_from: a checkpoint of ``python -m zoo fit`` whose backbone weights are copied exactly when training
+            (or validation) first starts: fine-tuning (SFT) and curriculum stages start from the previous run's
+            weights with a fresh optimizer and schedule. Only the backbone's state dict is read; any mismatch of
+            names or shapes is refused with the differing parameters listed. Resuming restores the run's own
+            checkpoint over it; a model loaded from its own checkpoint never reads this path again.
     """
 
     def __init__(
@@ -44,6 +53,7 @@ class LanguageModel(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: Schedule | None = None,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # built in Python (not by the CLI), the backbone is in the state dict
@@ -59,19 +69,25 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("skipped_rows", torch.zeros((), dtype=torch.long), persistent=True)
         self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
         self.compile_backbone = compile
+        self.init_from = init_from
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Counters added after a checkpoint was written start from zero instead of failing the load.
         state = checkpoint.get("state_dict", {})
         for name in ("tokens_seen", "skipped_rows"):
             state.setdefault(name, torch.zeros((), dtype=torch.long))
+        if not self._sharded():  # a differing architecture or vocabulary is named here, not in torch's shape errors
+            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            source = f"checkpoint {source or ''}".strip()
+            check_state_dict_fits(self.state_dict(), state, source=source, strict=self.strict_loading)
+        self.init_from = None  # the checkpoint holds the weights; the run it started from is not needed
 
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs) -> LanguageModel:
         """Load a checkpoint written by ``python -m zoo fit`` as the objective class it was trained with
         (``LanguageModel.from_checkpoint`` returns a ``CausalLM`` for a causal-LM run). ``kwargs`` go to
         Lightning's ``load_from_checkpoint`` (e.g. ``map_location``)."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(path)  # a missing, truncated or foreign file is named in a ValueError
         class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
         if class_path is None:
             raise ValueError(
@@ -82,12 +98,69 @@ class LanguageModel(L.LightningModule):
         target = getattr(importlib.import_module(module_name), name)
         if not (isinstance(target, type) and issubclass(target, cls)):
             raise ValueError(f"checkpoint {path} holds a {class_path}, which is not a {cls.__name__}")
-        return target.load_from_checkpoint(path, **kwargs)
+        try:
+            return target.load_from_checkpoint(path, **kwargs)
+        except CheckpointMismatchError as err:
+            raise CheckpointMismatchError(str(err).replace("checkpoint ", f"checkpoint {path} ", 1)) from None
+
+    def _sharded(self) -> bool:
+        """Whether a sharding strategy (FSDP, model parallel, DeepSpeed) holds this model's parameters as shards,
+        whose shapes are not the checkpoint's."""
+        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
+        return any(name in strategy for name in ("FSDP", "ModelParallel", "DeepSpeed"))
 
     # ---- what subclasses define ----------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Return (mean loss over target tokens, number of target tokens)."""
         raise NotImplementedError
+
+    def load_backbone(self, path: str, *, grow_vocab: bool = False) -> None:
+        """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with
+        the differing parameters named. ``grow_vocab``: the one allowed difference is a larger vocabulary (e.g.
+        room for a dedicated mask token), whose extra embedding and head rows start at the mean of the trained
+        rows."""
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"init_from={path} is not a file: train the previous stage first, or point init_from at its "
+                "checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if "state_dict" not in checkpoint:
+            raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")
+        source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
+        target = self.backbone.state_dict()
+        for name in ("embed.weight", "head.weight") if grow_vocab else ():
+            old, new = source.get(name), target.get(name)
+            if old is not None and new is not None and old.shape[1:] == new.shape[1:] and len(old) < len(new):
+                grown = old.mean(dim=0, keepdim=True).expand(len(new) - len(old), -1)
+                source[name] = torch.cat([old, grown.to(old.dtype)])
+        missing = sorted(set(target) - set(source))
+        extra = sorted(set(source) - set(target))
+        shapes = [f"{k}: {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
+                  if k in source and source[k].shape != v.shape]  # fmt: skip
+        if missing or extra or shapes:
+            raise ValueError(
+                f"init_from={path} does not match this backbone: missing {missing[:5]}, unexpected {extra[:5]}, "
+                f"shapes (checkpoint vs model) {shapes[:5]} ({len(missing)}, {len(extra)}, {len(shapes)} in all): "
+                "build the same architecture as the checkpoint (model.backbone of its config.yaml)"
+                + (" — only attention.causal and a larger vocab_size may differ" if grow_vocab else "")
+            )
+        self.backbone.load_state_dict(source)
+
+    @staticmethod
+    def document_mask(batch: dict[str, Tensor], length: int | None = None, *, causal: bool = False) -> Tensor | None:
+        """``(B, 1, T, T)`` bool, True where query and key belong to the same example, from the batch's
+        ``document_ids`` (packed or padded SFT, packing with document boundaries; padding is ``-1``); ``None``
+        when the batch has none. ``length`` keeps the first ``length`` positions. ``causal``: also ``None`` when
+        no row holds a second example — trailing padding cannot reach earlier tokens under causal attention, and
+        without a dense mask attention keeps its fastest kernels."""
+        ids = batch.get("document_ids")
+        if ids is None:
+            return None
+        ids = ids[:, :length]  # (B, T)
+        if causal and not bool((ids[:, 1:] > ids[:, :-1]).any()):  # ids only rise where a new example starts
+            return None
+        return (ids[:, :, None] == ids[:, None, :])[:, None]  # (B, 1, T, T)
 
     # ---- the shared step -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -107,6 +180,9 @@ class LanguageModel(L.LightningModule):
         if seq_len is not None:
             tokens = seq_len * getattr(datamodule, "batch_size", 1)
             self.flops_per_batch = self.backbone.flops_per_token(seq_len) * tokens
+        if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
+            self.load_backbone(self.init_from)
+            self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
         if self.compile_backbone and stage == "fit":
             self.backbone.compile()  # nn.Module.compile: in place, state-dict keys unchanged
 
@@ -155,7 +231,7 @@ class LanguageModel(L.LightningModule):
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(weight_decay_groups(self.backbone))
+        optimizer = prefer_fused(self.optimizer_factory(optimizer_groups(self.backbone, self.optimizer_factory)))
         total = self.trainer.max_steps
         if total is None or total < 0:
             if not isinstance(self.schedule, Constant) or self.schedule.warmup_steps:

@@ -23,7 +23,6 @@ and may ease the attention from causal to bidirectional with a :class:`~zoo.obje
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +54,8 @@ class MaskedDiffusionLM(LanguageModel):
         shift: keep the autoregressive shift: the logits at position ``i`` predict token ``i+1`` (DiffuLLaMA,
             Dream), so an AR model's head keeps its job; the first token is then never masked. Without it position
             ``i`` predicts token ``i`` (LLaDA, MDLM). Not supported with block-diffusion schedules.
-        init_from: a checkpoint of ``python -m zoo fit`` (e.g. a ``CausalLM``) whose backbone weights are loaded
-            exactly when training (or validation) first starts; only the backbone's state dict is read, and any
-            mismatch of names or shapes is refused with the differing parameters listed. Resuming restores the run's
-            own checkpoint over it; a model loaded from its own checkpoint never reads this path again.
+        init_from: as :class:`LanguageModel`, typically a ``CausalLM`` checkpoint being converted; the vocabulary
+            may grow by the dedicated mask token's row (started at the mean of the trained rows).
         conversion: how training moves from causal to bidirectional attention: ``AttentionAnnealing`` (DiffuLLaMA)
             or ``BlockWarmupStableDecay`` (LLaDA 2.0); ``None`` = bidirectional masked diffusion from the first step.
         val_seed: seed of the noise in validation (one generator per batch, seeded ``val_seed + batch_idx``).
@@ -71,13 +68,12 @@ class MaskedDiffusionLM(LanguageModel):
         eps: float = 1e-3,
         antithetic: bool = True,
         shift: bool = False,
-        init_from: str | None = None,
         conversion: ConversionSchedule | None = None,
         val_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        converting = init_from is not None or conversion is not None
+        converting = self.init_from is not None or conversion is not None
         for i, block in enumerate(self.backbone.blocks):
             if not hasattr(block.attention, "causal"):
                 raise ValueError(
@@ -103,40 +99,12 @@ class MaskedDiffusionLM(LanguageModel):
                 "set shift to false, or use AttentionAnnealing"
             )
         self.mask_id, self.eps, self.antithetic, self.shift = mask_id, eps, antithetic, shift
-        self.init_from, self.conversion, self.val_seed = init_from, conversion, val_seed
+        self.conversion, self.val_seed = conversion, val_seed
 
     # ---- conversion from an AR checkpoint --------------------------------------------------------------------
-    def load_backbone(self, path: str) -> None:
-        """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with
-        the differing parameters named. The one allowed difference: a larger vocabulary (room for a dedicated mask
-        token), whose extra embedding and head rows start at the mean of the trained rows."""
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"MaskedDiffusionLM init_from={path} is not a file: train the AR model first, or point init_from at "
-                "its checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
-            )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        if "state_dict" not in checkpoint:
-            raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")
-        source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
-        target = self.backbone.state_dict()
-        for name in ("embed.weight", "head.weight"):
-            old, new = source.get(name), target.get(name)
-            if old is not None and new is not None and old.shape[1:] == new.shape[1:] and len(old) < len(new):
-                grown = old.mean(dim=0, keepdim=True).expand(len(new) - len(old), -1)
-                source[name] = torch.cat([old, grown.to(old.dtype)])
-        missing = sorted(set(target) - set(source))
-        extra = sorted(set(source) - set(target))
-        shapes = [f"{k}: {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-                  if k in source and source[k].shape != v.shape]  # fmt: skip
-        if missing or extra or shapes:
-            raise ValueError(
-                f"init_from={path} does not match this backbone: missing {missing[:5]}, unexpected {extra[:5]}, "
-                f"shapes (checkpoint vs model) {shapes[:5]} ({len(missing)}, {len(extra)}, {len(shapes)} in all): "
-                "build the same architecture as the checkpoint (only attention.causal and a larger vocab_size may "
-                "differ)"
-            )
-        self.backbone.load_state_dict(source)
+    def load_backbone(self, path: str, *, grow_vocab: bool = True) -> None:
+        """As :meth:`LanguageModel.load_backbone`, but the vocabulary may grow (room for a dedicated mask token)."""
+        super().load_backbone(path, grow_vocab=grow_vocab)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -153,13 +121,6 @@ class MaskedDiffusionLM(LanguageModel):
                 )
             self.mask_id = vocab
             self.hparams["mask_id"] = vocab  # saved, so sampling from the checkpoint knows it
-        if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
-            self.load_backbone(self.init_from)
-            self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.init_from = None  # the checkpoint holds the weights; the AR model it started from is not needed
 
     # ---- the objective -----------------------------------------------------------------------------------------
     def sample_t(self, n: int, *, device, generator: torch.Generator | None = None) -> Tensor:  # (n,)
@@ -191,12 +152,17 @@ class MaskedDiffusionLM(LanguageModel):
         draw = torch.rand(B, T, device=device, generator=generator)
         masked = (draw < t) & scored  # (B, T)
         noisy = torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids)
+        documents = self.document_mask(batch)  # (B, 1, T, T): packed or padded examples never see each other
         if plan is not None and plan.clean_context:  # block diffusion: each block sees the clean earlier blocks
             both = torch.cat([noisy, input_ids], dim=1)  # (B, 2T)
             positions = torch.arange(T, device=device).repeat(2)  # the clean copy sits at the same positions
-            logits = self.backbone(both, mask=plan.mask, positions=positions)[:, :T]  # (B, T, V)
+            mask = plan.mask if documents is None else plan.mask & documents.repeat(1, 1, 2, 2)
+            logits = self.backbone(both, mask=mask, positions=positions)[:, :T]  # (B, T, V)
         else:
-            logits = self.backbone(noisy, mask=plan.mask if plan is not None else None)  # (B, T, V)
+            mask = plan.mask if plan is not None else None
+            if documents is not None:
+                mask = documents if mask is None else mask & documents
+            logits = self.backbone(noisy, mask=mask)  # (B, T, V)
         weights = masked / t  # (B, T): 1/t on masked positions, 0 elsewhere
         if self.shift:  # logits at i predict token i+1
             logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]

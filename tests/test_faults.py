@@ -1,0 +1,318 @@
+"""Training under faults: exact resumption after SIGKILL, atomic checkpoint files, NaN/Inf policies, and clear
+errors for checkpoints that do not fit (another vocabulary or architecture) or do not read (truncated, garbage)."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.faults import (
+    AtomicCheckpointIO,
+    CheckpointMismatchError,
+    NonFiniteError,
+    NonFiniteGuard,
+    newest_good_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config", "configs/quickstart.yaml",
+    "--trainer.val_check_interval", "1000",
+    "--trainer.limit_val_batches", "0",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--model.backbone.dim", "32",
+    "--model.backbone.n_layers", "2",
+    "--model.backbone.vocab_size", "300",
+    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
+    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
+    "--model.schedule.init_args.warmup_steps", "1",
+    "--data.tokenizer.init_args.vocab_size", "300",
+    "--data.seq_len", "32",
+    "--data.batch_size", "2",
+    "--data.limit_files", "30",
+    "--data.val_fraction", "0.2",
+]  # fmt: skip
+
+
+# ---- callbacks injected into runs by class path -----------------------------------------------------------------
+
+
+class LossLog(L.Callback):
+    """Appends ``step loss`` (the step counted from 1, the loss as ``repr``) to ``path`` after every training step,
+    flushed at once; with ``kill_at`` the process SIGKILLs itself when step ``kill_at`` is about to start."""
+
+    def __init__(self, path: str, kill_at: int | None = None) -> None:
+        self.path, self.kill_at = path, kill_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.kill_at is not None and trainer.global_step + 1 == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {outputs['loss'].item()!r}\n")
+
+
+class NaNAt(L.Callback):
+    """Makes the backbone's output NaN during step ``step`` (``trainer.global_step == step``, counted from 0)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        def hook(module, args, output):
+            return output * float("nan") if trainer.training and trainer.global_step == self.step else output
+
+        pl_module.backbone.register_forward_hook(hook)
+
+
+def losses(path: Path) -> dict[int, float]:
+    out = {}
+    for line in path.read_text().split("\n"):
+        if line:
+            step, loss = line.split()
+            out[int(step)] = float(loss)
+    return out
+
+
+def zoo_process(*args: str, cache: Path) -> subprocess.Popen:
+    env = {"ZOO_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zoo", "fit", *TINY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=300)
+    return process.returncode, out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def fit(tmp: Path, cache: Path, *args: str, monkeypatch):
+    """``python -m zoo fit`` in this process (cheaper than a subprocess where no process has to die)."""
+    from zoo.cli import ZooCLI
+
+    monkeypatch.setenv("ZOO_CACHE", str(cache))
+    monkeypatch.setattr(sys, "argv", ["zoo"])
+    return ZooCLI(args=["fit", *TINY, "--trainer.default_root_dir", str(tmp), *args])
+
+
+def callback(name: str, **init_args) -> str:
+    import json
+
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"tests.test_faults.{name}", "init_args": init_args})
+
+
+def checkpoints(tmp: Path) -> dict[str, dict]:
+    found = sorted(tmp.glob("lightning_logs/*/checkpoints/*.ckpt"))
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True) for p in found}
+
+
+# ---- 1. SIGKILL, then --ckpt_path last ---------------------------------------------------------------------------
+
+
+def test_a_run_killed_by_sigkill_resumes_with_the_uninterrupted_losses(tmp_path, cache):
+    """A: 6 steps uninterrupted. B: the same run, SIGKILLed as step 6 starts (the last checkpoint is step 4's), then
+    `--ckpt_path last`: its steps 5 and 6 must have A's losses exactly (weights, AdamW moments, schedule, data
+    position and random state restored; CPU, one thread)."""
+    common = ["--trainer.max_steps", "6", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "0"]
+    a_log, b_log = tmp_path / "a.txt", tmp_path / "b.txt"
+    a = zoo_process(*common, "--trainer.default_root_dir", str(tmp_path / "a"), callback("LossLog", path=str(a_log)),
+                    cache=cache)  # fmt: skip
+    b_args = [*common, "--trainer.default_root_dir", str(tmp_path / "b")]
+    b = zoo_process(*b_args, callback("LossLog", path=str(b_log), kill_at=6), cache=cache)
+    (code_a, out_a), (code_b, out_b) = finish(a), finish(b)
+    assert code_a == 0, out_a
+    assert code_b == -signal.SIGKILL, out_b
+    killed = losses(b_log)
+    assert sorted(killed) == [1, 2, 3, 4, 5]  # step 5 ran, but its checkpoint (every 2 steps) never came
+
+    code, out = finish(zoo_process(*b_args, callback("LossLog", path=str(b_log)), "--ckpt_path", "last", cache=cache))
+    assert code == 0, out
+    assert "version_0/checkpoints/last.ckpt" in out  # found in the killed run's folder, not the new version_1
+    uninterrupted = losses(a_log)
+    resumed = [tuple(map(float, line.split())) for line in b_log.read_text().split("\n")[5:] if line]
+    assert [int(step) for step, _ in resumed] == [5, 6]  # resumed from step 4: step 5 is trained again
+    assert {int(s): loss for s, loss in resumed} == {5: uninterrupted[5], 6: uninterrupted[6]}
+    assert killed == {s: uninterrupted[s] for s in range(1, 6)}
+    assert len(set(uninterrupted.values())) == 6  # the losses do change from step to step
+
+
+# ---- 2. atomic checkpoint files ----------------------------------------------------------------------------------
+
+
+def test_a_crash_while_saving_leaves_the_previous_last_ckpt_intact(tmp_path, trained, monkeypatch):
+    """A `zoo fit` run writes through AtomicCheckpointIO (checked in the `trained` fixture); here the next save of
+    last.ckpt crashes after half its bytes reached the disk: the previous last.ckpt still loads."""
+    last = tmp_path / "last.ckpt"
+    shutil.copy(trained, last)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["global_step"] = 3
+    real_save, written = torch.save, []
+
+    def crashing_save(obj, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        written.append(f.name)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint(checkpoint, last)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert Path(written[0]).parent == tmp_path and Path(written[0]).name.startswith(".last.ckpt.")  # written beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial temporary file is gone
+
+    from zoo.objectives import LanguageModel
+
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+    assert LanguageModel.from_checkpoint(str(last)).backbone.dim == 32
+
+
+def test_atomic_io_replaces_the_file_whole(tmp_path):
+    plugin = AtomicCheckpointIO()
+    path = tmp_path / "sub" / "last.ckpt"
+    plugin.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    plugin.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert torch.equal(plugin.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+# ---- 3. NaN / Inf ------------------------------------------------------------------------------------------------
+
+
+def test_nan_with_policy_skip_drops_that_update_and_counts_it(tmp_path, cache, monkeypatch):
+    args = ["--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_top_k", "-1",
+            callback("NaNAt", step=2)]  # fmt: skip
+    with pytest.warns(UserWarning, match="non-finite loss or gradient norm at step 2: update skipped"):
+        fit(tmp_path, cache, *args, monkeypatch=monkeypatch)
+    saved = checkpoints(tmp_path)
+    before, skipped, after = (saved[f"epoch=0-step={s}.ckpt"] for s in (2, 3, 4))
+    for name, weight in before["state_dict"].items():  # the 3rd update (global_step 2) left the weights as they were
+        if weight.is_floating_point():
+            torch.testing.assert_close(skipped["state_dict"][name], weight, rtol=0, atol=0)
+    assert skipped["optimizer_states"][0]["state"][0]["step"] == before["optimizer_states"][0]["state"][0]["step"]
+    assert not torch.equal(after["state_dict"]["backbone.embed.weight"], skipped["state_dict"]["backbone.embed.weight"])
+    for ckpt in saved.values():
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert saved["last.ckpt"]["callbacks"]["NonFiniteGuard"]["skipped"] == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/skipped_steps")] == [0, 0, 1, 1, 1]
+
+
+def test_nan_with_policy_stop_names_the_step_and_the_last_good_checkpoint(tmp_path, cache, monkeypatch):
+    args = ["--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_top_k", "0",
+            "--nonfinite.policy", "stop", callback("NaNAt", step=2)]  # fmt: skip
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.raises(NonFiniteError, match=f"non-finite loss or gradient norm at step 2 .*{last}"):
+        fit(tmp_path, cache, *args, monkeypatch=monkeypatch)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused():
+    guard = NonFiniteGuard()
+    trainer = SimpleNamespace(global_step=7, ckpt_path=None, checkpoint_callbacks=[])
+    good = {"state_dict": {"w": torch.ones(2), "n": torch.tensor(3)}}
+    guard.on_save_checkpoint(trainer, None, good)
+    bad = {"state_dict": {"w": torch.tensor([1.0, float("inf")]), "v": torch.tensor([float("nan")])}}
+    with pytest.raises(NonFiniteError, match="refusing to write a checkpoint at step 7: non-finite weights in w, v"):
+        guard.on_save_checkpoint(trainer, None, bad)
+
+
+def test_nonfinite_config_errors():
+    with pytest.raises(ValueError, match="nonfinite.policy='ignore'"):
+        NonFiniteGuard(policy="ignore")
+    with pytest.raises(ValueError, match="nonfinite.max_consecutive=-1"):
+        NonFiniteGuard(max_consecutive=-1)
+
+
+# ---- 4. checkpoints that do not fit or do not read ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+    tmp = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cli = fit(tmp, cache, "--trainer.max_steps", "2", monkeypatch=monkeypatch)
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    return tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def test_resuming_with_another_vocabulary_names_the_parameters(tmp_path, cache, trained, monkeypatch):
+    """The run's config changed between the crash and `--ckpt_path last` (with an explicit checkpoint file,
+    LightningCLI rebuilds the model from the checkpoint's own hyperparameters instead)."""
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(trained, folder / "last.ckpt")
+    with pytest.raises(CheckpointMismatchError) as err:
+        fit(tmp_path, cache, "--model.backbone.vocab_size", "512", "--trainer.max_steps", "3", "--ckpt_path", "last",
+            monkeypatch=monkeypatch)  # fmt: skip
+    message = str(err.value)
+    assert f"checkpoint {folder / 'last.ckpt'} does not fit this model" in message
+    assert "backbone.embed.weight: checkpoint (300, 32) vs model (512, 32)" in message
+    assert "the vocabulary differs (checkpoint 300 tokens, model 512)" in message
+
+
+def test_from_checkpoint_with_another_architecture_names_the_parameters(trained):
+    from tests.conftest import tiny_backbone
+    from zoo.objectives import LanguageModel
+
+    with pytest.raises(CheckpointMismatchError) as err:
+        LanguageModel.from_checkpoint(str(trained), backbone=tiny_backbone(vocab_size=300, n_layers=3))
+    message = str(err.value)
+    assert f"checkpoint {trained} does not fit this model" in message
+    assert "in the model, not in the checkpoint (" in message and "backbone.blocks.2." in message
+    assert "the architecture differs" in message
+
+
+def test_truncated_and_garbage_files_are_named(tmp_path, cache, trained, monkeypatch):
+    from zoo.objectives import LanguageModel
+
+    truncated, garbage = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt"
+    truncated.write_bytes(trained.read_bytes()[:5000])
+    garbage.write_bytes(b"not a checkpoint at all\n" * 100)
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match=f"checkpoint {path} is truncated or not a checkpoint"):
+            LanguageModel.from_checkpoint(str(path))
+    with pytest.raises(ValueError, match=f"checkpoint {garbage} is truncated or not a checkpoint"):
+        AtomicCheckpointIO().load_checkpoint(garbage)  # what the trainer reads checkpoints with
+    with pytest.raises(ValueError, match=f"checkpoint {truncated} is truncated or not a checkpoint"):
+        fit(tmp_path / "run", cache, "--trainer.max_steps", "2", "--ckpt_path", str(truncated), monkeypatch=monkeypatch)
+
+
+def test_last_skips_a_corrupt_newest_checkpoint(tmp_path, trained):
+    older, newer = (tmp_path / f"version_{i}" / "checkpoints" for i in (0, 1))
+    older.mkdir(parents=True), newer.mkdir(parents=True)
+    shutil.copy(trained, older / "last.ckpt")
+    (newer / "last.ckpt").write_bytes(trained.read_bytes()[:-1000])
+    now = time.time()
+    os.utime(older / "last.ckpt", (now - 60, now - 60))
+    with pytest.warns(UserWarning, match=f"skipping checkpoint {newer / 'last.ckpt'}"):
+        assert newest_good_checkpoint([older, newer]) == older / "last.ckpt"
+    (older / "last.ckpt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="no checkpoint under .* reads"), pytest.warns(UserWarning):
+        newest_good_checkpoint([older, newer])
+    assert newest_good_checkpoint([tmp_path / "empty"]) is None

@@ -1,0 +1,210 @@
+"""Muon for the hidden weight matrices, AdamW for everything else, as one optimizer.
+
+Muon (Jordan et al., 2024; ``torch.optim.Muon``) orthogonalises each 2-D update with Newton–Schulz
+iterations. It is meant for the matrices *inside* the blocks: the token embedding and the LM head (2-D too)
+are lookup tables / a classifier, and norms, biases and other 1-D or 3-D parameters are not matrices, so all
+of those stay with AdamW::
+
+    backbone parameters ──┬─ nn.Linear weights inside the blocks (not the head) ──▶ torch.optim.Muon
+                          └─ embeddings, head, norms, biases, Canon kernels, stacked experts ──▶ torch.optim.AdamW
+
+Lightning drives one optimizer per ``configure_optimizers`` simply (one ``step``, one scheduler, one state in
+the checkpoint), and torch has no optimizer that chains two others, so :class:`MuonWithAdamW` wraps the two:
+its ``param_groups`` *are* the two inner optimizers' group dicts (the same objects), so a learning-rate
+scheduler multiplies Muon's and AdamW's peaks by the same factor at every step and their ratio is kept, and
+its ``state_dict`` holds both inner state dicts for an exact resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from functools import partial
+
+import torch
+from torch import nn
+from torch.optim import AdamW, Muon, Optimizer
+
+from zoo.optim.fused import fused_supported
+from zoo.optim.groups import weight_decay_groups
+
+
+def muon_groups(module: nn.Module) -> list[dict]:
+    """Split ``module``'s trainable parameters by module type for :class:`MuonWithAdamW`.
+
+    Returns groups tagged ``"use_muon"``: the weights of every ``nn.Linear`` except the LM head (``head`` of
+    :class:`zoo.nn.Transformer`, a child named ``head`` elsewhere) go to Muon; AdamW gets the other matrices
+    (head, stacked experts, Canon kernels) with its weight decay, and embeddings, norms and biases without
+    (as :func:`zoo.optim.weight_decay_groups`). A tied head shares the embedding's tensor and is listed once.
+    """
+    head = getattr(module, "head", None)
+    head_ids = {id(head.weight)} if isinstance(head, nn.Linear) else set()
+    hidden_ids = {
+        id(sub.weight)
+        for sub in module.modules()
+        if isinstance(sub, nn.Linear) and sub is not head and sub.weight.ndim == 2 and id(sub.weight) not in head_ids
+    }
+    hidden_ids -= {id(sub.weight) for sub in module.modules() if isinstance(sub, nn.Embedding)}  # a tied input
+    groups = []
+    for group in weight_decay_groups(module):
+        muon = [p for p in group["params"] if id(p) in hidden_ids]
+        rest = [p for p in group["params"] if id(p) not in hidden_ids]
+        extra = {k: v for k, v in group.items() if k != "params"}
+        if muon:
+            groups.append({"params": muon, "use_muon": True})  # Muon's own weight decay applies
+        if rest:
+            groups.append({"params": rest, "use_muon": False, **extra})
+    return groups
+
+
+def optimizer_groups(module: nn.Module, factory: Callable[[Iterable], Optimizer]) -> list[dict]:
+    """The parameter groups ``factory`` expects: :func:`muon_groups` for a :class:`MuonWithAdamW` factory,
+    :func:`zoo.optim.weight_decay_groups` for every other optimizer."""
+    return muon_groups(module) if _builds(factory, MuonWithAdamW) else weight_decay_groups(module)
+
+
+def _builds(factory: object, cls: type) -> bool:
+    """Whether ``factory`` is ``cls`` (or a subclass), or a ``functools.partial`` of it: what Python callers pass
+    and what jsonargparse makes of ``class_path``/``init_args`` (a partial whose arguments hold the class)."""
+    if isinstance(factory, type):
+        return issubclass(factory, cls)
+    if isinstance(factory, partial):
+        return any(_builds(x, cls) for x in (factory.func, *factory.args))
+    return False
+
+
+class MuonWithAdamW(Optimizer):
+    """``torch.optim.Muon`` on the groups tagged ``use_muon`` (see :func:`muon_groups`), ``torch.optim.AdamW``
+    on the others, stepped together.
+
+    Args:
+        params: groups from :func:`muon_groups` (``LanguageModel.configure_optimizers`` builds them).
+        lr: Muon's peak learning rate (the schedule multiplies both optimizers' peaks alike).
+        momentum: Muon's momentum.
+        nesterov: Nesterov momentum in Muon.
+        ns_steps: Newton–Schulz iterations per Muon update.
+        weight_decay: Muon's decoupled weight decay (``p ← p · (1 − lr · weight_decay)``, as AdamW's).
+        adjust_lr_fn: Muon's per-matrix learning-rate scaling: ``original`` (``sqrt(max(1, rows / cols))``,
+            use with ``lr`` ≈ 0.02) or ``match_rms_adamw`` (``0.2 · sqrt(max(rows, cols))``, so ``lr`` can be
+            AdamW's).
+        adamw_lr: AdamW's peak learning rate (embeddings, head, norms, biases).
+        adamw_betas: AdamW's betas.
+        adamw_eps: AdamW's epsilon.
+        adamw_weight_decay: AdamW's weight decay on its matrices (the head when untied); embeddings, norms and
+            biases get none.
+        fused: AdamW's fused kernel (``None``: fused when every parameter is on a device that has it).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[dict],
+        *,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        adjust_lr_fn: str = "original",
+        adamw_lr: float = 3e-3,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+        fused: bool | None = None,
+    ) -> None:
+        groups = list(params)
+        if not all(isinstance(g, dict) and "use_muon" in g for g in groups):
+            raise ValueError(
+                "MuonWithAdamW needs parameter groups tagged use_muon (zoo.optim.muon_groups(module)); "
+                "plain parameters cannot be told apart into hidden matrices and the rest"
+            )
+        for name, value in (("lr", lr), ("adamw_lr", adamw_lr)):
+            if value <= 0:
+                raise ValueError(f"MuonWithAdamW {name}={value} must be > 0")
+        if adjust_lr_fn not in ("original", "match_rms_adamw"):
+            raise ValueError(f"MuonWithAdamW adjust_lr_fn={adjust_lr_fn!r} must be 'original' or 'match_rms_adamw'")
+        muon = [{k: v for k, v in g.items() if k != "use_muon"} for g in groups if g["use_muon"]]
+        adamw = [{k: v for k, v in g.items() if k != "use_muon"} for g in groups if not g["use_muon"]]
+        for g in muon:
+            bad = [tuple(p.shape) for p in g["params"] if p.ndim != 2]
+            if bad:
+                raise ValueError(f"Muon takes 2-D matrices only, got shapes {bad}: route them to AdamW (use_muon)")
+        if fused is None:
+            fused = fused_supported(p for g in adamw for p in g["params"])
+        # An optimizer with no parameters is refused by torch, so either side may be absent.
+        self.muon = (
+            Muon(muon, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+                 adjust_lr_fn=adjust_lr_fn)
+            if muon else None
+        )  # fmt: skip
+        self.adamw = (
+            AdamW(adamw, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=adamw_weight_decay, fused=fused)
+            if adamw else None
+        )  # fmt: skip
+        inner = [o for o in (self.muon, self.adamw) if o is not None]
+        super().__init__([p for o in inner for g in o.param_groups for p in g["params"]], {"lr": lr})
+        # The wrapper's groups and state are the inner optimizers' own objects: schedulers, gradient clipping
+        # and scalers that read or write them act on the optimizers that step.
+        self.param_groups = [g for o in inner for g in o.param_groups]
+        self.state = _JointState(inner)
+        self.defaults = {"lr": lr, "adamw_lr": adamw_lr, "fused": fused, "foreach": None}
+
+    @property
+    def inner(self) -> list[Optimizer]:
+        return [o for o in (self.muon, self.adamw) if o is not None]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.inner:
+            optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon and self.muon.state_dict(), "adamw": self.adamw and self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name in ("muon", "adamw"):
+            optimizer, saved = getattr(self, name), state_dict.get(name)
+            if (optimizer is None) != (saved is None):
+                raise ValueError(
+                    f"optimizer state has {'no' if saved is None else 'a'} {name} part but this model "
+                    f"{'has' if optimizer is not None else 'has no'} {name} parameters: resume with the optimizer "
+                    "and model of the run that wrote the checkpoint"
+                )
+            if optimizer is not None:
+                optimizer.load_state_dict(saved)
+        self.param_groups = [g for o in self.inner for g in o.param_groups]  # load replaces the group dicts
+        self.state = _JointState(self.inner)
+
+
+
+class _JointState(MutableMapping):
+    """The inner optimizers' ``state`` seen as one mapping (parameter → its state), as ``Optimizer.state`` is:
+    a read finds the optimizer that holds the parameter and a write goes to it (Lightning moves each state to
+    the device by writing it back), never to the wrong one."""
+
+    def __init__(self, optimizers: list[Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def _owner(self, param: torch.Tensor) -> Optimizer:
+        for optimizer in self.optimizers:
+            if param in optimizer.state or any(p is param for g in optimizer.param_groups for p in g["params"]):
+                return optimizer
+        raise KeyError(param)
+
+    def __getitem__(self, param: torch.Tensor) -> dict:
+        return self._owner(param).state[param]
+
+    def __setitem__(self, param: torch.Tensor, value: dict) -> None:
+        self._owner(param).state[param] = value
+
+    def __delitem__(self, param: torch.Tensor) -> None:
+        del self._owner(param).state[param]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (p for optimizer in self.optimizers for p in optimizer.state)
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self.optimizers)
