@@ -1,0 +1,122 @@
+"""`python -m zoo eval` end to end on a tiny checkpoint with local task files, and EvalCallback during a fit."""
+
+import json
+
+import pytest
+import torch
+
+from tests.test_cli import TINY
+from zoo.data.tokenizer import tokenizer_from_checkpoint
+
+ARC = [{"id": "q1", "question": "Which is a gas?", "answerKey": "C",
+        "choices": {"text": ["rock", "iron", "oxygen"], "label": ["A", "B", "C"]}},
+       {"id": "q2", "question": "What do plants need?", "answerKey": "1",
+        "choices": {"text": ["light", "noise"], "label": ["1", "2"]}}]  # fmt: skip
+BLIMP = [{"sentence_good": "The cat sleeps.", "sentence_bad": "The cat sleep."},
+         {"sentence_good": "Who ran?", "sentence_bad": "Ran who?"}]  # fmt: skip
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A 2-step fit whose EvalCallback scores arc_easy from a local data dir after step 2."""
+    from zoo.cli import ZooCLI
+
+    root = tmp_path_factory.mktemp("evalfit")
+    data = root / "data"
+    write_jsonl(data / "arc" / "ARC-Easy-test.jsonl", ARC)
+    write_jsonl(data / "blimp" / "adjunct_island.jsonl", BLIMP)
+    swap = ["--data.tokenizer.init_args.cache_dir", str(root / "tok"), "--trainer.max_steps", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
+            "--trainer.callbacks+=zoo.eval.EvalCallback", "--trainer.callbacks.tasks=[arc_easy]",
+            "--trainer.callbacks.every_n_steps=2", f"--trainer.callbacks.data_dir={data}"]  # fmt: skip
+    ZooCLI(args=["fit", *TINY, *swap, "--trainer.default_root_dir", str(root)])
+    return root, data, next(root.rglob("last.ckpt"))
+
+
+def test_eval_command_prints_a_table_and_writes_json_and_tensorboard(fitted, tmp_path, capsys):
+    from zoo.cli import main
+
+    root, data, ckpt = fitted
+    out = tmp_path / "results.json"
+    main(["eval", "--ckpt", str(ckpt), "--tasks", "arc_easy,blimp_adjunct_island", "--data-dir", str(data),
+          "--output", str(out), "--tensorboard", str(tmp_path / "tb"), "--batch-size", "2"])  # fmt: skip
+    table = capsys.readouterr().out
+    assert "arc_easy" in table and "acc_norm" in table and "blimp_adjunct_island" in table
+    results = json.loads(out.read_text())
+    assert results["results"]["arc_easy"]["n"] == 2 and results["results"]["blimp_adjunct_island"]["n"] == 2
+    assert 0.0 <= results["results"]["arc_easy"]["acc"]["value"] <= 1.0
+    assert results["global_step"] == 2 and results["elbo"] is False
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert "eval/arc_easy/acc" in events.Tags()["scalars"]
+    # --task-file gives the same documents as the data dir
+    main(["eval", "--ckpt", str(ckpt), "--tasks", "arc_easy", "--task-file",
+          f"arc_easy={data / 'arc' / 'ARC-Easy-test.jsonl'}", "--output", str(tmp_path / "r2.json")])  # fmt: skip
+    again = json.loads((tmp_path / "r2.json").read_text())["results"]["arc_easy"]
+    assert again["acc"] == results["results"]["arc_easy"]["acc"]
+
+
+def test_the_score_is_the_models_loglikelihood(fitted):
+    """The CLI's arc_easy accuracy follows from the checkpoint's own forward pass on each choice."""
+    from zoo.eval.cli import load_model, make_scorer
+    from zoo.eval.metrics import evaluate
+    from zoo.eval.tasks import resolve
+
+    _, data, ckpt = fitted
+    model, tokenizer, eos, _ = load_model(str(ckpt), device="cpu")
+    tasks, _ = resolve(["arc_easy"])
+    acc = evaluate(tasks, make_scorer(model, tokenizer, eos), data_dir=str(data))["results"]["arc_easy"]["acc"]
+    correct = 0
+    for doc in ARC:
+        context = f"Question: {doc['question']}\nAnswer:"
+        lls = []
+        for choice in doc["choices"]["text"]:
+            ctx = tokenizer.encode(context).ids
+            cont = tokenizer.encode(context + " " + choice).ids[len(ctx) :]
+            logits = model.backbone(torch.tensor([ctx + cont[:-1]]))[0, -len(cont) :]
+            lls.append(logits.log_softmax(-1).gather(1, torch.tensor(cont)[:, None]).sum().item())
+        gold = doc["choices"]["label"].index(doc["answerKey"])
+        correct += max(range(len(lls)), key=lambda i: (lls[i], -i)) == gold
+    assert acc["value"] == correct / len(ARC)
+
+
+def test_eval_callback_logged_during_fit(fitted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _, _ = fitted
+    (events_dir,) = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"eval/arc_easy/acc", "eval/arc_easy/acc_norm"} <= set(tags)
+    assert [e.step for e in events.Scalars("eval/arc_easy/acc")] == [2]
+
+
+def test_unknown_task_and_missing_tokenizer_messages(fitted, tmp_path, capsys):
+    from zoo.eval.cli import main
+
+    _, data, ckpt = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt", str(ckpt), "--tasks", "arc_easy,hellaswagg"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'hellaswagg'" in err and "hellaswag" in err and "humaneval" in err
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    tokenizer, _ = tokenizer_from_checkpoint(checkpoint)
+    bare = {k: v for k, v in checkpoint.items() if not (isinstance(v, dict) and "tokenizer" in v)}
+    torch.save(bare, tmp_path / "bare.ckpt")
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(tmp_path / "bare.ckpt"), "--tasks", "arc_easy", "--data-dir", str(data)])
+    assert "--tokenizer path/to/tokenizer.json" in capsys.readouterr().err
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    main(["--ckpt", str(tmp_path / "bare.ckpt"), "--tasks", "arc_easy", "--data-dir", str(data),
+          "--tokenizer", str(tmp_path / "tokenizer.json")])  # fmt: skip
+    assert "arc_easy" in capsys.readouterr().out

@@ -1,0 +1,175 @@
+"""``python -m zoo eval --ckpt CKPT --tasks arc_easy,piqa``: zero-shot scores of a checkpoint, as
+lm-evaluation-harness computes them (same prompts, splits, token handling and metrics), without converting it.
+
+Documents load from the hub (``datasets.load_dataset``, the harness's dataset, name and split) or from local
+files in their release formats: ``--data-dir DIR`` with this layout (the harness's tasks and their files)::
+
+    DIR/arc/ARC-Easy-test.jsonl, DIR/arc/ARC-Challenge-test.jsonl   (the hub's rows as JSONL)
+    DIR/piqa/valid.jsonl + DIR/piqa/valid-labels.lst                (PIQA's dev release)
+    DIR/blimp/<paradigm>.jsonl                                      (BLiMP's release, 67 files)
+    DIR/truthfulqa/v0_mc_task.json                                  (TruthfulQA's original mc_task.json)
+    DIR/wikitext/wiki.test.raw                                      (WikiText-2 raw test file)
+    DIR/hellaswag/hellaswag_val.jsonl, DIR/sciq/test.json, DIR/winogrande/dev.jsonl,
+    DIR/lambada/lambada_test.jsonl                                  (release files with the hub's fields)
+
+or one file per task with ``--task-file arc_easy=path.jsonl``. A new multiple-choice task is a YAML file
+(``--include my_task.yaml``; fields in :mod:`zoo.eval.tasks`). ``humaneval`` and ``mbpp`` generate code and run
+its tests (:mod:`zoo.eval.code`). Masked-diffusion checkpoints are scored with Monte-Carlo ELBO lower bounds
+(``--mc-num``). Examples::
+
+    python -m zoo eval --ckpt runs/quickstart/.../last.ckpt --tasks arc_easy,piqa,blimp --data-dir /data/eval
+    python -m zoo eval --ckpt last.ckpt --tasks wikitext --limit 10 --output results.json --tensorboard runs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+
+from zoo.eval.tasks import CODE_TASKS
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
+    p.add_argument("--tasks", required=True, help="comma-separated task or group names (e.g. arc_easy,piqa,blimp)")
+    p.add_argument("--limit", type=int, help="first N documents of each task (default: all)")
+    p.add_argument("--data-dir", help="folder of local task files (layout above); default: the hub")
+    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
+                   help="local file for one task (repeatable)")  # fmt: skip
+    p.add_argument("--include", action="append", default=[], metavar="YAML", help="extra task YAML file(s)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default: 32)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")  # fmt: skip
+    p.add_argument("--tokenizer", help="tokenizer.json, for a checkpoint that carries no tokenizer")
+    p.add_argument("--eos-token", default=None, help="end-of-text token of --tokenizer (default: <|endoftext|>)")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--tensorboard", help="also log eval/<task>/<metric> scalars to this TensorBoard folder")
+    dm = p.add_argument_group("masked-diffusion checkpoints")
+    dm.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per ELBO (default: 128)")
+    dm.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks")
+    code = p.add_argument_group("code tasks (humaneval, mbpp)")
+    code.add_argument("--n-samples", type=int, default=1, help="completions per problem")
+    code.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    code.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    code.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion")
+    code.add_argument("--format", default="none", help="prompt format (see zoo generate --format)")
+    code.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, OSError) as err:
+        print(f"zoo eval: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(format_table(report))
+
+
+def parse_task_files(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--task-file {item!r}: write it as TASK=PATH, e.g. --task-file arc_easy=arc.jsonl")
+        out[name] = path
+    return out
+
+
+def load_model(ckpt: str, *, device: str, tokenizer_path: str | None = None, eos_token: str | None = None):
+    """(objective in eval mode, tokenizer, eos token, global step) of a zoo checkpoint."""
+    from tokenizers import Tokenizer
+
+    from zoo.data.tokenizer import EOS, tokenizer_from_checkpoint
+    from zoo.faults import read_checkpoint
+    from zoo.objectives.base import LanguageModel
+
+    checkpoint = read_checkpoint(ckpt)  # a missing or foreign file is named in a ValueError
+    if tokenizer_path is not None:
+        tokenizer, eos = Tokenizer.from_file(tokenizer_path), eos_token or EOS
+    else:
+        tokenizer, eos = tokenizer_from_checkpoint(checkpoint)
+    model = LanguageModel.from_checkpoint(ckpt, map_location=device, weights_only=False).eval()
+    if tokenizer.token_to_id(eos) is None:
+        raise ValueError(f"the tokenizer has no end-of-text token {eos!r}: pass --eos-token")
+    return model, tokenizer, eos, int(checkpoint.get("global_step", 0))
+
+
+def make_scorer(model, tokenizer, eos: str, *, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
+    """The scorer for this objective: exact log-likelihoods for a causal LM, ELBO bounds for a diffusion LM."""
+    from zoo.eval.scoring import CausalScorer, ElboScorer
+    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
+
+    common = {"tokenizer": tokenizer, "prefix_id": tokenizer.token_to_id(eos),
+              "max_length": model.backbone.max_seq_len}  # fmt: skip
+    if isinstance(model, MaskedDiffusionLM):
+        return ElboScorer(model=model, mc_num=mc_num, batch_size=batch_size, seed=seed, **common)
+    return CausalScorer(backbone=model.backbone, batch_size=batch_size, **common)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from zoo.eval.metrics import evaluate
+    from zoo.eval.tasks import resolve
+
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    code_names = [n for n in names if n in CODE_TASKS]
+    tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=args.include)
+    task_files = parse_task_files(args.task_file)
+    model, tokenizer, eos, step = load_model(args.ckpt, device=args.device, tokenizer_path=args.tokenizer,
+                                             eos_token=args.eos_token)  # fmt: skip
+    scorer = make_scorer(model, tokenizer, eos, batch_size=args.batch_size, mc_num=args.mc_num, seed=args.seed)
+    report = {"results": {}, "elbo": scorer.elbo}
+    if tasks:
+        report = evaluate(tasks, scorer, groups=groups, data_dir=args.data_dir, task_files=task_files,
+                          limit=args.limit, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    for name in code_names:
+        from zoo.eval.code import evaluate_code
+
+        scores = evaluate_code(model=model, tokenizer=tokenizer, eos_token=eos, task=name, data_dir=args.data_dir,
+                               limit=args.limit, n_samples=args.n_samples, k=[int(k) for k in args.k.split(",")],
+                               temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                               prompt_format=args.format, timeout=args.timeout)  # fmt: skip
+        report["results"][name] = {"n": args.limit, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
+    report.update({"checkpoint": args.ckpt, "global_step": step, "limit": args.limit,
+                   "mc_num": args.mc_num if scorer.elbo else None})  # fmt: skip
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(args.tensorboard) as writer:
+            for name, value in scalars(report["results"]).items():
+                writer.add_scalar(name, value, step)
+    return report
+
+
+def scalars(results: dict) -> dict[str, float]:
+    """``{"eval/<task>/<metric>": value}`` of a results dict."""
+    return {f"eval/{task}/{metric}": entry["value"] for task, metrics in results.items()
+            for metric, entry in metrics.items() if metric != "n"}  # fmt: skip
+
+
+def format_table(report: dict) -> str:
+    rows = [("task", "metric", "value", "stderr", "n")]
+    for task, metrics in report["results"].items():
+        for metric, entry in metrics.items():
+            if metric == "n":
+                continue
+            se = entry["stderr"]
+            rows.append((task, metric, f"{entry['value']:.4f}", "" if se is None or math.isnan(se) else f"{se:.4f}",
+                         str(metrics.get("n", ""))))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if report.get("elbo"):
+        lines.insert(0, f"masked-diffusion checkpoint: log-likelihoods are Monte-Carlo ELBO lower bounds "
+                        f"(mc_num={report.get('mc_num')}), not exact")  # fmt: skip
+    return "\n".join(lines)

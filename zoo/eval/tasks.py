@@ -1,0 +1,368 @@
+"""Task definitions: a YAML file per task (``zoo/eval/tasks/*.yaml``), its documents and its requests.
+
+A task file names where its documents come from and how a document becomes requests, with the same fields and
+template language (Jinja2) as lm-evaluation-harness, so a harness task ports by copying its fields::
+
+    task: arc_easy
+    output_type: multiple_choice          # or loglikelihood, loglikelihood_rolling
+    dataset: {path: allenai/ai2_arc, name: ARC-Easy, split: test}      # datasets.load_dataset(path, name, split)
+    local: {path: arc/ARC-Easy-test.jsonl}                              # under --data-dir (reader: optional)
+    doc_to_text: "Question: {{question}}\\nAnswer:"
+    doc_to_choice: "{{choices.text}}"
+    doc_to_target: "{{choices.label.index(answerKey)}}"
+    metrics: [acc, acc_norm]
+
+``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target`` are each a field name of the document (its value is
+used), an integer (``doc_to_target: 0``) or a Jinja2 template rendered over the document's fields; a choice
+template renders a Python list literal, a target that renders as digits is the gold choice index. Optional keys:
+``target_delimiter`` (default ``" "``, put between context and continuation), ``multiple_input: true`` (the
+choices are contexts and ``doc_to_target`` the one continuation; ``doc_to_text`` gives the gold index —
+Winogrande's partial scoring), ``process_docs`` / ``local.reader`` (``module:function`` import paths), ``count_text``
+(rolling tasks: the field whose words and bytes normalise the perplexities), ``labels`` (``mc2``: a template
+rendering each choice's 1/0 truth label), ``subtasks`` (one task per value,
+``{subtask}`` substituted in every string; the group's score is the unweighted mean, as BLiMP's).
+
+A request is a ``(context, continuation)`` pair of strings; scoring turns it into tokens (:mod:`zoo.eval.scoring`).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from jinja2 import BaseLoader, Environment, StrictUndefined
+
+OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
+CODE_TASKS = ("humaneval", "mbpp")  # generation tasks: zoo.eval.code
+
+
+def _regex_replace(text: str, pattern: str, repl: str, count: int = 0) -> str:
+    return re.sub(pattern, repl, text, count=count)
+
+
+# The harness's template environment: undefined fields are errors, trailing newlines kept, one extra filter.
+JINJA = Environment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
+JINJA.filters["regex_replace"] = _regex_replace
+
+
+def import_function(path: str) -> Callable:
+    """``"package.module:function"`` → the function."""
+    module, _, name = path.partition(":")
+    if not name:
+        raise ValueError(f"{path!r} is not an import path: write it as 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class Task:
+    """One evaluation task (see the module docstring for the YAML fields)."""
+
+    name: str
+    output_type: str
+    dataset: dict
+    doc_to_target: str | int
+    doc_to_text: str | int = ""
+    doc_to_choice: str | list | None = None
+    target_delimiter: str = " "
+    multiple_input: bool = False
+    metrics: list[str] = field(default_factory=lambda: ["acc"])
+    local: dict | None = None
+    process_docs: str | None = None
+    count_text: str | None = None
+    labels: str | None = None
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_type not in OUTPUT_TYPES:
+            raise ValueError(f"task {self.name}: output_type={self.output_type!r}; choose one of {OUTPUT_TYPES}")
+        if self.output_type == "multiple_choice" and self.doc_to_choice is None:
+            raise ValueError(f"task {self.name}: a multiple_choice task needs doc_to_choice")
+
+    # ---- documents → strings (the harness's rules) ---------------------------------------------------------
+    def _render(self, spec: str | int | list, doc: dict):
+        if isinstance(spec, (int, list)):
+            return spec
+        if spec in doc:
+            return doc[spec]
+        return JINJA.from_string(spec).render(**doc)
+
+    def text(self, doc: dict):
+        return self._render(self.doc_to_text, doc)
+
+    def choices(self, doc: dict) -> list[str]:
+        value = self._render(self.doc_to_choice, doc)
+        if isinstance(value, str):
+            value = ast.literal_eval(value)  # a template renders the list's repr, as in the harness
+        return list(value)
+
+    def labels_of(self, doc: dict) -> list[int]:
+        """Per-choice truth labels (1 true, 0 false) for ``mc2``, from the ``labels`` template."""
+        if self.labels is None:
+            raise ValueError(f"task {self.name}: metric mc2 needs a 'labels' template giving each choice's 0/1 label")
+        value = self._render(self.labels, doc)
+        return [int(v) for v in (ast.literal_eval(value) if isinstance(value, str) else value)]
+
+    def target(self, doc: dict):
+        spec = self.doc_to_target
+        value = self._render(spec, doc)
+        # As the harness: a template (not a field's own value) that renders digits is a choice index.
+        from_template = isinstance(spec, str) and spec not in doc
+        if from_template and value.isdigit() and self.doc_to_choice is not None and not self.multiple_input:
+            return int(value)
+        return value
+
+    def gold(self, doc: dict) -> int:
+        """Index of the correct choice."""
+        if self.multiple_input:
+            gold = self.text(doc)
+        else:
+            gold = self.target(doc)
+            if isinstance(gold, str):
+                gold = self.choices(doc).index(gold)
+        return int(gold)
+
+    def requests(self, doc: dict) -> list[tuple[str, str]]:
+        """The (context, continuation) pairs this document is scored by; rolling tasks have an empty context."""
+        if self.output_type == "loglikelihood":
+            return [(self.text(doc), self.target(doc))]
+        if self.output_type == "loglikelihood_rolling":
+            return [("", self.target(doc))]
+        if self.multiple_input:
+            continuation = f"{self.target_delimiter}{self.target(doc)}"
+            return [(context, continuation) for context in self.choices(doc)]
+        context = self.text(doc)
+        return [(context, f"{self.target_delimiter}{choice}") for choice in self.choices(doc)]
+
+    # ---- where the documents come from ---------------------------------------------------------------------
+    def load(self, *, data_dir: str | None = None, task_file: str | None = None, limit: int | None = None) -> list:
+        """The task's documents, processed; from ``task_file``, else ``data_dir``/``local.path``, else the hub."""
+        tried = []
+        path = task_file
+        if path is None and data_dir is not None and self.local is not None:
+            path = os.path.join(data_dir, self.local["path"])
+        if path is not None:
+            if not os.path.exists(path):
+                raise ValueError(f"task {self.name}: local file {path} does not exist ({self.local_hint()})")
+            docs = read_local(path, reader=(self.local or {}).get("reader"))
+        else:
+            if data_dir is not None:
+                tried.append(f"--data-dir {data_dir} (this task has no local layout)")
+            docs = self.load_hub(tried)
+        if self.process_docs is not None:
+            docs = import_function(self.process_docs)(docs)
+        return docs[:limit] if limit is not None else docs
+
+    def local_hint(self) -> str:
+        where = f"--data-dir DIR with DIR/{self.local['path']}" if self.local else "a local file"
+        return f"give {where}, or --task-file {self.name}=PATH (JSONL with the fields of {self.dataset['path']})"
+
+    def load_hub(self, tried: list[str]) -> list[dict]:
+        import datasets
+
+        spec = self.dataset
+        where = f"the hub dataset {spec['path']!r} name={spec.get('name')!r} split={spec['split']!r}"
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
+            "HF_DATASETS_OFFLINE", "0"
+        ) not in ("0", "", "false")
+        if not offline and not hub_reachable():
+            # datasets retries an unreachable hub for ~25 s per call; a failed 3-second probe says it all.
+            raise ValueError(
+                f"task {self.name}: cannot reach huggingface.co to load {where}; looked in: "
+                f"{'; '.join(tried) or 'no local files given'}. Offline, {self.local_hint()}"
+            )
+        try:
+            rows = datasets.load_dataset(self.dataset["path"], self.dataset.get("name"), split=self.dataset["split"])
+        except Exception as err:  # the hub client raises many types (ConnectionError, HfHubHTTPError, …)
+            raise ValueError(
+                f"task {self.name}: could not load {where} ({type(err).__name__}: {err}); looked in: "
+                f"{'; '.join(tried) or 'no local files given'}. {self.local_hint()}"
+            ) from err
+        return [dict(row) for row in rows]
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---- local files in their original release formats ---------------------------------------------------------
+def read_local(path: str, *, reader: str | None = None) -> list[dict]:
+    """Rows of a local file: ``reader`` (``module:function`` taking the path) or by extension (.jsonl, .json,
+    .csv, .parquet)."""
+    if reader is not None:
+        return import_function(reader)(path)
+    if path.endswith(".jsonl"):
+        # A few MB at most: read directly rather than through datasets' Arrow cache.
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, list) else data["data"]
+    suffix = Path(path).suffix.lstrip(".")
+    if suffix in ("csv", "parquet"):
+        import datasets
+
+        return [dict(r) for r in datasets.load_dataset(suffix, data_files=path, split="train")]
+    raise ValueError(f"local file {path}: unknown format; use .jsonl, .json, .csv or .parquet")
+
+
+def read_piqa(path: str) -> list[dict]:
+    """PIQA's release: ``valid.jsonl`` (goal, sol1, sol2) with the labels in ``valid-labels.lst`` beside it."""
+    labels_path = re.sub(r"\.jsonl$", "-labels.lst", path)
+    if not os.path.exists(labels_path):
+        raise ValueError(f"PIQA file {path} needs its labels file {labels_path} (one 0/1 per line)")
+    rows = read_local(path)
+    with open(labels_path) as f:
+        labels = [int(line) for line in f if line.strip()]
+    if len(labels) != len(rows):
+        raise ValueError(f"PIQA {path} has {len(rows)} rows but {labels_path} has {len(labels)} labels")
+    return [{**row, "label": label} for row, label in zip(rows, labels)]
+
+
+def read_truthfulqa_mc(path: str) -> list[dict]:
+    """TruthfulQA's ``mc_task.json`` ({question, mc1_targets: {answer: 0/1}, mc2_targets}) in the hub's schema
+    ({question, mc1_targets: {choices, labels}, …}); the answers keep the file's order."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return [
+        {
+            "question": row["question"],
+            **{k: {"choices": list(row[k]), "labels": list(row[k].values())} for k in ("mc1_targets", "mc2_targets")},
+        }
+        for row in data
+    ]
+
+
+def read_wikitext_raw(path: str) -> list[dict]:
+    """``wiki.test.raw`` split into articles at top-level headings (`` = Title = ``), as the hub's
+    document-level WikiText: ``{"page": article text}``."""
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read().replace("\r\n", "\n")
+    pages: list[list[str]] = []
+    for line in text.splitlines(keepends=True):
+        if re.fullmatch(r" = [^=].* = \n?", line) or not pages:
+            pages.append([])
+        pages[-1].append(line)
+    return [{"page": "".join(lines)} for lines in pages]
+
+
+# ---- processing the harness applies to some tasks ----------------------------------------------------------
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)  # WikiHow artefacts such as [header]
+    return text.replace("  ", " ")
+
+
+def hellaswag_docs(docs: list[dict]) -> list[dict]:
+    """HellaSwag as the harness prompts it: ``query`` = "activity: ctx_a Ctx_b", cleaned ``choices``."""
+    out = []
+    for doc in docs:
+        context = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+        query = _hellaswag_clean(doc["activity_label"] + ": " + context)
+        out.append({**doc, "query": query, "choices": [_hellaswag_clean(e) for e in doc["endings"]],
+                    "gold": int(doc["label"])})  # fmt: skip
+    return out
+
+
+def wikitext_detokenize(text: str) -> str:
+    """Undo WikiText's tokenization spaces (the harness's detokenizer, rule for rule)."""
+    text = text.replace("s '", "s'")
+    text = re.sub(r"/' [0-9]/", r"/'[0-9]/", text)
+    for a, b in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "), (" . ", ". "),
+                 (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):  # fmt: skip
+        text = text.replace(a, b)
+    text = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", text)
+    text = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", text)
+    text = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", text)
+    text = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', text)
+    text = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", text)
+    for a, b in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+                 (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")):  # fmt: skip
+        text = text.replace(a, b)
+    return text
+
+
+def wikitext_docs(docs: list[dict]) -> list[dict]:
+    return [{**doc, "detokenized": wikitext_detokenize(doc["page"])} for doc in docs]
+
+
+# ---- the registry ------------------------------------------------------------------------------------------
+def _substitute(value, subtask: str):
+    if isinstance(value, str):
+        return value.replace("{subtask}", subtask)
+    if isinstance(value, dict):
+        return {k: _substitute(v, subtask) for k, v in value.items()}
+    return value
+
+
+def tasks_from_yaml(text: str, *, source: str = "<yaml>") -> list[Task]:
+    """The task(s) a YAML document defines (several when it lists ``subtasks``)."""
+    spec = yaml.safe_load(text)
+    if not isinstance(spec, dict) or "task" not in spec:
+        raise ValueError(f"task file {source} must be a mapping with a 'task' name")
+    spec = dict(spec)
+    name = spec.pop("task")
+    subtasks = spec.pop("subtasks", None)
+    known = set(Task.__dataclass_fields__) - {"name", "group"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"task file {source}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if subtasks is None:
+        return [Task(name=name, **spec)]
+    return [Task(name=f"{name}_{s}", group=name, **{k: _substitute(v, s) for k, v in spec.items()}) for s in subtasks]
+
+
+def builtin_tasks() -> dict[str, Task]:
+    """Every task under ``zoo/eval/tasks/``, by name."""
+    found: dict[str, Task] = {}
+    for entry in sorted(resources.files("zoo.eval").joinpath("tasks").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            for task in tasks_from_yaml(entry.read_text(encoding="utf-8"), source=entry.name):
+                found[task.name] = task
+    return found
+
+
+def groups(tasks: dict[str, Task]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for task in tasks.values():
+        if task.group is not None:
+            out.setdefault(task.group, []).append(task.name)
+    return out
+
+
+def resolve(names: list[str], *, extra_files: list[str] = ()) -> tuple[list[Task], dict[str, list[str]]]:
+    """Tasks for the requested names (a group name brings its members) and the requested groups; ``extra_files``
+    are YAML task files of the user's. Unknown names raise a ValueError listing the known ones."""
+    registry = builtin_tasks()
+    for path in extra_files:
+        for task in tasks_from_yaml(Path(path).read_text(encoding="utf-8"), source=path):
+            registry[task.name] = task
+    grouped = groups(registry)
+    selected: list[Task] = []
+    wanted_groups: dict[str, list[str]] = {}
+    for name in names:
+        if name in grouped:
+            wanted_groups[name] = grouped[name]
+            selected += [registry[n] for n in grouped[name]]
+        elif name in registry:
+            selected.append(registry[name])
+        else:
+            top = sorted({t.group or t.name for t in registry.values()} | set(CODE_TASKS))
+            raise ValueError(
+                f"unknown task {name!r}; known tasks: {', '.join(top)} (and each blimp paradigm as blimp_<paradigm>)"
+            )
+    unique = list({t.name: t for t in selected}.values())
+    return unique, wanted_groups
