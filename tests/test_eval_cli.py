@@ -120,3 +120,24 @@ def test_unknown_task_and_missing_tokenizer_messages(fitted, tmp_path, capsys):
     main(["--ckpt", str(tmp_path / "bare.ckpt"), "--tasks", "arc_easy", "--data-dir", str(data),
           "--tokenizer", str(tmp_path / "tokenizer.json")])  # fmt: skip
     assert "arc_easy" in capsys.readouterr().out
+
+
+def test_code_task_from_the_command_line(fitted, tmp_path, capsys):
+    from zoo.eval.cli import main
+
+    _, _, ckpt = fitted
+    problem = {"task_id": "HumanEval/0", "prompt": 'def add(a, b):\n    """Return a + b."""\n', "entry_point": "add",
+               "canonical_solution": "    return a + b\n",
+               "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}  # fmt: skip
+    write_jsonl(tmp_path / "humaneval" / "HumanEval.jsonl", [problem])
+    out = tmp_path / "code.json"
+    main(["--ckpt", str(ckpt), "--tasks", "humaneval", "--data-dir", str(tmp_path), "--max-new-tokens", "8",
+          "--output", str(out)])  # fmt: skip
+    assert "humaneval" in capsys.readouterr().out
+    result = json.loads(out.read_text())["results"]["humaneval"]
+    assert result["n"] == 1 and result["pass@1"]["value"] == 0.0  # 2 steps of training write no working code
+    for argv, message in ((["--k", "1,x"], "--k '1,x': give positive integers"),
+                          (["--n-samples", "3"], "--n-samples 3 with --temperature 0")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["--ckpt", str(ckpt), "--tasks", "humaneval", "--data-dir", str(tmp_path), *argv])
+        assert message in capsys.readouterr().err

@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", help="also log eval/<task>/<metric> scalars to this TensorBoard folder")
     dm = p.add_argument_group("masked-diffusion checkpoints")
     dm.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per ELBO (default: 128)")
-    dm.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks")
+    dm.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks and of code-task sampling")
     code = p.add_argument_group("code tasks (humaneval, mbpp)")
     code.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     code.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     code.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion")
     code.add_argument("--format", default="none", help="prompt format (see zoo generate --format)")
     code.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
+    code.add_argument("--workers", type=int, default=None, help="programs run at once (default: the CPU count)")
+    code.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program, MiB")
     return p
 
 
@@ -71,6 +73,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"zoo eval: {err}", file=sys.stderr)
         sys.exit(2)
     print(format_table(report))
+
+
+def parse_k(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k {text!r}: give positive integers separated by commas, e.g. --k 1,10")
+    return ks
 
 
 def parse_task_files(items: list[str]) -> dict[str, str]:
@@ -120,6 +132,12 @@ def run(args: argparse.Namespace) -> dict:
 
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     code_names = [n for n in names if n in CODE_TASKS]
+    ks = parse_k(args.k)
+    if code_names and args.n_samples > 1 and args.temperature == 0:
+        raise ValueError(
+            f"--n-samples {args.n_samples} with --temperature 0: greedy samples are all the same, so pass@k would "
+            "equal pass@1; sample with --temperature > 0 (e.g. 0.8) or use --n-samples 1"
+        )
     tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=args.include)
     task_files = parse_task_files(args.task_file)
     model, tokenizer, eos, step = load_model(args.ckpt, device=args.device, tokenizer_path=args.tokenizer,
@@ -133,10 +151,12 @@ def run(args: argparse.Namespace) -> dict:
         from zoo.eval.code import evaluate_code
 
         scores = evaluate_code(model=model, tokenizer=tokenizer, eos_token=eos, task=name, data_dir=args.data_dir,
-                               limit=args.limit, n_samples=args.n_samples, k=[int(k) for k in args.k.split(",")],
-                               temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                               prompt_format=args.format, timeout=args.timeout)  # fmt: skip
-        report["results"][name] = {"n": args.limit, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
+                               limit=args.limit, n_samples=args.n_samples, k=ks, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, prompt_format=args.format, timeout=args.timeout,
+                               seed=args.seed, workers=args.workers, memory_bytes=args.memory_mb * 2**20,
+                               log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+        n = scores.pop("n")
+        report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
     report.update({"checkpoint": args.ckpt, "global_step": step, "limit": args.limit,
                    "mc_num": args.mc_num if scorer.elbo else None})  # fmt: skip
     if args.output:

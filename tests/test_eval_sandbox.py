@@ -1,0 +1,122 @@
+"""The code-evaluation sandbox (zoo.eval.sandbox): results, time, process, memory and network limits, and the
+evaluating process left as it was."""
+
+import os
+import time
+
+import pytest
+
+from zoo.eval.sandbox import run_program, run_programs
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of processes (zombies excluded: they hold nothing but a pid) whose process group is ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+# ---- the sandbox -----------------------------------------------------------------------------------------------
+def test_passing_and_failing_programs():
+    ok = run_program("x = 2\nassert x * 2 == 4\nprint('ok')\n", timeout=5)
+    assert ok.passed and ok.status == "passed" and ok.output == "ok\n" and ok.pid is not None
+    failed = run_program("assert 1 + 1 == 3, 'arithmetic is broken'", timeout=5)
+    assert not failed.passed and failed.status == "failed" and "AssertionError: arithmetic is broken" in failed.message
+    syntax = run_program("def f(:\n", timeout=5)
+    assert syntax.status == "failed" and "SyntaxError" in syntax.message
+    early = run_program("import sys\nsys.exit(0)\nassert False", timeout=5)  # exiting must not skip the asserts
+    assert early.status == "failed" and "SystemExit" in early.message
+
+
+def test_an_infinite_loop_is_killed_at_the_timeout():
+    start = time.monotonic()
+    result = run_program("while True:\n    pass\n", timeout=1.0)
+    assert time.monotonic() - start < 1.0 + 3
+    assert result.status == "timeout" and not result.passed
+    assert live_group_members(result.pid) == []
+
+
+@pytest.mark.parametrize(
+    "program",
+    ["import os\nwhile True:\n    os.fork()\n",
+     "import os, time\nif os.fork() == 0:\n    time.sleep(1000)\n",
+     "import posix\nwhile True:\n    posix.fork()\n",
+     "import subprocess\nsubprocess.Popen(['sleep', '1000'])\n"],
+    ids=["fork-bomb", "orphan-child", "posix-fork", "subprocess"],
+)  # fmt: skip
+def test_fork_bombs_and_children_are_contained(program):
+    start = time.monotonic()
+    result = run_program(program, timeout=3)
+    assert time.monotonic() - start < 3 + 3
+    assert result.status == "failed" and "disabled in the code-evaluation sandbox" in result.message
+    assert live_group_members(result.pid) == []
+
+
+def test_children_left_behind_are_killed_after_a_normal_exit():
+    """Without the prelude (the OS-level containment alone): the leader forks 15 sleeping descendants and exits
+    at once; the run ends then (not at the timeout) and the group kill leaves none of them alive."""
+    program = "import os, time\nleader = os.getpid()\nfor _ in range(4):\n    os.fork()\nif os.getpid() != leader:\n    time.sleep(1000)\n"  # noqa: E501
+    start = time.monotonic()
+    result = run_program(program, timeout=30, guard=False)
+    assert time.monotonic() - start < 10, "the run waited for the leader's children"
+    assert result.passed
+    assert live_group_members(result.pid) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC; the prelude guards instead")
+def test_rlimit_nproc_stops_an_unguarded_fork_bomb():
+    result = run_program("import os\nwhile True:\n    os.fork()\n", timeout=3, processes=32, guard=False)
+    assert not result.passed and live_group_members(result.pid) == []
+
+
+def test_a_huge_allocation_is_a_memory_error():
+    start = time.monotonic()
+    result = run_program("data = bytearray(10**10)\n", timeout=10)
+    assert time.monotonic() - start < 8
+    assert result.status == "failed" and "MemoryError" in result.message
+
+
+def test_no_network():
+    for program in ("import socket\nsocket.socket()\n",
+                    "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n",
+                    "import _socket\n_socket.socket()\n"):  # fmt: skip
+        result = run_program(program, timeout=5)
+        assert result.status == "failed" and "disabled in the code-evaluation sandbox" in result.message, program
+    # the stand-in is a subclass, so modules that subclass socket.socket still import
+    assert run_program("import ssl, asyncio, urllib.request\n", timeout=10).passed
+
+
+MARKER = "unchanged"
+
+
+def test_the_evaluating_process_is_unaffected(tmp_path):
+    global MARKER
+    keep = tmp_path / "keep.txt"
+    keep.write_text("data")
+    cwd, fork, environ = os.getcwd(), os.fork, dict(os.environ)
+    program = (f"import os, shutil\nMARKER = 'changed'\nos.environ['ZOO_SANDBOX'] = '1'\nrefused = 0\n"
+               f"for f in (lambda: os.chdir('/'), lambda: os.remove({str(keep)!r}), "
+               f"lambda: shutil.rmtree({str(tmp_path)!r}), lambda: os.kill(os.getppid(), 0)):\n"
+               "    try:\n        f()\n    except PermissionError:\n        refused += 1\n"
+               "assert refused == 4 and 'zoo-code-' in os.getcwd() and __name__ != '__main__'\n")  # fmt: skip
+    result = run_program(program, timeout=5)
+    assert result.passed, result.output
+    assert os.getcwd() == cwd and MARKER == "unchanged" and os.fork is fork and dict(os.environ) == environ
+    assert keep.read_text() == "data"
+
+
+def test_programs_run_in_parallel_and_keep_their_order():
+    programs = ["import time\ntime.sleep(1)\n", "import time\ntime.sleep(1)\nassert False\n"] * 2
+    start = time.monotonic()
+    results = run_programs(programs, workers=4, timeout=10)
+    assert time.monotonic() - start < 3.5  # four 1-second sleeps at once, not one after another
+    assert [r.status for r in results] == ["passed", "failed", "passed", "failed"]

@@ -1,0 +1,237 @@
+"""Code generation tasks (``humaneval``, ``mbpp``): sample completions, run each program against its tests in a
+sandboxed subprocess, report the unbiased pass@k of Chen et al. (2021).
+
+Prompts and programs follow the standard harnesses. HumanEval (openai/human-eval): the model continues the
+problem's ``prompt``; the completion is cut at the first of :data:`HUMANEVAL_STOP`; the program is
+``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"``. MBPP (lm-evaluation-harness's zero-shot
+``mbpp``): the prompt is :data:`MBPP_PROMPT`, the completion ends at ``[DONE]``, the program is the setup code,
+the completion and the asserts. The test split is task ids 11..510.
+
+Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from zoo.eval.sandbox import run_programs
+
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+MBPP_PROMPT = (
+    "You are an expert Python programmer, and here is your task: {text} "
+    "Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+)
+MBPP_TEST_IDS = range(11, 511)
+HUB = {"humaneval": ("openai_humaneval", None), "mbpp": ("mbpp", "full")}
+LOCAL = {"humaneval": ("humaneval/HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl"), "mbpp": ("mbpp/mbpp.jsonl",)}
+
+def pass_at_k(*, n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of a problem with ``c`` correct among ``n`` samples: ``1 - C(n-c, k) / C(n, k)``, computed
+    as ``1 - prod(1 - k / i for i in n-c+1..n)`` (Chen et al., 2021), which has no huge binomials."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} with n_samples={n}: k must be between 1 and n_samples; raise --n-samples to ≥ {k}")
+    if not 0 <= c <= n:
+        raise ValueError(f"c={c} correct samples of n={n}: must be between 0 and n")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+# ---- problems ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """A code problem: the prompt the model continues (its format applied), the stop strings of the completion,
+    and the program around it: ``head + completion + "\\n" + tests``. ``reference``: the canonical completion."""
+
+    task_id: str
+    prompt: str
+    stop: tuple[str, ...]
+    head: str
+    tests: str
+    reference: str = ""
+    entry_point: str | None = None
+    formatted: bool = False
+
+    def completion(self, answer: str) -> str:
+        """The model's raw ``answer`` → the text put into the program.
+
+        Unformatted (base models): the answer cut at the first stop string, as the harnesses do. Formatted
+        (``prompt_format`` other than ``none``): instruction-tuned models answer with a whole function, often in a
+        Markdown code block, so the HumanEval stop strings (which would cut it at its own ``def``) are not used;
+        the first fenced block is taken when there is one (else the whole answer), cut at ``[DONE]`` for MBPP; a
+        HumanEval answer that defines ``entry_point`` is put after the prompt on a new line (the prompt's imports
+        and helpers stay; the answer's definition replaces the stub), otherwise it continues the prompt's body.
+        """
+        if not self.formatted:
+            return truncate(answer, self.stop)
+        if "```" in answer:
+            block = answer.split("```", 2)[1]
+            answer = block.split("\n", 1)[1] if "\n" in block else ""  # drop the language tag line
+        answer = truncate(answer, self.stop)
+        if self.entry_point is not None and f"def {self.entry_point}(" in answer:
+            return "\n" + answer
+        return answer
+
+    def program(self, completion: str) -> str:
+        """The program that passes iff ``completion`` is correct."""
+        return f"{self.head}{completion}\n{self.tests}"
+
+
+def truncate(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any of the ``stop`` strings."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def humaneval_problem(row: dict, *, prompt_format: str = "none") -> Problem:
+    """A HumanEval record (task_id, prompt, entry_point, canonical_solution, test) → :class:`Problem`."""
+    formatted = prompt_format != "none"
+    instruction = f"Complete the following Python function.\n```python\n{row['prompt']}```" if formatted else ""
+    prompt = _format(prompt_format, instruction) if formatted else row["prompt"]
+    return Problem(task_id=str(row["task_id"]), prompt=prompt, stop=() if formatted else HUMANEVAL_STOP,
+                   head=row["prompt"], tests=f"{row['test']}\ncheck({row['entry_point']})",
+                   reference=row["canonical_solution"], entry_point=row["entry_point"],
+                   formatted=formatted)  # fmt: skip
+
+
+def mbpp_problem(row: dict, *, prompt_format: str = "none") -> Problem:
+    """An MBPP record (text, code, task_id, test_setup_code, test_list) → :class:`Problem`."""
+    tests = "\n".join(row["test_list"])
+    prompt = MBPP_PROMPT.format(text=row["text"], tests=tests)
+    if prompt_format != "none":
+        prompt = _format(prompt_format, prompt.removesuffix("\n[BEGIN]\n"))
+    setup = row.get("test_setup_code") or ""
+    return Problem(task_id=str(row["task_id"]), prompt=prompt, stop=("[DONE]",), head=f"{setup}\n" if setup else "",
+                   tests=tests, reference=row["code"], formatted=prompt_format != "none")  # fmt: skip
+
+
+def _format(name: str, instruction: str) -> str:
+    from zoo.data.formats import FORMATS
+
+    if name not in FORMATS:
+        raise ValueError(f"prompt_format={name!r} is not a prompt format: choose --format from {sorted(FORMATS)}")
+    return FORMATS[name]().prompt(instruction)
+
+
+def load_problems(task: str, *, data_dir: str | None = None, limit: int | None = None,
+                  prompt_format: str = "none") -> list[Problem]:  # fmt: skip
+    """The problems of ``task`` (``humaneval`` or ``mbpp``; MBPP's test split, ids 11..510), from ``data_dir``
+    (``DIR/humaneval/HumanEval.jsonl.gz`` or ``.jsonl``, ``DIR/mbpp/mbpp.jsonl``) or else the hub."""
+    if task not in HUB:
+        raise ValueError(f"task={task!r} is not a code task: choose one of {sorted(HUB)}")
+    if data_dir is not None:
+        paths = [os.path.join(data_dir, p) for p in LOCAL[task]]
+        found = [p for p in paths if os.path.exists(p)]
+        if not found:
+            raise ValueError(f"task {task}: no local file {' or '.join(paths)} under --data-dir {data_dir}; "
+                             f"{_hint(task)}")  # fmt: skip
+        opener = gzip.open if found[0].endswith(".gz") else open
+        with opener(found[0], "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        rows = _load_hub(task)
+    if task == "mbpp":
+        rows = [r for r in rows if int(r["task_id"]) in MBPP_TEST_IDS]
+    make = humaneval_problem if task == "humaneval" else mbpp_problem
+    return [make(row, prompt_format=prompt_format) for row in rows[:limit]]
+
+
+def _hint(task: str) -> str:
+    source = "openai/human-eval" if task == "humaneval" else "google-research/google-research (mbpp/)"
+    return f"pass --data-dir DIR with DIR/{LOCAL[task][0]} (from github.com/{source})"
+
+
+def _load_hub(task: str) -> list[dict]:
+    from zoo.eval.tasks import hub_reachable
+
+    path, name = HUB[task]
+    where = f"the hub dataset {path!r} name={name!r} split='test'"
+    offline = any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not offline and not hub_reachable():
+        raise ValueError(f"task {task}: cannot reach huggingface.co to load {where} (no --data-dir given); "
+                         f"{_hint(task)}")  # fmt: skip
+    try:
+        import datasets
+
+        return [dict(r) for r in datasets.load_dataset(path, name, split="test")]
+    except Exception as err:  # the hub client raises many types
+        raise ValueError(f"task {task}: could not load {where} ({type(err).__name__}: {err}); {_hint(task)}") from err
+
+
+# ---- sampling --------------------------------------------------------------------------------------------------
+def sample_answers(model, tokenizer, problem: Problem, *, eos_id: int, n_samples: int, temperature: float,
+                   max_new_tokens: int, generator) -> list[str]:  # fmt: skip
+    """``n_samples`` answers of ``model`` to ``problem.prompt`` (a causal LM with the KV-cache sampler, a
+    masked-diffusion LM with low-confidence remasking, ``max_new_tokens`` = its answer length), each decoded
+    and cut at the problem's stop strings. ``max_new_tokens`` is lowered to what fits in ``max_seq_len``."""
+    import torch
+
+    from zoo.generation.cli import is_diffusion
+
+    ids = tokenizer.encode(problem.prompt, add_special_tokens=False).ids or [eos_id]
+    room = min(max_new_tokens, model.backbone.max_seq_len - len(ids))
+    if room < 1:
+        raise ValueError(f"problem {problem.task_id}: its prompt has {len(ids)} tokens, no room for an answer within "
+                         f"the model's max_seq_len={model.backbone.max_seq_len}")  # fmt: skip
+    if not is_diffusion(model):
+        from zoo.generation.autoregressive import generate
+
+        out = generate(model.backbone, [ids] * n_samples, max_new_tokens=room, temperature=temperature, eos_id=eos_id,
+                       stop=problem.stop, tokenizer=tokenizer, generator=generator)  # fmt: skip
+        return [truncate(text, problem.stop) for text in out.texts]
+    from zoo.generation.diffusion import low_confidence_remasking
+
+    prompt = torch.tensor([ids] * n_samples, device=model.backbone.embed.weight.device)
+    out = low_confidence_remasking(model.backbone, prompt, mask_id=model.mask_id, vocab_size=model.backbone.vocab_size,
+                                   gen_length=room, block_length=32 if room % 32 == 0 else room, steps=room,
+                                   temperature=temperature, eos_id=eos_id, shift=getattr(model, "shift", False),
+                                   generator=generator)  # fmt: skip
+    answers = []
+    for row in out.answer.tolist():
+        row = row[: row.index(eos_id)] if eos_id in row else row
+        answers.append(truncate(tokenizer.decode(row), problem.stop))
+    return answers
+
+
+def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str | None = None, limit: int | None = None,
+                  n_samples: int = 1, k: Sequence[int] = (1,), temperature: float = 0.0, max_new_tokens: int = 256,
+                  prompt_format: str = "none", timeout: float = 10.0, seed: int = 0, workers: int | None = None,
+                  memory_bytes: int = 2**30, log=None) -> dict[str, float]:  # fmt: skip
+    """pass@k of ``model`` on ``task`` (``humaneval`` or ``mbpp``): ``n_samples`` completions per problem (greedy
+    at ``temperature=0``, where all samples are the same), each program run in the sandbox (:func:`run_program`,
+    ``timeout`` seconds, ``workers`` in parallel), scores averaged over problems, and the number of problems:
+    ``{"pass@1": ..., "n": 164}``. ``log``: called with a progress line now and then."""
+    import torch
+
+    if n_samples < 1:
+        raise ValueError(f"n_samples={n_samples}: must be ≥ 1 (--n-samples)")
+    for kk in k:
+        pass_at_k(n=n_samples, c=0, k=kk)  # k ≤ n_samples, before any sampling
+    if timeout <= 0:
+        raise ValueError(f"timeout={timeout}: must be > 0 seconds (--timeout)")
+    problems = load_problems(task, data_dir=data_dir, limit=limit, prompt_format=prompt_format)
+    if not problems:
+        raise ValueError(f"task {task}: no problems to evaluate (limit={limit})")
+    eos_id = tokenizer.token_to_id(eos_token)
+    if eos_id is None:
+        raise ValueError(f"eos_token={eos_token!r} is not a token of the tokenizer: pass --eos-token")
+    generator = torch.Generator(device=model.backbone.embed.weight.device).manual_seed(seed)
+    programs = []
+    for i, problem in enumerate(problems):
+        if log is not None and i % 20 == 0:
+            log(f"{task}: sampling problem {i + 1}/{len(problems)}")
+        answers = sample_answers(model, tokenizer, problem, eos_id=eos_id, n_samples=n_samples, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, generator=generator)  # fmt: skip
+        programs += [problem.program(problem.completion(answer)) for answer in answers]
+    if log is not None:
+        log(f"{task}: running {len(programs)} programs in the sandbox")
+    results = run_programs(programs, workers=workers, timeout=timeout, memory_bytes=memory_bytes)
+    correct = [sum(r.passed for r in results[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))]
+    scores = {f"pass@{kk}": float(np.mean([pass_at_k(n=n_samples, c=c, k=kk) for c in correct])) for kk in k}
+    return {**scores, "n": len(problems)}

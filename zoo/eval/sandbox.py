@@ -1,0 +1,238 @@
+"""The sandbox that code-generation tasks (:mod:`zoo.eval.code`) run each program in (:func:`run_program`).
+
+Generated code is untrusted, so it never runs in the evaluating process: each program is a ``sys.executable -I``
+subprocess (isolated mode: no ``PYTHON*`` variables, no user site, no script
+directory on ``sys.path``) in a fresh temporary directory as cwd, with a minimal environment (no proxies, no
+tokens) and stdin closed. It contains:
+
+* hangs: a wall-clock deadline, then SIGKILL to the whole process group (``start_new_session=True`` makes the
+  program the leader of its own); RLIMIT_CPU (timeout + 1 s) as a second stop for a busy loop;
+* leftovers: the group is killed after a normal exit too, before the leader is reaped (so its id cannot have
+  been reused), and the run waits (up to 2 s) until none of it is running: children it forked and left behind
+  are ended (a child that left the group, with ``setsid`` through ctypes, would escape); output goes to a
+  file, not a pipe, so a child holding the output open cannot keep the run waiting;
+* memory: RLIMIT_AS (default 1 GiB): a large allocation is a MemoryError in the program, not the machine's OOM;
+* output and files: RLIMIT_FSIZE bounds every file the program writes (its output included; only the tail of
+  the output is read back); RLIMIT_CORE 0: no core dumps;
+* fork bombs: RLIMIT_NPROC, and a prelude that runs before the program and replaces ``os.fork``, ``os.system``,
+  ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``subprocess.Popen``, ``os.kill``, ``os.setsid`` (which
+  would leave the group), ``os._exit``, ``os.remove``/``rmdir``/``rename``/``chmod``/``chdir``…,
+  ``shutil.rmtree``/``move`` with functions that raise, in both ``os`` and ``posix``; ``ctypes`` cannot be
+  imported;
+* network: ``socket.socket`` (and ``_socket.socket``, ``socketpair``, ``fromfd``) raise PermissionError when
+  called;
+* ``sys.exit()`` / ``exit()`` before the tests finish is a failure (it would otherwise skip the asserts).
+
+What is NOT contained, honestly: RLIMIT_NPROC counts every process (and thread) of the user, so a user already
+running more than the limit leaves the program unable to fork or start a thread at all; root (uid 0, or
+CAP_SYS_RESOURCE) is exempt from it, so when evaluating as root only the prelude stops a fork bomb; the prelude is
+a guard against accidents of generated code, not against an adversary (a program can undo it, e.g. by reloading
+builtin modules). There is no chroot, namespace or seccomp filter: the program can read every file the evaluating
+user can read, and write any path it names (cwd being a temporary directory and the disabled destructive ``os``
+functions confine only the ordinary cases; RLIMIT_FSIZE bounds each file, not their number). Network is cut only
+at the Python socket API. The limits are set by a ``preexec_fn`` (between fork and exec, only ``setrlimit`` calls),
+which CPython documents as not safe with threads in the parent; it is kept to system calls. For untrusted
+models, run the evaluation as an unprivileged user inside a container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+_DISABLED = {
+    "os": "fork forkpty system popen execl execle execlp execlpe execv execve execvp execvpe spawnl spawnle spawnlp "
+    "spawnlpe spawnv spawnve spawnvp spawnvpe posix_spawn posix_spawnp kill killpg setsid setpgid setpgrp _exit "
+    "remove unlink rmdir removedirs rename renames replace truncate ftruncate chmod fchmod lchmod "
+    "chown fchown lchown chroot chdir fchdir link symlink mknod",
+    "shutil": "rmtree move chown",
+    "subprocess": "Popen call run check_call check_output getoutput getstatusoutput",
+    "_posixsubprocess": "fork_exec",
+    "socket": "socketpair fromfd create_connection create_server",
+    "_socket": "socketpair",
+}
+GUARD = f"""\
+import os, posix, shutil, socket, _socket, subprocess, _posixsubprocess, sys
+
+def _refuse(name):
+    def refused(*args, **kwargs):
+        raise PermissionError(name + " is disabled in the code-evaluation sandbox")
+    return refused
+
+for _module_name, _names in {_DISABLED!r}.items():
+    for _module in ([os, posix] if _module_name == "os" else [sys.modules[_module_name]]):
+        for _name in _names.split():
+            if hasattr(_module, _name):
+                setattr(_module, _name, _refuse(_module_name + "." + _name))
+
+class _NoSocket(socket.socket):  # a subclass, so that modules subclassing socket.socket (ssl) still import
+    def __init__(self, *args, **kwargs):
+        raise PermissionError("network access is disabled in the code-evaluation sandbox")
+
+class _NoRawSocket(_socket.socket):
+    def __init__(self, *args, **kwargs):
+        raise PermissionError("network access is disabled in the code-evaluation sandbox")
+
+socket.socket, _socket.socket = _NoSocket, _NoRawSocket
+sys.modules["ctypes"] = sys.modules["_ctypes"] = None
+"""
+RUNNER = """\
+import builtins, sys
+with open("program.py", encoding="utf-8") as _file:
+    _code = compile(_file.read(), "program.py", "exec")
+try:
+    exec(_code, {"__name__": "program", "__builtins__": builtins})  # as the harnesses: no __main__ blocks
+except SystemExit as _exit:
+    sys.stderr.write(f"SystemExit({_exit.code!r}) before the tests finished\\n")
+    raise SystemExit(3) from None
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One program's run. ``status``: ``passed``, ``failed`` (an exception, an assert, a signal), ``timeout``
+    or ``error`` (the sandbox could not run it); ``message``: a short reason; ``output``: the tail of its stdout
+    and stderr; ``pid``: its process (and process group) id."""
+
+    passed: bool
+    status: str
+    message: str = ""
+    output: str = ""
+    pid: int | None = None
+
+
+def _limits(*, timeout: float, memory_bytes: int, file_bytes: int, processes: int):
+    import resource
+
+    cpu = math.ceil(timeout) + 1
+    wanted = {resource.RLIMIT_AS: memory_bytes, resource.RLIMIT_CPU: cpu, resource.RLIMIT_FSIZE: file_bytes,
+              resource.RLIMIT_CORE: 0, resource.RLIMIT_NPROC: processes}  # fmt: skip
+    limits = []
+    for which, value in wanted.items():
+        hard = resource.getrlimit(which)[1]  # a limit can only be lowered without privileges
+        infinite = hard == resource.RLIM_INFINITY
+        value = value if infinite else min(value, hard)
+        # CPU: SIGXCPU at the soft limit, SIGKILL one second later at the hard one
+        top = value + 1 if which == resource.RLIMIT_CPU and (infinite or value < hard) else value
+        limits.append((which, (value, top)))
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it to system calls
+        for which, soft_hard in limits:
+            resource.setrlimit(which, soft_hard)
+
+    return preexec
+
+
+def _kill_group(pgid: int, *, grace: float = 2.0) -> None:
+    """SIGKILL every process of group ``pgid`` and wait (up to ``grace`` s) until none is running: a kill is
+    delivered when the target is next scheduled. Zombies are not waited for (they hold no memory; init reaps
+    the orphans)."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not _running_members(pgid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
+def _running_members(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (not a zombie), read from /proc (True without it)."""
+    if not os.path.isdir("/proc"):
+        return True
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state, _, group = f.read().rsplit(b")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _tail(path: str, limit: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+        return f.read(limit).decode("utf-8", "replace")
+
+
+def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**30, file_bytes: int = 16 * 2**20,
+                processes: int = 128, max_output: int = 8192, guard: bool = True) -> Result:  # fmt: skip
+    """Run ``program`` (Python source) in a sandboxed subprocess (module docstring) and report whether it exited
+    cleanly within ``timeout`` wall-clock seconds. ``memory_bytes``, ``file_bytes``, ``processes``: RLIMIT_AS,
+    RLIMIT_FSIZE, RLIMIT_NPROC; ``max_output``: bytes of output kept. ``guard=False`` leaves out the prelude that
+    disables fork, sockets and destructive ``os`` functions (to test the OS-level limits alone). Never raises for
+    anything the program does."""
+    if timeout <= 0:
+        raise ValueError(f"timeout={timeout}: must be > 0 seconds (--timeout)")
+    preexec = _limits(timeout=timeout, memory_bytes=memory_bytes, file_bytes=file_bytes, processes=processes)
+    with tempfile.TemporaryDirectory(prefix="zoo-code-") as cwd:
+        with open(os.path.join(cwd, "program.py"), "w", encoding="utf-8") as f:
+            f.write(program)
+        with open(os.path.join(cwd, "run.py"), "w", encoding="utf-8") as f:
+            f.write((GUARD if guard else "") + RUNNER)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8"}
+        out_path = os.path.join(cwd, "output")
+        try:
+            with open(out_path, "wb") as out:
+                proc = subprocess.Popen([sys.executable, "-I", "run.py"], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=preexec)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as err:
+            return Result(False, "error", f"could not start the program: {type(err).__name__}: {err}")
+        deadline, delay, timed_out = time.monotonic() + timeout, 0.002, False
+        try:
+            # Wait without reaping (WNOWAIT): while the leader is a zombie its id stays taken, so the group kill
+            # below cannot hit an unrelated process that got the id again.
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                time.sleep(min(delay, remaining))
+                delay = min(2 * delay, 0.05)
+        finally:
+            with contextlib.suppress(OSError):  # the leader (not yet reaped) and everything it left behind
+                os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+            _kill_group(proc.pid)  # and wait until they have died
+        output = _tail(out_path, max_output)
+        if returncode > 0 and os.path.getsize(out_path) >= file_bytes:  # the traceback did not fit either
+            return Result(False, "failed", f"output reached the file size limit ({file_bytes} bytes)", output, proc.pid)
+    return _result(returncode, timed_out=timed_out, timeout=timeout, output=output, pid=proc.pid)
+
+
+def _result(returncode: int, *, timed_out: bool, timeout: float, output: str, pid: int) -> Result:
+    if timed_out:
+        return Result(False, "timeout", f"killed after {timeout:g} s (wall clock)", output, pid)
+    if returncode == 0:
+        return Result(True, "passed", "", output, pid)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        if -returncode == signal.SIGXCPU:
+            return Result(False, "timeout", "CPU time limit exceeded (SIGXCPU)", output, pid)
+        why = {"SIGXFSZ": " (file size limit)", "SIGKILL": " (killed, e.g. out of memory)"}.get(name, "")
+        return Result(False, "failed", f"killed by {name}{why}", output, pid)
+    lines = [line for line in output.splitlines() if line.strip()]
+    return Result(False, "failed", (lines[-1] if lines else f"exit status {returncode}")[:300], output, pid)
+
+
+def run_programs(programs: Sequence[str], *, workers: int | None = None, **options) -> list[Result]:
+    """:func:`run_program` on each program, ``workers`` at a time (default: the number of CPUs), results in
+    order. Each worker thread only waits on its subprocess."""
+    if not programs:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers or os.cpu_count() or 1, len(programs)))) as pool:
+        return list(pool.map(lambda program: run_program(program, **options), programs))
