@@ -150,6 +150,44 @@ def test_muon_lowers_loss_keeps_lr_ratio_and_resumes_exactly():
     assert _steps(clone, opt2, sched2, batch, 3) == expected  # bit-exact resume
 
 
+def test_newton_schulz_matches_torchs_and_orthogonalises():
+    import torch.optim._muon as torch_muon
+
+    from zoo.optim.muon import newton_schulz
+
+    coefficients = (3.4445, -4.775, 2.0315)
+    grad = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    theirs = torch_muon._zeropower_via_newtonschulz(grad, coefficients, 5, 1e-7).float()
+    ours = newton_schulz(grad, coefficients, 5, 1e-7)
+    assert ours.dtype == torch.float32 and ours.shape == grad.shape
+    torch.testing.assert_close(ours, theirs, atol=0.02, rtol=0.05)  # bf16 against fp32 rounding
+    singular = torch.linalg.svdvals(ours)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # the quintic's band around 1, not U Vᵀ exactly
+
+
+@pytest.mark.parametrize("ns_dtype", ["auto", "float32", "bfloat16"])
+def test_muon_newton_schulz_dtype(ns_dtype):
+    import torch.optim._muon as torch_muon
+
+    from zoo.optim import MuonWithAdamW
+
+    original = torch_muon._zeropower_via_newtonschulz
+    steps = {}
+    for dtype in (ns_dtype, "bfloat16"):
+        weight = torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
+        opt = MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype=dtype)
+        weight.grad = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+        opt.step()
+        steps[dtype] = weight.detach().clone()
+    assert opt.muon.ns_dtype == torch.bfloat16
+    expected = torch.bfloat16 if ns_dtype == "bfloat16" else torch.float32  # auto: the parameters are on the CPU
+    assert MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype=ns_dtype).muon.ns_dtype == expected
+    assert torch_muon._zeropower_via_newtonschulz is original  # torch's own is back after each step
+    torch.testing.assert_close(steps[ns_dtype], steps["bfloat16"], atol=1e-3, rtol=0)  # lr 0.02 × bf16 rounding
+    with pytest.raises(ValueError, match="ns_dtype='float16' must be"):
+        MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype="float16")
+
+
 def test_adamw_prefers_fused_kernel_unless_told():
     params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))]
     opt = prefer_fused(torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=0.1))
