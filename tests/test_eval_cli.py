@@ -141,3 +141,17 @@ def test_code_task_from_the_command_line(fitted, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--ckpt", str(ckpt), "--tasks", "humaneval", "--data-dir", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
+
+
+def test_eval_callback_refuses_fsdp_on_every_rank():
+    from zoo.eval import EvalCallback
+
+    class FSDPStrategy:  # what the callback looks at: the strategy's class name
+        pass
+
+    class Trainer:
+        strategy = FSDPStrategy()
+        is_global_zero = False  # a rank other than 0 refuses too, so no rank waits for another
+
+    with pytest.raises(ValueError, match="FSDP shards.*python -m zoo eval"):
+        EvalCallback(tasks=["arc_easy"], every_n_steps=10).setup(Trainer(), None, "fit")

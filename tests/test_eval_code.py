@@ -30,8 +30,9 @@ MBPP = [
     {"task_id": task_id, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
      "test_setup_code": "", "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"],
      "challenge_test_list": []}
-    for task_id in (5, 11, 510, 511)
+    for task_id in (2, 3, 4, 5, 11, 510, 511)
 ]  # fmt: skip
+SHOTS, TEST = MBPP[:3], MBPP[4]
 
 
 # ---- pass@k ----------------------------------------------------------------------------------------------------
@@ -67,17 +68,16 @@ def test_humaneval_program_text_and_its_result():
 
 
 def test_mbpp_prompt_and_program_text():
-    row = {**MBPP[1], "test_setup_code": "import math"}
-    problem = mbpp_problem(row)
-    assert problem.prompt == (
-        "You are an expert Python programmer, and here is your task: Write a function to add two numbers. "
-        "Your code should pass these tests:\n\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n[BEGIN]\n"
-    )
+    row = {**TEST, "test_setup_code": "import math"}  # as the harness: not run
+    task = ("You are an expert Python programmer, and here is your task: Write a function to add two numbers. "
+            "Your code should pass these tests:\n\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n[BEGIN]\n")
+    assert mbpp_problem(row).prompt == task
+    problem = mbpp_problem(row, shots=SHOTS)
+    shot = task + "def add(a, b):\n    return a + b\n[DONE]\n\n"  # the shots' prompt, code and [DONE], blank lines
+    assert problem.prompt == shot * 3 + task
     completion = problem.completion("def add(a, b):\n    return a + b\n[DONE]\nassert False\n")
     assert completion == "def add(a, b):\n    return a + b\n"
-    assert problem.program(completion) == (
-        "import math\ndef add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\nassert add(0, 0) == 0"
-    )
+    assert problem.program(completion) == completion + "\nassert add(1, 2) == 3\nassert add(0, 0) == 0"
     assert run_program(problem.program(completion), timeout=5).passed
 
 
@@ -112,6 +112,10 @@ def test_local_files_are_read_and_mbpp_keeps_its_test_split(tmp_path):
     assert problems[1].reference == "    return math.sqrt(x)\n" and problems[1].entry_point == "root"
     assert [p.task_id for p in load_problems("mbpp", data_dir=str(data))] == ["11", "510"]
     assert [p.task_id for p in load_problems("mbpp", data_dir=str(data), limit=1)] == ["11"]
+    assert load_problems("mbpp", data_dir=str(data))[0].prompt == mbpp_problem(TEST, shots=SHOTS).prompt
+    (data / "mbpp" / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP[3:]))  # no task 2-4
+    with pytest.raises(ValueError, match=r"3-shot prompt needs tasks \[2, 3, 4\].*no task \[2, 3, 4\]"):
+        load_problems("mbpp", data_dir=str(data))
     plain = tmp_path / "plain" / "humaneval"
     plain.mkdir(parents=True)
     (plain / "HumanEval.jsonl").write_text(json.dumps(HUMANEVAL[0]) + "\n")
@@ -128,7 +132,7 @@ def test_missing_files_and_unknown_tasks_are_named(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr("zoo.eval.tasks.hub_reachable", lambda *a, **k: False)
-    with pytest.raises(ValueError, match="cannot reach huggingface.co.*'openai_humaneval'.*--data-dir DIR"):
+    with pytest.raises(ValueError, match="cannot reach huggingface.co.*'openai/openai_humaneval'.*--data-dir DIR"):
         load_problems("humaneval")
 
 
@@ -152,9 +156,11 @@ def fake_generate(answers, tokenizer, seen):
     """A stand-in for the sampler: row i of a problem's batch gets ``answers[task prompt][i]``."""
 
     def generate(backbone, prompts, **kwargs):
+        assert len(prompts[0]) + kwargs["max_new_tokens"] <= backbone.max_seq_len  # a long prompt is cut from the left
         prompt = tokenizer.decode(prompts[0])
         seen.append((prompt, len(prompts), kwargs["stop"]))
-        texts = list(answers[prompt])
+        (key,) = [k for k in answers if k.endswith(prompt)]  # the whole prompt, or its end when it was cut
+        texts = list(answers[key])
         return Generation(tokens=[[] for _ in texts], texts=texts, finish_reasons=["length"] * len(texts),
                           forward_passes=0)  # fmt: skip
 
@@ -183,7 +189,7 @@ def test_evaluate_code_on_a_tiny_model(model, tokenizer, tmp_path, monkeypatch):
         assert evaluate_code(task="humaneval", limit=None, n_samples=n, k=k, **common) == pytest.approx(expected)
     assert seen[0] == (HUMANEVAL[0]["prompt"], 1, HUMANEVAL_STOP) and seen[-1][1] == 2  # the model saw the prompt
 
-    mbpp = mbpp_problem(MBPP[1])
+    mbpp = mbpp_problem(TEST, shots=SHOTS)
     answer = "def add(a, b):\n    return a + b\n[DONE]\nassert False\n"
     monkeypatch.setattr("zoo.generation.autoregressive.generate",
                         fake_generate({mbpp.prompt: [answer]}, tokenizer, seen))  # fmt: skip

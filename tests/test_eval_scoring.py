@@ -132,3 +132,9 @@ def test_diffusion_scores_are_elbo_bounds_and_refuse_perplexity(tokenizer):
     assert ll == elbo_loglikelihood(model, torch.tensor(ctx), torch.tensor(cont), mc_num=4) and greedy is False
     with pytest.raises(ValueError, match="not supported for masked-diffusion checkpoints"):
         s.loglikelihood_rolling(["text"])
+    from zoo.eval.metrics import evaluate
+    from zoo.eval.tasks import builtin_tasks
+
+    with pytest.raises(ValueError, match="lambada_openai: its acc is whether greedy decoding"):
+        evaluate([builtin_tasks()["lambada_openai"]], s, task_files={"lambada_openai": "unused.jsonl"},
+                 documents={"lambada_openai": [{"text": "a b c"}]})  # fmt: skip

@@ -162,6 +162,8 @@ def test_wikitext_detokenizer_reader_and_perplexities(tmp_path):
     task = TASKS["wikitext"]
     docs = task.load(data_dir=str(tmp_path))
     assert [d["page"] for d in docs] == [" = A = \n one two \n = = Sub = = \n three \n", " = B = \n four five six \n"]
+    (tmp_path / "wikitext" / "wiki.test.raw").write_bytes((" \r\n" + raw).encode())  # the original's first line
+    assert [d["page"] for d in task.load(data_dir=str(tmp_path))] == [d["page"] for d in docs]
     assert docs[0]["detokenized"] == " = A =\none two\n== Sub ==\nthree\n"
     table = {docs[0]["detokenized"]: -10.0, docs[1]["detokenized"]: -6.0}
     out = evaluate([task], FakeScorer(table), data_dir=str(tmp_path))["results"]["wikitext"]

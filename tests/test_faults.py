@@ -316,3 +316,16 @@ def test_last_skips_a_corrupt_newest_checkpoint(tmp_path, trained):
     with pytest.raises(ValueError, match="no checkpoint under .* reads"), pytest.warns(UserWarning):
         newest_good_checkpoint([older, newer])
     assert newest_good_checkpoint([tmp_path / "empty"]) is None
+
+
+def test_a_resumed_stage_does_not_read_its_init_from_again(tmp_path, cache, trained, monkeypatch):
+    """Stage 2 starts from stage 1's weights (init_from); resumed, it restores its own checkpoint and needs the
+    stage-1 file no more (Lightning runs setup, where init_from is applied, before restoring a checkpoint)."""
+    stage1 = tmp_path / "stage1.ckpt"
+    shutil.copy(trained, stage1)
+    stage2 = tmp_path / "stage2"
+    fit(stage2, cache, "--trainer.max_steps", "2", "--model.init_args.init_from", str(stage1), monkeypatch=monkeypatch)
+    stage1.unlink()  # moved or cleaned up after stage 2 started
+    cli = fit(stage2, cache, "--trainer.max_steps", "3", "--model.init_args.init_from", str(stage1),
+              "--ckpt_path", "last", monkeypatch=monkeypatch)  # fmt: skip
+    assert cli.trainer.global_step == 3

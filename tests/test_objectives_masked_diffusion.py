@@ -141,7 +141,8 @@ def test_conversion_loads_the_ar_weights_exactly(tmp_path):
 def test_conversion_refuses_a_different_architecture_by_name(tmp_path):
     _, path = save_ar(tmp_path, vocab_size=V, dim=48)
     m = MaskedDiffusionLM(backbone=bidirectional(), mask_id=MASK, init_from=path)
-    with pytest.raises(ValueError, match=r"does not match this backbone.*embed.weight: \(64, 48\) vs \(64, 32\)"):
+    expected = r"init_from=.* does not fit this model:\n  embed.weight: checkpoint \(64, 48\) vs model \(64, 32\)"
+    with pytest.raises(ValueError, match=expected):
         m.setup("fit")
 
 

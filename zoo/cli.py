@@ -83,6 +83,10 @@ class ZooCLI(LightningCLI):
             if found is None:
                 rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
             config["ckpt_path"] = None if found is None else str(found)
+        if config.get("ckpt_path") is not None and getattr(self.model, "init_from", None) is not None:
+            # Lightning runs setup() (which applies init_from) before restoring the checkpoint: a resumed stage
+            # needs neither the previous stage's weights nor that file to still exist.
+            self.model.init_from = None
 
 
 # zoo's own subcommands: name -> (one-line help, "module:function" taking argv). Imported only when called, so

@@ -52,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
-        atomic_save(checkpoint, Path(path))
+        atomic_save(checkpoint, Path(str(path).removeprefix("file://")))
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         try:
@@ -328,8 +328,10 @@ class RandomState(Callback):
     them right before the first resumed training step, so objectives that draw random numbers while training
     (masked diffusion's noise levels and masks, dropout) continue exactly as the uninterrupted run would.
     Lightning saves no random state itself. Restoring happens at the first training batch rather than at load
-    time because starting the data loader draws from the generator in between. Under DDP every rank restores
-    rank 0's state, as every rank started from the same ``seed_everything`` seed."""
+    time because starting the data loader draws from the generator in between. The CUDA state saved is that of
+    the process's own device. Under DDP every rank restores rank 0's states (its CPU generator's and its device's,
+    into the rank's own device): every rank starts from the same ``seed_everything`` seed and draws the same
+    amount, so rank 0's generators stand for every rank's."""
 
     def __init__(self) -> None:
         self._pending: dict | None = None
@@ -342,7 +344,7 @@ class RandomState(Callback):
                        "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
         state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = torch.cuda.get_rng_state()  # the current device's: rank r draws on cuda:r
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -362,5 +364,5 @@ class RandomState(Callback):
         saved = state["numpy"]
         keys = saved["keys"].numpy().astype(np.uint32)
         np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
-        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state.get("cuda"), Tensor) and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])  # into the current device

@@ -56,6 +56,14 @@ class EvalCallback(L.Callback):
         self.last_step = -1
         self.last_results: dict = {}
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Checked on every rank before training: refused on rank 0 alone, the others would wait for it forever.
+        if "FSDP" in type(trainer.strategy).__name__:
+            raise ValueError(
+                "EvalCallback needs the whole model on rank 0, which FSDP shards: remove it from trainer.callbacks "
+                "and evaluate the checkpoints with `python -m zoo eval`"
+            )
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self.last_step:
@@ -72,8 +80,6 @@ class EvalCallback(L.Callback):
         self.last_step = trainer.global_step
         if not trainer.is_global_zero:
             return {}
-        if "FSDP" in type(trainer.strategy).__name__:
-            raise ValueError("EvalCallback needs the whole model on rank 0; it does not run under FSDP")
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "load_tokenizer"):
             raise ValueError("EvalCallback needs a zoo data module (its tokenizer scores the tasks)")

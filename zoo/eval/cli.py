@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     code.add_argument("--n-samples", type=int, default=1, help="completions per problem")
     code.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
     code.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    code.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion")
+    code.add_argument("--max-new-tokens", type=int, default=1024,
+                      help="tokens per completion at most, as the harness (lowered to fit the context)")  # fmt: skip
     code.add_argument("--format", default="none", help="prompt format (see zoo generate --format)")
     code.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
     code.add_argument("--workers", type=int, default=None, help="programs run at once (default: the CPU count)")

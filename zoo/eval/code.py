@@ -3,9 +3,10 @@ sandboxed subprocess, report the unbiased pass@k of Chen et al. (2021).
 
 Prompts and programs follow the standard harnesses. HumanEval (openai/human-eval): the model continues the
 problem's ``prompt``; the completion is cut at the first of :data:`HUMANEVAL_STOP`; the program is
-``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"``. MBPP (lm-evaluation-harness's zero-shot
-``mbpp``): the prompt is :data:`MBPP_PROMPT`, the completion ends at ``[DONE]``, the program is the setup code,
-the completion and the asserts. The test split is task ids 11..510.
+``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"``. MBPP (lm-evaluation-harness's ``mbpp``):
+3-shot, the shots being tasks 2, 3 and 4 (the prompt split) written as :data:`MBPP_PROMPT` + their code +
+``"\\n[DONE]"`` and joined by blank lines; the completion ends at ``[DONE]``; the program is the completion and
+the asserts (the harness runs no ``test_setup_code``). The test split is task ids 11..510.
 
 Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time.
 """
@@ -28,7 +29,8 @@ MBPP_PROMPT = (
     "Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
 )
 MBPP_TEST_IDS = range(11, 511)
-HUB = {"humaneval": ("openai_humaneval", None), "mbpp": ("mbpp", "full")}
+MBPP_SHOT_IDS = (2, 3, 4)  # the harness's fixed few-shot examples
+HUB = {"humaneval": ("openai/openai_humaneval", None), "mbpp": ("google-research-datasets/mbpp", "full")}
 LOCAL = {"humaneval": ("humaneval/HumanEval.jsonl.gz", "humaneval/HumanEval.jsonl"), "mbpp": ("mbpp/mbpp.jsonl",)}
 
 def pass_at_k(*, n: int, c: int, k: int) -> float:
@@ -100,15 +102,20 @@ def humaneval_problem(row: dict, *, prompt_format: str = "none") -> Problem:
                    formatted=formatted)  # fmt: skip
 
 
-def mbpp_problem(row: dict, *, prompt_format: str = "none") -> Problem:
-    """An MBPP record (text, code, task_id, test_setup_code, test_list) → :class:`Problem`."""
+def mbpp_problem(row: dict, *, shots: Sequence[dict] = (), prompt_format: str = "none") -> Problem:
+    """An MBPP record (text, code, task_id, test_list) → :class:`Problem`, its prompt preceded by the ``shots``
+    (records too; the harness's are tasks 2, 3, 4). With a ``prompt_format`` (SFT models) the instruction is the
+    task's own prompt without ``[BEGIN]``, and no shots."""
     tests = "\n".join(row["test_list"])
     prompt = MBPP_PROMPT.format(text=row["text"], tests=tests)
     if prompt_format != "none":
         prompt = _format(prompt_format, prompt.removesuffix("\n[BEGIN]\n"))
-    setup = row.get("test_setup_code") or ""
-    return Problem(task_id=str(row["task_id"]), prompt=prompt, stop=("[DONE]",), head=f"{setup}\n" if setup else "",
-                   tests=tests, reference=row["code"], formatted=prompt_format != "none")  # fmt: skip
+    else:
+        examples = [MBPP_PROMPT.format(text=s["text"], tests="\n".join(s["test_list"])) + s["code"] + "\n[DONE]"
+                    for s in shots]  # fmt: skip
+        prompt = "".join(e + "\n\n" for e in examples) + prompt
+    return Problem(task_id=str(row["task_id"]), prompt=prompt, stop=("[DONE]",), head="", tests=tests,
+                   reference=row["code"], formatted=prompt_format != "none")  # fmt: skip
 
 
 def _format(name: str, instruction: str) -> str:
@@ -136,10 +143,16 @@ def load_problems(task: str, *, data_dir: str | None = None, limit: int | None =
             rows = [json.loads(line) for line in f if line.strip()]
     else:
         rows = _load_hub(task)
-    if task == "mbpp":
-        rows = [r for r in rows if int(r["task_id"]) in MBPP_TEST_IDS]
-    make = humaneval_problem if task == "humaneval" else mbpp_problem
-    return [make(row, prompt_format=prompt_format) for row in rows[:limit]]
+    if task == "humaneval":
+        return [humaneval_problem(row, prompt_format=prompt_format) for row in rows[:limit]]
+    by_id = {int(r["task_id"]): r for r in rows}
+    missing = [i for i in MBPP_SHOT_IDS if i not in by_id]
+    if missing and prompt_format == "none":
+        raise ValueError(f"task mbpp: its 3-shot prompt needs tasks {list(MBPP_SHOT_IDS)}, and the data has no task "
+                         f"{missing}: give the whole mbpp.jsonl (all 974 tasks); {_hint(task)}")  # fmt: skip
+    shots = [by_id[i] for i in MBPP_SHOT_IDS] if not missing else []
+    tests = [r for r in rows if int(r["task_id"]) in MBPP_TEST_IDS]
+    return [mbpp_problem(row, shots=shots, prompt_format=prompt_format) for row in tests[:limit]]
 
 
 def _hint(task: str) -> str:
@@ -148,18 +161,18 @@ def _hint(task: str) -> str:
 
 
 def _load_hub(task: str) -> list[dict]:
-    from zoo.eval.tasks import hub_reachable
+    from zoo.eval.tasks import hub_offline, hub_reachable
 
     path, name = HUB[task]
-    where = f"the hub dataset {path!r} name={name!r} split='test'"
-    offline = any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if not offline and not hub_reachable():
+    splits = ["test", "prompt"] if task == "mbpp" else ["test"]  # MBPP's shots are in its prompt split
+    where = f"the hub dataset {path!r} name={name!r} split={'+'.join(splits)!r}"
+    if not hub_offline() and not hub_reachable():
         raise ValueError(f"task {task}: cannot reach huggingface.co to load {where} (no --data-dir given); "
                          f"{_hint(task)}")  # fmt: skip
     try:
         import datasets
 
-        return [dict(r) for r in datasets.load_dataset(path, name, split="test")]
+        return [dict(r) for split in splits for r in datasets.load_dataset(path, name, split=split)]
     except Exception as err:  # the hub client raises many types
         raise ValueError(f"task {task}: could not load {where} ({type(err).__name__}: {err}); {_hint(task)}") from err
 
@@ -169,16 +182,19 @@ def sample_answers(model, tokenizer, problem: Problem, *, eos_id: int, n_samples
                    max_new_tokens: int, generator) -> list[str]:  # fmt: skip
     """``n_samples`` answers of ``model`` to ``problem.prompt`` (a causal LM with the KV-cache sampler, a
     masked-diffusion LM with low-confidence remasking, ``max_new_tokens`` = its answer length), each decoded
-    and cut at the problem's stop strings. ``max_new_tokens`` is lowered to what fits in ``max_seq_len``."""
+    and cut at the problem's stop strings.
+
+    Prompt and answer must fit in ``max_seq_len``: ``max_new_tokens`` is lowered to the room the prompt leaves,
+    but not below half the context, and a prompt longer than the rest is cut from the left, as the harness
+    truncates contexts (MBPP's 3-shot prompt is some 600 tokens, more than many small models' context)."""
     import torch
 
     from zoo.generation.cli import is_diffusion
 
     ids = tokenizer.encode(problem.prompt, add_special_tokens=False).ids or [eos_id]
-    room = min(max_new_tokens, model.backbone.max_seq_len - len(ids))
-    if room < 1:
-        raise ValueError(f"problem {problem.task_id}: its prompt has {len(ids)} tokens, no room for an answer within "
-                         f"the model's max_seq_len={model.backbone.max_seq_len}")  # fmt: skip
+    context = model.backbone.max_seq_len
+    room = min(max_new_tokens, max(context - len(ids), context // 2))
+    ids = ids[-(context - room) :]  # (left truncation)
     if not is_diffusion(model):
         from zoo.generation.autoregressive import generate
 

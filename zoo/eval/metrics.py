@@ -127,6 +127,12 @@ def evaluate(
             documents[task.name] = docs
         if not docs:
             raise ValueError(f"task {task.name} has no documents (limit={limit})")
+        if scorer.elbo and task.output_type == "loglikelihood" and "acc" in task.metrics:
+            raise ValueError(
+                f"task {task.name}: its acc is whether greedy decoding gives the target, which an ELBO bound of a "
+                "masked-diffusion model cannot tell; its perplexity would still be a bound. Evaluate diffusion "
+                "checkpoints on multiple-choice tasks"
+            )
         loaded.append((task, docs))
     start = time.perf_counter()
     pair_requests: list[tuple[str, str]] = []

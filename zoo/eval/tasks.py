@@ -146,7 +146,7 @@ class Task:
     def load(self, *, data_dir: str | None = None, task_file: str | None = None, limit: int | None = None) -> list:
         """The task's documents, processed; from ``task_file``, else ``data_dir``/``local.path``, else the hub."""
         tried = []
-        path = task_file
+        path = task_file  # in the format of the task's release file, as under data_dir
         if path is None and data_dir is not None and self.local is not None:
             path = os.path.join(data_dir, self.local["path"])
         if path is not None:
@@ -163,17 +163,15 @@ class Task:
 
     def local_hint(self) -> str:
         where = f"--data-dir DIR with DIR/{self.local['path']}" if self.local else "a local file"
-        return f"give {where}, or --task-file {self.name}=PATH (JSONL with the fields of {self.dataset['path']})"
+        form = f"the format of {self.local['path']}" if self.local else f"JSONL of {self.dataset['path']}'s fields"
+        return f"give {where}, or --task-file {self.name}=PATH ({form})"
 
     def load_hub(self, tried: list[str]) -> list[dict]:
         import datasets
 
         spec = self.dataset
         where = f"the hub dataset {spec['path']!r} name={spec.get('name')!r} split={spec['split']!r}"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
-            "HF_DATASETS_OFFLINE", "0"
-        ) not in ("0", "", "false")
-        if not offline and not hub_reachable():
+        if not hub_offline() and not hub_reachable():
             # datasets retries an unreachable hub for ~25 s per call; a failed 3-second probe says it all.
             raise ValueError(
                 f"task {self.name}: cannot reach huggingface.co to load {where}; looked in: "
@@ -187,6 +185,11 @@ class Task:
                 f"{'; '.join(tried) or 'no local files given'}. {self.local_hint()}"
             ) from err
         return [dict(row) for row in rows]
+
+
+def hub_offline() -> bool:
+    """Whether the user turned the hub off (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
+    return any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -253,7 +256,11 @@ def read_wikitext_raw(path: str) -> list[dict]:
         text = f.read().replace("\r\n", "\n")
     pages: list[list[str]] = []
     for line in text.splitlines(keepends=True):
-        if re.fullmatch(r" = [^=].* = \n?", line) or not pages:
+        if re.fullmatch(r" = [^=].* = \n?", line):
+            pages.append([])
+        elif not pages:  # before the first heading: the original release's leading blank line
+            if not line.strip():
+                continue
             pages.append([])
         pages[-1].append(line)
     return [{"page": "".join(lines)} for lines in pages]

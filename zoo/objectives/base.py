@@ -124,7 +124,7 @@ class LanguageModel(L.LightningModule):
                 f"init_from={path} is not a file: train the previous stage first, or point init_from at its "
                 "checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
             )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(path)  # a truncated or foreign file is named
         if "state_dict" not in checkpoint:
             raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")
         source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
@@ -134,17 +134,7 @@ class LanguageModel(L.LightningModule):
             if old is not None and new is not None and old.shape[1:] == new.shape[1:] and len(old) < len(new):
                 grown = old.mean(dim=0, keepdim=True).expand(len(new) - len(old), -1)
                 source[name] = torch.cat([old, grown.to(old.dtype)])
-        missing = sorted(set(target) - set(source))
-        extra = sorted(set(source) - set(target))
-        shapes = [f"{k}: {tuple(source[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-                  if k in source and source[k].shape != v.shape]  # fmt: skip
-        if missing or extra or shapes:
-            raise ValueError(
-                f"init_from={path} does not match this backbone: missing {missing[:5]}, unexpected {extra[:5]}, "
-                f"shapes (checkpoint vs model) {shapes[:5]} ({len(missing)}, {len(extra)}, {len(shapes)} in all): "
-                "build the same architecture as the checkpoint (model.backbone of its config.yaml)"
-                + (" — only attention.causal and a larger vocab_size may differ" if grow_vocab else "")
-            )
+        check_state_dict_fits(target, source, source=f"init_from={path}")  # every differing parameter, named
         self.backbone.load_state_dict(source)
 
     @staticmethod
