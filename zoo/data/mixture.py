@@ -128,6 +128,14 @@ class Source:
         return text if isinstance(text, str) and text.strip() else None
 
 
+def check_weights(sources, *, what: str) -> None:
+    """A data module's ``sources`` must hold at least one source of positive weight."""
+    if not sources:
+        raise ValueError(f"data sources=[] is empty: list at least one {what}")
+    if sum(s.weight for s in sources) <= 0:
+        raise ValueError("data sources all have weight 0: give at least one a positive weight")
+
+
 class Mixture(TextDataModule):
     """Weighted, streamed mixture of :class:`Source` s (hub or local), e.g. GPT-S-5M's 55/30/15 mix.
 
@@ -168,10 +176,7 @@ class Mixture(TextDataModule):
             shuffle_buffer=shuffle_buffer,
             document_mask=document_mask,
         )
-        if not sources:
-            raise ValueError("data sources=[] is empty: list at least one source")
-        if sum(s.weight for s in sources) <= 0:
-            raise ValueError("data sources all have weight 0: give at least one a positive weight")
+        check_weights(sources, what="source")
         self.source_specs = [s for s in sources if s.weight > 0]
         self.tokenizer_documents = tokenizer_documents
 

@@ -26,7 +26,7 @@ import torch
 
 from zoo.data.base import TextDataModule
 from zoo.data.formats import PromptFormat
-from zoo.data.mixture import Source
+from zoo.data.mixture import Source, check_weights
 from zoo.data.packing import PackedDataset, _PackerState
 from zoo.data.tokenizer import TokenizerSource
 
@@ -118,10 +118,7 @@ class SFTDataModule(TextDataModule):
             shuffle_buffer=shuffle_buffer,
             document_mask=True,
         )
-        if not sources:
-            raise ValueError("data sources=[] is empty: list at least one instruction source")
-        if sum(s.weight for s in sources) <= 0:
-            raise ValueError("data sources all have weight 0: give at least one a positive weight")
+        check_weights(sources, what="instruction source")
         if truncation not in TRUNCATION:
             raise ValueError(f"data truncation={truncation!r} is unknown: choose one of {TRUNCATION}")
         max_prompt_tokens = seq_len // 2 if max_prompt_tokens is None else max_prompt_tokens
