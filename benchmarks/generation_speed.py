@@ -37,22 +37,36 @@ from pathlib import Path
 import torch
 
 
-def random_pair(args):
-    """An AR and a diffusion backbone of one shape with random weights (the diffusion one bidirectional)."""
+def add_shape_arguments(p: argparse.ArgumentParser, *, vocab_help: str = "random weights: vocabulary") -> None:
+    """The random-weights model shape (default: the quickstart's, configs/quickstart.yaml)."""
+    p.add_argument("--dim", type=int, default=192, help="random weights: model width (quickstart: 192)")
+    p.add_argument("--layers", type=int, default=6, help="random weights: blocks")
+    p.add_argument("--heads", type=int, default=6, help="random weights: query heads")
+    p.add_argument("--kv-heads", type=int, default=2, help="random weights: key/value heads")
+    p.add_argument("--ffn", type=int, default=512, help="random weights: SwiGLU hidden size")
+    p.add_argument("--vocab", type=int, default=4096, help=vocab_help)
+    p.add_argument("--context", type=int, default=256, help="random weights: max_seq_len")
+
+
+def random_backbone(args, *, causal: bool = True):
+    """A Llama-style backbone of the shape in ``args`` (:func:`add_shape_arguments`) with random weights."""
     from zoo.nn import GroupedQueryAttention, PreNormBlock, RMSNorm, Rotary, SwiGLU, Transformer
 
-    def build(causal: bool) -> Transformer:
-        return Transformer(
-            vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, max_seq_len=args.context, norm=RMSNorm,
-            position=Rotary,
-            block=lambda d: PreNormBlock(
-                d, attention=lambda d: GroupedQueryAttention(d, n_heads=args.heads, n_kv_heads=args.kv_heads,
-                                                             causal=causal),
-                ffn=lambda d: SwiGLU(d, hidden_dim=args.ffn), norm=RMSNorm,
-            ),
-        )  # fmt: skip
+    return Transformer(
+        vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, max_seq_len=args.context, norm=RMSNorm,
+        position=Rotary,
+        block=lambda d: PreNormBlock(
+            d, attention=lambda d: GroupedQueryAttention(d, n_heads=args.heads, n_kv_heads=args.kv_heads,
+                                                         causal=causal),
+            ffn=lambda d: SwiGLU(d, hidden_dim=args.ffn), norm=RMSNorm,
+        ),
+    )  # fmt: skip
 
-    return {"ar": build(True), "diffusion": build(False), "mask_id": args.vocab - 1, "shift": False}
+
+def random_pair(args):
+    """An AR and a diffusion backbone of one shape with random weights (the diffusion one bidirectional)."""
+    return {"ar": random_backbone(args), "diffusion": random_backbone(args, causal=False), "mask_id": args.vocab - 1,
+            "shift": False}  # fmt: skip
 
 
 def load_pair(args):
@@ -126,13 +140,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ar-ckpt", help="AR checkpoint (python -m zoo fit); with --diffusion-ckpt")
     p.add_argument("--diffusion-ckpt", help="masked-diffusion checkpoint of the same size and tokenizer")
-    p.add_argument("--dim", type=int, default=192, help="random weights: model width (quickstart: 192)")
-    p.add_argument("--layers", type=int, default=6, help="random weights: blocks")
-    p.add_argument("--heads", type=int, default=6, help="random weights: query heads")
-    p.add_argument("--kv-heads", type=int, default=2, help="random weights: key/value heads")
-    p.add_argument("--ffn", type=int, default=512, help="random weights: SwiGLU hidden size")
-    p.add_argument("--vocab", type=int, default=4096, help="random weights: vocabulary (the last id is the mask)")
-    p.add_argument("--context", type=int, default=256, help="random weights: max_seq_len")
+    add_shape_arguments(p, vocab_help="random weights: vocabulary (the last id is the mask)")
     p.add_argument("--prompt-tokens", type=int, default=16, help="random weights: prompt length")
     p.add_argument("--prompt", default="def read_config(path):\n    ", help="checkpoints: prompt text")
     p.add_argument("--new-tokens", type=int, default=100, help="tokens every setting generates")

@@ -24,28 +24,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generation_speed import provenance  # noqa: E402  (the sibling script's machine/commit line)
-
-
-def random_backbone(args):
-    """The quickstart shape (configs/quickstart.yaml: 6 × 192, GQA 6/2, SwiGLU 512, vocab 4096) with random
-    weights."""
-    from zoo.nn import GroupedQueryAttention, PreNormBlock, RMSNorm, Rotary, SwiGLU, Transformer
-
-    return Transformer(
-        vocab_size=args.vocab, dim=args.dim, n_layers=args.layers, max_seq_len=args.context, norm=RMSNorm,
-        position=Rotary,
-        block=lambda d: PreNormBlock(
-            d, attention=lambda d: GroupedQueryAttention(d, n_heads=args.heads, n_kv_heads=args.kv_heads),
-            ffn=lambda d: SwiGLU(d, hidden_dim=args.ffn), norm=RMSNorm,
-        ),
-    )  # fmt: skip
+from generation_speed import add_shape_arguments, provenance, random_backbone, timed  # noqa: E402
 
 
 def checkpoint_prompts(ckpt: str, n_rows: int, n_tokens: int) -> list[list[int]]:
@@ -60,26 +44,10 @@ def checkpoint_prompts(ckpt: str, n_rows: int, n_tokens: int) -> list[list[int]]
     return [ids[i * n_tokens : (i + 1) * n_tokens] for i in range(n_rows)]
 
 
-def timed(fn, device) -> tuple[float, object]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="AR checkpoint (python -m zoo fit); default: random weights")
-    p.add_argument("--dim", type=int, default=192, help="random weights: model width (quickstart: 192)")
-    p.add_argument("--layers", type=int, default=6, help="random weights: blocks")
-    p.add_argument("--heads", type=int, default=6, help="random weights: query heads")
-    p.add_argument("--kv-heads", type=int, default=2, help="random weights: key/value heads")
-    p.add_argument("--ffn", type=int, default=512, help="random weights: SwiGLU hidden size")
-    p.add_argument("--vocab", type=int, default=4096, help="random weights: vocabulary")
-    p.add_argument("--context", type=int, default=256, help="random weights: max_seq_len")
+    add_shape_arguments(p)
     p.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt")
     p.add_argument("--new-tokens", type=int, default=100, help="tokens every row generates")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
