@@ -8,6 +8,7 @@ from zoo.data.formats import FORMATS, Alpaca, NoFormat, UserAssistant
 from zoo.generation import (
     banned_ngram_tokens,
     confidence_threshold,
+    decoding_layout,
     generate,
     left_padding_is_exact,
     low_confidence_remasking,
@@ -55,6 +56,36 @@ def test_greedy_kv_cache_decoding_equals_full_forward_passes(build):
     out = generate(model, [[5, 9, 2, 17]], max_new_tokens=10)
     assert out.tokens == [greedy_by_full_passes(model, [5, 9, 2, 17], 10)]
     assert out.forward_passes == 10 and out.finish_reasons == ["length"] and out.texts is None
+
+
+def test_decoding_layout_holds_linear_weights_column_major_and_puts_the_originals_back():
+    model = rope_model()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    before = {id(m.weight): (m.weight.data, m.weight.detach().clone()) for m in linears}
+    assert model.head.weight is model.embed.weight  # tied: one parameter, copied once
+    with decoding_layout(model):
+        for m in linears:
+            w = m.weight
+            assert w.stride() == (1, w.shape[0]) and torch.equal(w, before[id(w)][1])
+        inner = {id(m.weight): m.weight.data.data_ptr() for m in linears}
+        with decoding_layout(model):  # nested: nothing copied again
+            assert all(m.weight.data.data_ptr() == inner[id(m.weight)] for m in linears)
+        assert all(m.weight.data.data_ptr() == inner[id(m.weight)] for m in linears)
+    for m in linears:  # the very same tensors as before, contiguous for training
+        assert m.weight.data.data_ptr() == before[id(m.weight)][0].data_ptr() and m.weight.is_contiguous()
+    with pytest.raises(RuntimeError, match="inside"), decoding_layout(model):
+        raise RuntimeError("inside")
+    assert all(m.weight.is_contiguous() for m in linears)  # restored after an error too
+
+
+def test_generation_leaves_a_model_that_still_trains():
+    model = rope_model().train()
+    generate(model, [[5, 9, 2, 17]], max_new_tokens=3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss = model(torch.tensor([[5, 9, 2, 17]])).logsumexp(-1).mean()
+    loss.backward()
+    optimizer.step()
+    assert all(p.is_contiguous() and (p.grad is None or p.grad.is_contiguous()) for p in model.parameters())
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])

@@ -3,6 +3,7 @@
 from zoo.generation.autoregressive import (
     Generation,
     banned_ngram_tokens,
+    decoding_layout,
     generate,
     left_padding_is_exact,
     no_repeat_ngram_filter,
@@ -17,6 +18,7 @@ __all__ = [
     "Generation",
     "banned_ngram_tokens",
     "confidence_threshold",
+    "decoding_layout",
     "generate",
     "left_padding_is_exact",
     "low_confidence_remasking",

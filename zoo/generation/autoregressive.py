@@ -19,13 +19,14 @@ nothing beyond torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
-from torch import Tensor
+from torch import Tensor, nn
 
 from zoo.nn.canon import Canon
 from zoo.nn.transformer import Transformer
@@ -124,7 +125,35 @@ def left_padding_is_exact(backbone: Transformer) -> bool:
     return not any(isinstance(module, Canon) for module in backbone.modules())
 
 
-@torch.inference_mode()  # not just no_grad: skips autograd's version counters, less overhead per small op
+@contextmanager
+def decoding_layout(backbone: nn.Module) -> Iterator[None]:
+    """While inside, every ``nn.Linear`` weight of ``backbone`` on the CPU is held column-major (the same values,
+    stored as ``(in, out)``); on leaving, the original tensors are put back untouched. Other devices: no change.
+
+    Why: a decoding step multiplies one row per sequence by every weight matrix, so at small batch its speed is the
+    speed of reading the weights. ``F.linear`` computes ``x @ W.T``; with ``W`` row-major that is a BLAS product
+    against a transposed operand, which on the CPU measured (2-core EPYC, torch 2.13) reads the weights 1.5–2×
+    slower than the same product against a contiguous ``(in, out)`` matrix: the quickstart's 25 products per
+    token took 1.8 ms against 0.95 ms. Training keeps the usual layout; decoding holds one extra copy of the
+    Linear weights for the call. Weights that are not contiguous (already column-major, from an outer
+    ``decoding_layout``) are left as they are, so nested uses copy nothing. A tied embedding and LM head are one
+    parameter, copied once; the embedding lookup reads the column-major matrix as well.
+    """
+    swapped: dict[int, tuple[nn.Parameter, Tensor]] = {}
+    with torch.no_grad():
+        for module in backbone.modules():
+            weight = module.weight if isinstance(module, nn.Linear) else None
+            if weight is None or weight.device.type != "cpu" or id(weight) in swapped or not weight.is_contiguous():
+                continue
+            swapped[id(weight)] = (weight, weight.data)
+            weight.data = weight.data.t().contiguous().t()
+    try:
+        yield
+    finally:
+        for weight, original in swapped.values():
+            weight.data = original
+
+
 def generate(
     backbone: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -162,7 +191,35 @@ def generate(
             stop string is held back until resolved); the pieces of a row join to exactly its ``texts`` entry.
         generator: random source for sampling; seeded, the same call gives the same tokens. (A prompt sampled in
             a batch draws different random numbers than alone, so only greedy results are batch-independent.)
+
+    On the CPU the weights are read in :func:`decoding_layout` for the call; a caller that generates many times
+    (an evaluation loop) can enter it once around the loop.
     """
+    with decoding_layout(backbone):
+        return _generate(
+            backbone, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id,
+            stop=stop, tokenizer=tokenizer, on_token=on_token, generator=generator,
+        )  # fmt: skip
+
+
+@torch.inference_mode()  # not just no_grad: skips autograd's version counters, less overhead per small op
+def _generate(
+    backbone: Transformer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
+    eos_id: int | None,
+    stop: Sequence[str],
+    tokenizer: Tokenizer | None,
+    on_token: Callable[[int, int, str], None] | None,
+    generator: torch.Generator | None,
+) -> Generation:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty one (start with the EOS id for none)")
     longest = max(len(p) for p in prompts)

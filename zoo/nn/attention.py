@@ -152,17 +152,19 @@ class GroupedQueryAttention(nn.Module):
         cache: dict | None = None,  # this layer's decoding state; None = whole sequence from position 0
     ) -> Tensor:  # (B, T, C)
         B, T, _ = x.shape
+        H, Hkv = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x)  # (B, T, (H + 2·Hkv)·D)
         if self.canon is not None:
             qkv = self.canon(qkv, None if cache is None else cache.setdefault("canon_b", {}))
-        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        heads = qkv.view(B, T, H + 2 * Hkv, self.head_dim)  # query heads, then key heads, then value heads
+        qk, v = heads[:, :, : H + Hkv], heads[:, :, H + Hkv :]  # (B, T, H + Hkv, D), (B, T, Hkv, D)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+        if rope is not None:  # queries and keys rotated together: one set of elementwise ops instead of two
+            cos, sin = rope
+            qk = apply_rotary(qk, cos[:, None], sin[:, None])  # tables (T, 1, R/2): the same angles for every head
+        q, k = qk.split((H, Hkv), dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D) × 2
         if cache is not None:
             k, v = cache["kv"].append(k, v)  # (B, Hkv, S, D)
         y = KERNELS[self.kernel](q, k, v, causal=self.causal, mask=mask, scale=self.head_dim**-0.5)  # (B, H, T, D)

@@ -33,6 +33,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., C) -> (..., C)
         weight = self.weight + 1.0 if self.unit_offset else self.weight
+        if x.dtype == weight.dtype == torch.float32:  # nothing to cast: two fewer calls per norm when decoding
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), self.eps).type_as(x)
 
     def reset_parameters(self) -> None:

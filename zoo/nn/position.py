@@ -88,9 +88,11 @@ class Rotary(PositionEncoding):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first ``2 * cos.shape[-1]`` features of ``x`` (B, H, T, D) by the angles in cos/sin (T, R/2)."""
+    """Rotate the first ``2 * cos.shape[-1]`` features of ``x`` by the angles in cos/sin, which broadcast against
+    ``x[..., :R/2]``: (T, R/2) for ``x`` of shape (B, H, T, D), (T, 1, R/2) for (B, T, H, D)."""
     half = cos.shape[-1]
     x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
