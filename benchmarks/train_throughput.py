@@ -108,8 +108,9 @@ def worker(args) -> None:
     shape = SHAPES[args.shape]
     model, loss_fn = BUILDERS[args.impl](shape, args.seq_len)
     model.to(device).train()
-    if args.compile:
-        model.compile()  # in place: loss_fn calls the compiled forward
+    if args.compile:  # in place, so loss_fn calls the compiled module
+        # zoo compiles the backbone, as `compile: true` does in training (the fused head + loss stays eager)
+        (model.backbone if args.impl == "zoo" else model).compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # zoo's default where the device has it
     ids = torch.randint(0, shape[5], (args.batch_size, args.seq_len), device=device)
     batch = {"input_ids": ids, "labels": ids}

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from tests.conftest import tiny_backbone
 from zoo.nn import GroupedQueryAttention
 from zoo.objectives import CausalLM
+from zoo.objectives.autoregressive import linear_cross_entropy
 
 
 def test_loss_is_next_token_cross_entropy_with_ignore_index():
@@ -18,6 +19,35 @@ def test_loss_is_next_token_cross_entropy_with_ignore_index():
     expected = F.cross_entropy(logits.reshape(-1, 64), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(loss, expected)
     assert n == 2 * 8
+
+
+@pytest.mark.parametrize("chunk_elements", [2**25, 64 * 50, 3 * 64 * 50])  # one block; 64-row blocks; 192 rows
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(chunk_elements):
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 16, generator=g, requires_grad=True)  # 200 rows: a partial last block
+    weight = (torch.randn(50, 16, generator=g) * 3).requires_grad_()
+    targets = torch.randint(0, 50, (200,), generator=g)
+    targets[::7] = -100
+    loss = linear_cross_entropy(features, weight, targets, chunk_elements=chunk_elements)
+    expected = F.cross_entropy(features @ weight.T, targets, ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    (loss * 0.5).backward()
+    got = features.grad.clone(), weight.grad.clone()
+    features.grad = weight.grad = None
+    (expected * 0.5).backward()
+    torch.testing.assert_close(got[0], features.grad)
+    torch.testing.assert_close(got[1], weight.grad)
+    with torch.no_grad():  # the forward-only path gives the same sum
+        torch.testing.assert_close(linear_cross_entropy(features, weight, targets, chunk_elements=chunk_elements),
+                                   expected.detach())  # fmt: skip
+
+
+def test_linear_cross_entropy_refuses_a_second_backward_pass():
+    features = torch.randn(8, 4, requires_grad=True)
+    loss = linear_cross_entropy(features, torch.randn(10, 4), torch.randint(0, 10, (8,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_tiny_model_overfits_one_batch():

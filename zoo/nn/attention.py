@@ -157,9 +157,12 @@ class GroupedQueryAttention(nn.Module):
         if self.canon is not None:
             qkv = self.canon(qkv, None if cache is None else cache.setdefault("canon_b", {}))
         heads = qkv.view(B, T, H + 2 * Hkv, self.head_dim)  # query heads, then key heads, then value heads
-        qk, v = heads[:, :, : H + Hkv], heads[:, :, H + Hkv :]  # (B, T, H + Hkv, D), (B, T, Hkv, D)
+        # split, not slicing: the gradient of a split is one concatenation, that of each slice a zero-filled
+        # tensor of the whole input's size
+        qk, v = heads.split((H + Hkv, Hkv), dim=2)  # (B, T, H + Hkv, D), (B, T, Hkv, D)
         if self.q_norm is not None:
-            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+            q, k = qk.split((H, Hkv), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
         if rope is not None:  # queries and keys rotated together: one set of elementwise ops instead of two
             cos, sin = rope
             qk = apply_rotary(qk, cos[:, None], sin[:, None])  # tables (T, 1, R/2): the same angles for every head

@@ -91,7 +91,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first ``2 * cos.shape[-1]`` features of ``x`` by the angles in cos/sin, which broadcast against
     ``x[..., :R/2]``: (T, R/2) for ``x`` of shape (B, H, T, D), (T, 1, R/2) for (B, T, H, D)."""
     half = cos.shape[-1]
-    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    x1, x2, rest = x.split((half, half, x.shape[-1] - 2 * half), dim=-1)  # split: one concatenation as gradient
     if cos.dtype != x.dtype:
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
