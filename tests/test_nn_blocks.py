@@ -226,6 +226,21 @@ def test_tied_and_untied_heads():
     assert untied.num_parameters() - tied.num_parameters() == 64 * 32
 
 
+def test_head_stays_tied_when_a_conversion_replaces_the_parameters():
+    # torch_xla's device moves take this path of nn.Module._apply: a new Parameter for every module
+    model = tiny_backbone()
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        before = model.embed.weight
+        model.double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    assert model.embed.weight is not before and model.embed.weight.dtype == torch.float64  # really replaced
+    assert model.head.weight is model.embed.weight
+    assert len(list(model.parameters())) == len(list(tiny_backbone().parameters()))
+
+
 def test_residual_projections_get_scaled_init():
     model = tiny_backbone(dim=256, n_layers=8)
     out_std = model.blocks[0].attention.out.weight.std().item()

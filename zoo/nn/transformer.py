@@ -85,6 +85,16 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
+    def _apply(self, fn, recurse: bool = True):
+        # nn.Module._apply gives every module a new Parameter when the converted tensor cannot take the old one's
+        # place (a move to torch_xla's device; any conversion under torch.__future__'s
+        # overwrite_module_params_on_conversion), which unties the head from the embedding: after
+        # `.to(xla_device)` the head trained as a matrix of its own and the embedding lost its gradient. Re-tie.
+        super()._apply(fn, recurse)
+        if self.tie_embeddings and self.head.weight is not self.embed.weight:
+            self.head.weight = self.embed.weight
+        return self
+
     def reset_parameters(self) -> None:
         residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
         for module in self.modules():
