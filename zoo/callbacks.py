@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import lightning.pytorch.callbacks.throughput_monitor as _monitor
+import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
@@ -30,11 +32,32 @@ class TokenThroughput(ThroughputMonitor):
         self.flops_override = available_flops
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+        # Lightning's setup reads the device's peak from its table through `get_available_flops`, which for any
+        # XLA device asks the TPU VM's metadata server (a connection error elsewhere: torch_xla's CPU or GPU
+        # devices). The override answers instead when given, and a non-TPU XLA device has no known peak.
+        lookup = _monitor.get_available_flops
+        _monitor.get_available_flops = lambda device, dtype: self.peak_flops(device, dtype, lookup)
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            _monitor.get_available_flops = lookup
         for throughput in self._throughputs.values():
-            if self.flops_override is not None:  # Lightning reads the peak from its device table; replace it
-                throughput.available_flops = self.flops_override
             throughput.compute = _tokens_named(throughput.compute)
+
+    def peak_flops(self, device: torch.device, dtype: torch.dtype, lookup) -> float | None:
+        """Peak FLOP/s of one device: ``available_flops`` when given, else Lightning's table (``lookup``); ``None``
+        (no MFU) for an XLA device that is not a TPU."""
+        if self.flops_override is not None:
+            return self.flops_override
+        if device.type == "xla" and not _xla_on_tpu():
+            return None
+        return lookup(device, dtype)
+
+
+def _xla_on_tpu() -> bool:
+    import torch_xla.runtime as xr  # only reached with an XLA device, so torch_xla is installed
+
+    return xr.device_type() == "TPU"
 
 
 def _tokens_named(compute):
