@@ -13,6 +13,7 @@ Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -238,13 +239,19 @@ def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str 
     if eos_id is None:
         raise ValueError(f"eos_token={eos_token!r} is not a token of the tokenizer: pass --eos-token")
     generator = torch.Generator(device=model.backbone.embed.weight.device).manual_seed(seed)
+    from zoo.generation.autoregressive import decoding_layout
+    from zoo.generation.cli import is_diffusion
+
     programs = []
-    for i, problem in enumerate(problems):
-        if log is not None and i % 20 == 0:
-            log(f"{task}: sampling problem {i + 1}/{len(problems)}")
-        answers = sample_answers(model, tokenizer, problem, eos_id=eos_id, n_samples=n_samples, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, generator=generator)  # fmt: skip
-        programs += [problem.program(problem.completion(answer)) for answer in answers]
+    # AR decoding's weight layout, copied once for all problems rather than once per generate call
+    with contextlib.nullcontext() if is_diffusion(model) else decoding_layout(model.backbone):
+        for i, problem in enumerate(problems):
+            if log is not None and i % 20 == 0:
+                log(f"{task}: sampling problem {i + 1}/{len(problems)}")
+            answers = sample_answers(model, tokenizer, problem, eos_id=eos_id, n_samples=n_samples,
+                                     temperature=temperature, max_new_tokens=max_new_tokens,
+                                     generator=generator)  # fmt: skip
+            programs += [problem.program(problem.completion(answer)) for answer in answers]
     if log is not None:
         log(f"{task}: running {len(programs)} programs in the sandbox")
     results = run_programs(programs, workers=workers, timeout=timeout, memory_bytes=memory_bytes)
