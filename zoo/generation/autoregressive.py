@@ -154,6 +154,7 @@ def decoding_layout(backbone: nn.Module) -> Iterator[None]:
             weight.data = original
 
 
+@torch.inference_mode()  # not just no_grad: skips autograd's version counters, less overhead per small op
 def generate(
     backbone: Transformer,
     prompts: Sequence[Sequence[int]],
@@ -195,31 +196,6 @@ def generate(
     On the CPU the weights are read in :func:`decoding_layout` for the call; a caller that generates many times
     (an evaluation loop) can enter it once around the loop.
     """
-    with decoding_layout(backbone):
-        return _generate(
-            backbone, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id,
-            stop=stop, tokenizer=tokenizer, on_token=on_token, generator=generator,
-        )  # fmt: skip
-
-
-@torch.inference_mode()  # not just no_grad: skips autograd's version counters, less overhead per small op
-def _generate(
-    backbone: Transformer,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    repetition_penalty: float,
-    no_repeat_ngram_size: int,
-    eos_id: int | None,
-    stop: Sequence[str],
-    tokenizer: Tokenizer | None,
-    on_token: Callable[[int, int, str], None] | None,
-    generator: torch.Generator | None,
-) -> Generation:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty one (start with the EOS id for none)")
     longest = max(len(p) for p in prompts)
@@ -263,17 +239,18 @@ def _generate(
         groups = list(by_length.values())
     rows: list[_Row | None] = [None] * len(prompts)
     passes = 0
-    for group in groups:
-        callback = None
-        if on_token is not None:
+    with decoding_layout(backbone):
+        for group in groups:
+            callback = None
+            if on_token is not None:
 
-            def callback(row: int, token: int, text: str, group: list[int] = group) -> None:
-                on_token(group[row], token, text)
+                def callback(row: int, token: int, text: str, group: list[int] = group) -> None:
+                    on_token(group[row], token, text)
 
-        done, n = _decode(backbone, [prompts[i] for i in group], on_token=callback, **options)
-        passes += n
-        for i, row in zip(group, done):
-            rows[i] = row
+            done, n = _decode(backbone, [prompts[i] for i in group], on_token=callback, **options)
+            passes += n
+            for i, row in zip(group, done):
+                rows[i] = row
     return Generation(
         tokens=[row.tokens for row in rows],
         texts=[row.text for row in rows] if tokenizer is not None else None,
