@@ -86,7 +86,7 @@ def run_harness(hf_dir: str, configs: list[str], *, limit, batch_size: int) -> t
 
 
 def run_zoo(ckpt: str, tasks, groups, *, data_dir: str, limit, batch_size: int) -> tuple[dict, float]:
-    from zoo.eval.cli import load_model, make_scorer
+    from zoo.eval.checkpoint import load_model, make_scorer
     from zoo.eval.metrics import evaluate
 
     start = time.perf_counter()

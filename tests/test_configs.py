@@ -9,10 +9,10 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from zoo.cli import ZooCLI
+from zoo.commands.fit import ZooCLI
+from zoo.commands.info import build
+from zoo.commands.info import main as info_main
 from zoo.data import TextDataModule
-from zoo.info import build
-from zoo.info import main as info_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

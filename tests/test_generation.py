@@ -345,8 +345,8 @@ def test_threshold_outside_the_unit_interval_is_refused(threshold):
 # ---- the command ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_cli import TINY
-    from zoo.cli import ZooCLI
+    from tests.test_commands_cli import TINY
+    from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")
     swap = ["--data.tokenizer.init_args.cache_dir", str(root / "tok"), "--trainer.max_steps", "2",
@@ -356,7 +356,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_generate_command_prints_each_prompt_and_its_answer(checkpoint, capsys):
-    from zoo.generation.cli import main
+    from zoo.commands.generate import main
 
     common = ["--ckpt", str(checkpoint), "--max-new-tokens", "6", "--format", "user_assistant"]
     main([*common, "--prompt", "def parse(", "--prompt", "import"])
@@ -386,7 +386,7 @@ def test_generate_command_through_python_m_zoo_and_its_errors(checkpoint, tmp_pa
 
 
 def test_generate_command_rejects_an_unknown_format(checkpoint, capsys):
-    from zoo.generation.cli import main
+    from zoo.commands.generate import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(checkpoint), "--prompt", "x", "--format", "chatml"])

@@ -195,8 +195,8 @@ def tokenizer_cache(tmp_path_factory):
 
 def tiny_fit(root, tokenizer_cache, *extra):
     """A 2-step `python -m zoo fit` run (in process) on the embedded stdlib corpus; returns its last checkpoint."""
-    from tests.test_cli import TINY
-    from zoo.cli import ZooCLI
+    from tests.test_commands_cli import TINY
+    from zoo.commands.fit import ZooCLI
 
     swap = ["--data.tokenizer.init_args.cache_dir", str(tokenizer_cache), "--trainer.max_steps", "2",
             "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root),
@@ -213,7 +213,7 @@ def checkpoint(tmp_path_factory, tokenizer_cache):
 
 
 def test_export_loads_in_transformers_with_equal_logits(checkpoint, tmp_path):
-    from zoo.interop.export import main
+    from zoo.commands.export import main
     from zoo.objectives import LanguageModel
 
     main(["--ckpt", str(checkpoint), "--out", str(tmp_path / "hf")])
@@ -247,7 +247,7 @@ def test_export_writes_the_requested_dtype(checkpoint, tmp_path):
 
 
 def test_export_refuses_a_block_transformers_lacks(checkpoint, tmp_path, capsys):
-    from zoo.interop.export import main
+    from zoo.commands.export import main
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state["hyper_parameters"]["backbone"]["init_args"]["block"]["init_args"]["attention"]["class_path"] = (
@@ -262,7 +262,7 @@ def test_export_refuses_a_block_transformers_lacks(checkpoint, tmp_path, capsys)
 
 
 def test_export_without_a_checkpoint_exits_2(tmp_path, capsys):
-    from zoo.interop.export import main
+    from zoo.commands.export import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out")])
@@ -313,7 +313,7 @@ def test_a_run_started_from_a_transformers_directory_reloads(tmp_path, tokenizer
 def test_every_model_config_exports_with_its_parameter_count_or_is_refused_by_name(path):
     """Shapes only (meta device): each published model's YAML maps to a transformers class of the same size, or
     names the block transformers lacks."""
-    from zoo.info import build
+    from zoo.commands.info import build
 
     backbone = build([ROOT / "configs" / "models" / path])
     try:

@@ -1,6 +1,6 @@
 """Zero-shot evaluation as lm-evaluation-harness computes it: tasks (YAML), log-likelihood scoring, metrics.
 
-``python -m zoo eval`` (:mod:`zoo.eval.cli`) from the command line; :class:`EvalCallback` during training;
+``python -m zoo eval`` (:mod:`zoo.commands.eval`) from the command line; :class:`EvalCallback` during training;
 in Python::
 
     tasks, groups = resolve(["arc_easy", "blimp"])

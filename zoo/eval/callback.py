@@ -74,7 +74,7 @@ class EvalCallback(L.Callback):
             self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        from zoo.eval.cli import make_scorer, scalars
+        from zoo.eval.checkpoint import make_scorer, scalars
         from zoo.eval.metrics import evaluate
 
         self.last_step = trainer.global_step

@@ -190,7 +190,7 @@ def sample_answers(model, tokenizer, problem: Problem, *, eos_id: int, n_samples
     truncates contexts (MBPP's 3-shot prompt is some 600 tokens, more than many small models' context)."""
     import torch
 
-    from zoo.generation.cli import is_diffusion
+    from zoo.objectives.masked_diffusion import is_diffusion
 
     ids = tokenizer.encode(problem.prompt, add_special_tokens=False).ids or [eos_id]
     context = model.backbone.max_seq_len
@@ -240,7 +240,7 @@ def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str 
         raise ValueError(f"eos_token={eos_token!r} is not a token of the tokenizer: pass --eos-token")
     generator = torch.Generator(device=model.backbone.embed.weight.device).manual_seed(seed)
     from zoo.generation.autoregressive import decoding_layout
-    from zoo.generation.cli import is_diffusion
+    from zoo.objectives.masked_diffusion import is_diffusion
 
     programs = []
     # AR decoding's weight layout, copied once for all problems rather than once per generate call

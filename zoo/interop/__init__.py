@@ -4,7 +4,7 @@
   :func:`hf_config_for`, :func:`to_hf_state_dict`, :func:`from_hf_state_dict` for the pieces.
 - :func:`load_hf_pretrained` and :class:`HFPretrained`: start from a local transformers directory (the
   latter from YAML, as ``backbone: {class_path: zoo.interop.HFPretrained, init_args: {path: DIR}}``).
-- ``python -m zoo export --ckpt CKPT --out DIR`` (:mod:`zoo.interop.export`): a checkpoint as a transformers
+- ``python -m zoo export --ckpt CKPT --out DIR`` (:mod:`zoo.commands.export`): a checkpoint as a transformers
   directory with its tokenizer.
 """
 

@@ -20,11 +20,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from zoo.faults import CheckpointMismatchError, check_state_dict_fits, read_checkpoint
 from zoo.nn.transformer import Transformer
 from zoo.optim.fused import prefer_fused
 from zoo.optim.muon import optimizer_groups
 from zoo.optim.schedules import Constant, Schedule
+from zoo.training.checkpoints import CheckpointMismatchError, check_state_dict_fits, read_checkpoint
 
 
 class LanguageModel(L.LightningModule):
@@ -67,7 +67,7 @@ class LanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
         self.register_buffer("skipped_rows", torch.zeros((), dtype=torch.long), persistent=True)
-        self.flops_per_batch: float | None = None  # read by zoo.callbacks.TokenThroughput for MFU
+        self.flops_per_batch: float | None = None  # read by zoo.training.TokenThroughput for MFU
         self.compile_backbone = compile
         self.init_from = init_from
 

@@ -178,3 +178,8 @@ class MaskedDiffusionLM(LanguageModel):
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(self.val_seed + batch_idx)
         loss, n_tokens = self.loss(batch, generator=generator, converting=False)
         self.val_loss.update(loss, weight=n_tokens)
+
+
+def is_diffusion(model) -> bool:
+    """Whether ``model`` is a masked-diffusion objective (sampled and scored as one), not an autoregressive one."""
+    return isinstance(model, MaskedDiffusionLM)

@@ -20,6 +20,7 @@ import time
 import torch
 
 from zoo.data.formats import FORMATS
+from zoo.objectives.masked_diffusion import is_diffusion
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,14 +67,6 @@ def main(argv: list[str] | None = None) -> None:
 def unescape(text: str) -> str:
     """``"\\n\\n"`` typed in a shell → two newlines; other characters (non-ASCII included) unchanged."""
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-
-
-def is_diffusion(model) -> bool:
-    try:
-        from zoo.objectives.masked_diffusion import MaskedDiffusionLM
-    except ImportError:  # an install without the diffusion objective samples AR models only
-        return False
-    return isinstance(model, MaskedDiffusionLM)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.test_cli import TINY
+from tests.test_commands_cli import TINY
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 
 ARC = [{"id": "q1", "question": "Which is a gas?", "answerKey": "C",
@@ -25,7 +25,7 @@ def write_jsonl(path, rows):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A 2-step fit whose EvalCallback scores arc_easy from a local data dir after step 2."""
-    from zoo.cli import ZooCLI
+    from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("evalfit")
     data = root / "data"
@@ -66,7 +66,7 @@ def test_eval_command_prints_a_table_and_writes_json_and_tensorboard(fitted, tmp
 
 def test_the_score_is_the_models_loglikelihood(fitted):
     """The CLI's arc_easy accuracy follows from the checkpoint's own forward pass on each choice."""
-    from zoo.eval.cli import load_model, make_scorer
+    from zoo.eval.checkpoint import load_model, make_scorer
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
@@ -101,7 +101,7 @@ def test_eval_callback_logged_during_fit(fitted):
 
 
 def test_unknown_task_and_missing_tokenizer_messages(fitted, tmp_path, capsys):
-    from zoo.eval.cli import main
+    from zoo.commands.eval import main
 
     _, data, ckpt = fitted
     with pytest.raises(SystemExit) as exit_info:
@@ -123,7 +123,7 @@ def test_unknown_task_and_missing_tokenizer_messages(fitted, tmp_path, capsys):
 
 
 def test_code_task_from_the_command_line(fitted, tmp_path, capsys):
-    from zoo.eval.cli import main
+    from zoo.commands.eval import main
 
     _, _, ckpt = fitted
     problem = {"task_id": "HumanEval/0", "prompt": 'def add(a, b):\n    """Return a + b."""\n', "entry_point": "add",

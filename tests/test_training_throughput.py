@@ -5,10 +5,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-import zoo.callbacks
+import zoo.training.throughput
 from tests.conftest import tiny_backbone
-from zoo.callbacks import TokenThroughput
 from zoo.objectives import CausalLM
+from zoo.training.throughput import TokenThroughput
 
 
 class _Recorder(Logger):
@@ -67,9 +67,9 @@ def test_peak_flops_uses_the_override_then_the_table_and_none_for_an_xla_device_
     assert calls == ["cpu", "xla"]
 
 
-# ---- torch_xla's CPU device as an accelerator (zoo.accelerators) -----------------------------------------------
+# ---- torch_xla's CPU device as an accelerator (zoo.training.accelerators) --------------------------------------------
 def test_xla_cpu_accelerator_names_what_it_needs(monkeypatch):
-    from zoo.accelerators import XLACPUAccelerator
+    from zoo.training.accelerators import XLACPUAccelerator
 
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     assert not XLACPUAccelerator.is_available()

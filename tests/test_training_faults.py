@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from zoo.faults import (
+from zoo.training import (
     AtomicCheckpointIO,
     CheckpointMismatchError,
     NonFiniteError,
@@ -106,7 +106,7 @@ def cache(tmp_path_factory):
 
 def fit(tmp: Path, cache: Path, *args: str, monkeypatch):
     """``python -m zoo fit`` in this process (cheaper than a subprocess where no process has to die)."""
-    from zoo.cli import ZooCLI
+    from zoo.commands.fit import ZooCLI
 
     monkeypatch.setenv("ZOO_CACHE", str(cache))
     monkeypatch.setattr(sys, "argv", ["zoo"])
@@ -116,7 +116,8 @@ def fit(tmp: Path, cache: Path, *args: str, monkeypatch):
 def callback(name: str, **init_args) -> str:
     import json
 
-    return "--trainer.callbacks+=" + json.dumps({"class_path": f"tests.test_faults.{name}", "init_args": init_args})
+    callback = {"class_path": f"tests.test_training_faults.{name}", "init_args": init_args}
+    return "--trainer.callbacks+=" + json.dumps(callback)
 
 
 def checkpoints(tmp: Path) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Callbacks that ``python -m zoo fit`` adds to every run."""
+"""Token throughput and MFU: Lightning's ``ThroughputMonitor`` told how to count a zoo batch."""
 
 from __future__ import annotations
 

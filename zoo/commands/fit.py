@@ -1,0 +1,83 @@
+"""``python -m zoo fit`` (and ``validate``, ``test``, ``predict``): :class:`ZooCLI`, a ``LightningCLI``.
+
+Every Trainer flag, ``--config`` (repeatable, later files override earlier ones), ``--print_config``, and
+``class_path`` choices for the objective (``--model``), the data module (``--data``) and each block inside the
+backbone.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+from zoo.data.base import TextDataModule
+from zoo.objectives.base import LanguageModel
+from zoo.training.checkpoints import AtomicCheckpointIO, read_checkpoint
+from zoo.training.guards import NonFiniteGuard
+from zoo.training.random_state import RandomState
+from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
+from zoo.training.throughput import TokenThroughput
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with a checkpoint, a throughput and a non-finite-loss callback in every run, configured under
+    ``checkpoint:``, ``throughput:`` and ``nonfinite:`` in YAML (``--checkpoint.every_n_train_steps 500``,
+    ``--nonfinite.policy stop``). Every run also writes its checkpoint files atomically
+    (:class:`zoo.training.AtomicCheckpointIO`), saves its random state in them, and ``--ckpt_path last`` resumes from
+    the newest checkpoint of the run folder that reads (:func:`zoo.training.newest_good_checkpoint`)."""
+
+    def __init__(self, args=None, **kwargs) -> None:
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        extra = defaults.get("callbacks", [])
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState()]
+        super().__init__(
+            LanguageModel,
+            TextDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=defaults,
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default CheckpointIO becomes the atomic one; strategies with their own (XLA) or a user's plugin
+        # are left alone. Set on the strategy, so every rank's strategy (DDP re-runs this CLI per rank) has it.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads the hyperparameters of a --ckpt_path file right after parsing; a truncated or foreign
+        # file would fail there with torch's bare unpickling error, so it is named here first.
+        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and os.path.isfile(ckpt_path):
+            read_checkpoint(ckpt_path, mmap=True)
+
+    def before_fit(self) -> None:
+        # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet
+        # (it would silently start over): look through the whole run folder, skipping unreadable files.
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            dirs = checkpoint_dirs(self.trainer)
+            found = newest_good_checkpoint(dirs)
+            if found is None:
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
+            config["ckpt_path"] = None if found is None else str(found)
+        if config.get("ckpt_path") is not None and getattr(self.model, "init_from", None) is not None:
+            # Lightning runs setup() (which applies init_from) before restoring the checkpoint: a resumed stage
+            # needs neither the previous stage's weights nor that file to still exist.
+            self.model.init_from = None
