@@ -220,7 +220,7 @@ def generate(
         raise ValueError(f"stop={list(stop)} needs the tokenizer to decode the new tokens: pass tokenizer=")
     if any(not s for s in stop):
         raise ValueError("stop strings must be non-empty")
-    if not all(getattr(block.attention, "causal", True) for block in backbone.blocks):
+    if not backbone.causal:
         raise ValueError(
             "generate decodes causal models, but this backbone's attention has causal=False: sample masked-diffusion "
             "models with zoo.generation.diffusion"

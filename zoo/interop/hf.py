@@ -160,7 +160,8 @@ def mapping_for(backbone: Transformer) -> Mapping:
     if not isinstance(norm, RMSNorm):
         raise _refuse("the Llama-shaped families need RMSNorm")
     if type(block) is SandwichBlock:
-        gemma = type(ffn) in (GatedFFN, GeGLU) and ffn.activation == "gelu_tanh" and ffn.gate_up.bias is None
+        tanh_gelu = ffn.activation == "gelu" and ffn.approximate == "tanh"
+        gemma = type(ffn) in (GatedFFN, GeGLU) and tanh_gelu and ffn.gate_up.bias is None
         if not (gemma and norm.unit_offset and qk and backbone.scale_embeddings):
             raise _refuse(
                 "SandwichBlock maps to Gemma 3, which needs RMSNorm(unit_offset=True), QK-norm, "

@@ -138,7 +138,6 @@ class GroupedQueryAttention(nn.Module):
         self.q_size, self.kv_size = n_heads * head_dim, n_kv_heads * head_dim
         self.qkv = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=bias)  # one matmul for q, k and v
         self.out = nn.Linear(self.q_size, dim, bias=bias)
-        self.out.is_residual_projection = True
         self.q_norm = qk_norm(head_dim) if qk_norm is not None else None
         self.k_norm = qk_norm(head_dim) if qk_norm is not None else None
         self.canon = canon(self.q_size + 2 * self.kv_size) if canon is not None else None
@@ -178,6 +177,16 @@ class GroupedQueryAttention(nn.Module):
         """Hook between the kernel and the output projection; identity here. y: (B, H, T, D), v: (B, Hkv, S, D)."""
         return y
 
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """q/k/v ~ N(0, ``std``); the output projection writes into the residual stream: N(0, ``residual_std``);
+        biases zero; QK-norms and Canon-B as they initialise themselves."""
+        _normal_linear(self.qkv, std)
+        _normal_linear(self.out, residual_std)
+        for module in (self.q_norm, self.k_norm, self.canon):
+            if module is not None:
+                module.init_weights(std=std, residual_std=residual_std)
+
     def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> dict:
         return {"kv": KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)}
 
@@ -204,3 +213,9 @@ class ExclusiveGroupedQueryAttention(GroupedQueryAttention):
         y32 = y.float().view(B, self.n_kv_heads, H // self.n_kv_heads, T, D)  # (B, Hkv, H/Hkv, T, D)
         y32 = y32 - (y32 * unit).sum(-1, keepdim=True) * unit
         return y32.view(B, H, T, D).to(y.dtype)
+
+
+def _normal_linear(linear: nn.Linear, std: float) -> None:
+    nn.init.normal_(linear.weight, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 
@@ -62,8 +63,38 @@ class PreNormBlock(nn.Module):
         h = self.ffn_norm(x)
         if self.canon_c is not None:
             h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
-        # Only FFNs with internal state (Canon-D) take the cache.
-        return self.ffn(h, cache) if getattr(self.ffn, "canon", None) is not None else self.ffn(h)
+        return self.ffn(h, cache)
+
+    # The block owns its mixer: the backbone, objectives and samplers ask the block, never its attention module.
+    @property
+    def causal(self) -> bool:
+        """Whether the block's attention masks future positions; settable (masked diffusion sets it false)."""
+        return self.attention.causal
+
+    @causal.setter
+    def causal(self, value: bool) -> None:
+        self.attention.causal = value
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head (the rotary tables are built for it)."""
+        return self.attention.head_dim
+
+    @property
+    def attention_width(self) -> int:
+        """Query heads × head size: the width of attention's scores and weighted sum, for FLOPs."""
+        return self.attention.n_heads * self.attention.head_dim
+
+    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> dict:
+        """Empty decoding state of this layer (keys and values, Canon buffers) for ``max_len`` positions."""
+        return self.attention.new_cache(batch_size, max_len, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """Each component initialises itself (norms to the identity, projections into the stream at
+        ``residual_std``)."""
+        for module in self.children():
+            module.init_weights(std=std, residual_std=residual_std)
 
 
 class ParallelBlock(PreNormBlock):

@@ -32,10 +32,12 @@ class Canon(nn.Module):
             raise ValueError(f"Canon kernel_size={kernel_size} must be ≥ 1 (the paper uses 4)")
         self.kernel_size, self.residual = kernel_size, residual
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))  # depthwise: (C, 1, K)
-        self.reset_parameters()
+        self.init_weights(std=0.02, residual_std=0.02)
 
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """Filter taps ~ N(0, ``std``)."""
+        nn.init.normal_(self.weight, std=std)
 
     def forward(self, x: Tensor, state: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
         """``state`` is a dict owned by the caller's cache; ``None`` means a whole sequence from position 0."""

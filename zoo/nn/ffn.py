@@ -7,9 +7,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+Activation = Literal["silu", "gelu", "relu"]
+"""The gate activation of a gated FFN: ``silu`` (SwiGLU), ``gelu`` (GeGLU; see ``approximate``) or ``relu``."""
+
+Approximate = Literal["none", "tanh"]
+"""GELU's form: ``none`` is the exact erf GELU, ``tanh`` its tanh approximation (GPT-2's ``gelu_new``, Gemma's
+``gelu_pytorch_tanh``). The one spelling of the tanh GELU everywhere in zoo."""
+
+
+def activation_fn(activation: Activation, approximate: Approximate = "none") -> Callable[[Tensor], Tensor]:
+    """The activation function; ``approximate`` applies to ``gelu`` only."""
+    if activation not in ("silu", "gelu", "relu"):
+        raise ValueError(f"activation={activation!r} is unknown; choose one of ['gelu', 'relu', 'silu']")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate={approximate!r} must be 'none' (exact GELU) or 'tanh' (its approximation)")
+    if approximate == "tanh" and activation != "gelu":
+        raise ValueError(f"approximate='tanh' is a form of GELU, not of activation={activation!r}: drop it")
+    if activation == "gelu":
+        return partial(F.gelu, approximate=approximate)
+    return F.silu if activation == "silu" else F.relu
 
 
 class GeluMLP(nn.Module):
@@ -22,25 +45,22 @@ class GeluMLP(nn.Module):
         approximate: ``"tanh"`` for GPT-2's tanh approximation, ``"none"`` for the exact erf GELU (Pythia).
     """
 
-    def __init__(self, dim: int, *, hidden_dim: int, bias: bool = True, approximate: str = "tanh") -> None:
+    def __init__(self, dim: int, *, hidden_dim: int, bias: bool = True, approximate: Approximate = "tanh") -> None:
         super().__init__()
-        if approximate not in ("tanh", "none"):
-            raise ValueError(f"GeluMLP approximate={approximate!r} must be 'tanh' or 'none'")
+        self.act = activation_fn("gelu", approximate)
         self.approximate = approximate
         self.up = nn.Linear(dim, hidden_dim, bias=bias)
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
-        self.down.is_residual_projection = True  # scaled at init, see Transformer.reset_parameters
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: the layer's decoding state, unused here (every FFN takes it, so blocks call all alike)."""
+        return self.down(self.act(self.up(x)))
 
-
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """``up`` ~ N(0, ``std``); ``down`` writes into the residual stream: N(0, ``residual_std``); biases zero."""
+        _normal_linear(self.up, std)
+        _normal_linear(self.down, residual_std)
 
 
 class GatedFFN(nn.Module):
@@ -52,7 +72,8 @@ class GatedFFN(nn.Module):
     Args:
         dim: model width (given by the block).
         hidden_dim: inner width (Llama: about 8/3 × dim rounded up).
-        activation: ``silu`` (SwiGLU), ``gelu_tanh`` (GeGLU as in Gemma), ``gelu`` or ``relu``.
+        activation: ``silu`` (SwiGLU), ``gelu`` (GeGLU) or ``relu``.
+        approximate: with ``gelu``, ``none`` (exact) or ``tanh`` (Gemma).
         bias: biases on the projections (Llama: no).
         canon: optional Canon-D factory applied to the gate/up output (``2 * hidden_dim`` channels).
     """
@@ -62,26 +83,34 @@ class GatedFFN(nn.Module):
         dim: int,
         *,
         hidden_dim: int,
-        activation: str = "silu",
+        activation: Activation = "silu",
+        approximate: Approximate = "none",
         bias: bool = False,
         canon: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"GatedFFN activation={activation!r} is unknown; choose one of {sorted(_ACTIVATIONS)}")
-        self.activation = activation
+        self.act = activation_fn(activation, approximate)
+        self.activation, self.approximate = activation, approximate
         self.hidden_dim = hidden_dim
         self.gate_up = nn.Linear(dim, 2 * hidden_dim, bias=bias)
         self.canon = canon(2 * hidden_dim) if canon is not None else None
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
-        self.down.is_residual_projection = True
 
     def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: the layer's decoding state (Canon-D keeps its last inputs there); ``None`` = whole sequence."""
         h = self.gate_up(x)  # (B, T, 2F)
         if self.canon is not None:
             h = self.canon(h, None if cache is None else cache.setdefault("canon_d", {}))
         gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
-        return self.down(_ACTIVATIONS[self.activation](gate) * up)
+        return self.down(self.act(gate) * up)
+
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """``gate_up`` ~ N(0, ``std``); ``down`` writes into the residual stream: N(0, ``residual_std``)."""
+        _normal_linear(self.gate_up, std)
+        _normal_linear(self.down, residual_std)
+        if self.canon is not None:
+            self.canon.init_weights(std=std, residual_std=residual_std)
 
 
 class SwiGLU(GatedFFN):
@@ -106,12 +135,14 @@ class GeGLU(GatedFFN):
         dim: int,
         *,
         hidden_dim: int,
-        approximate: str = "none",
+        approximate: Approximate = "none",
         bias: bool = False,
         canon: Callable[[int], nn.Module] | None = None,
     ) -> None:
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GeGLU approximate={approximate!r} must be 'none' (exact GELU) or 'tanh' (Gemma)")
-        activation = "gelu_tanh" if approximate == "tanh" else "gelu"
-        super().__init__(dim, hidden_dim=hidden_dim, activation=activation, bias=bias, canon=canon)
-        self.approximate = approximate
+        super().__init__(dim, hidden_dim=hidden_dim, activation="gelu", approximate=approximate, bias=bias, canon=canon)
+
+
+def _normal_linear(linear: nn.Linear, std: float) -> None:
+    nn.init.normal_(linear.weight, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.nn.ffn import _ACTIVATIONS
+from zoo.nn.ffn import Activation, activation_fn
 
 
 class RoutedFFN(nn.Module):
@@ -42,15 +42,14 @@ class RoutedFFN(nn.Module):
         n_experts: int,
         top_k: int,
         hidden_dim: int,
-        activation: str = "silu",
+        activation: Activation = "silu",
         normalize_top_k: bool = True,
         aux_loss_coef: float = 0.01,
     ) -> None:
         super().__init__()
         if n_experts < 1 or not 1 <= top_k <= n_experts:
             raise ValueError(f"RoutedFFN top_k={top_k} must be in [1, n_experts={n_experts}]")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"RoutedFFN activation={activation!r} is unknown; choose one of {sorted(_ACTIVATIONS)}")
+        self.act = activation_fn(activation)
         if aux_loss_coef < 0:
             raise ValueError(f"RoutedFFN aux_loss_coef={aux_loss_coef} must be ≥ 0")
         self.n_experts, self.top_k, self.hidden_dim, self.activation = n_experts, top_k, hidden_dim, activation
@@ -63,7 +62,9 @@ class RoutedFFN(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, *, std: float, residual_std: float) -> None:
-        """Called by the backbone's initialization: experts like any FFN, ``down`` as a residual projection."""
+        """The router and the experts' ``gate_up`` ~ N(0, ``std``); ``down`` writes into the residual stream:
+        N(0, ``residual_std``)."""
+        nn.init.normal_(self.router.weight, std=std)
         nn.init.normal_(self.gate_up, std=std)
         nn.init.normal_(self.down, std=residual_std)
 
@@ -71,7 +72,8 @@ class RoutedFFN(nn.Module):
         """Expert weights a token does not use (for FLOPs per token: only ``top_k`` experts run)."""
         return (self.n_experts - self.top_k) * (self.gate_up[0].numel() + self.down[0].numel())
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
+    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: the layer's decoding state, unused here (every FFN takes it, so blocks call all alike)."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)  # (N, C)
         logits = self.router(flat)  # (N, E)
@@ -81,7 +83,7 @@ class RoutedFFN(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(flat)
-        act = _ACTIVATIONS[self.activation]
+        act = self.act
         # One small matmul per expert over the tokens routed to it: exact and simple; grouped-GEMM kernels are
         # faster on GPUs but not in torch for every device, and MoE models here are small.
         for e in range(self.n_experts):

@@ -37,7 +37,9 @@ class RMSNorm(nn.Module):
             return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), self.eps).type_as(x)
 
-    def reset_parameters(self) -> None:
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """The identity scale (the standard deviations are not used)."""
         nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
 
     def extra_repr(self) -> str:
@@ -58,3 +60,8 @@ class LayerNorm(nn.LayerNorm):
         if eps <= 0:
             raise ValueError(f"LayerNorm eps={eps} must be > 0 (typical value: 1e-5)")
         super().__init__(dim, eps=eps, bias=bias)
+
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """The identity (weight one, bias zero; the standard deviations are not used)."""
+        self.reset_parameters()

@@ -27,6 +27,9 @@ class PositionEncoding(nn.Module):
     def absolute(self, positions: Tensor) -> Tensor | None:  # (T,) -> (T, C) added to the embeddings
         return None
 
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        """Nothing to initialise here (tables are computed, not learned); subclasses with weights override it."""
+
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:  # (T,) -> cos, sin: (T, R/2)
         return None
 
@@ -41,10 +44,11 @@ class LearnedPositions(PositionEncoding):
     def __init__(self, dim: int, head_dim: int, max_seq_len: int) -> None:
         super().__init__(dim, head_dim, max_seq_len)
         self.weight = nn.Parameter(torch.empty(max_seq_len, dim))
-        self.reset_parameters()
+        self.init_weights(std=0.02, residual_std=0.02)
 
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)
+    @torch.no_grad()
+    def init_weights(self, *, std: float, residual_std: float) -> None:
+        nn.init.normal_(self.weight, std=std)
 
     def absolute(self, positions: Tensor) -> Tensor:
         return self.weight[positions]

@@ -12,7 +12,8 @@
 Initialisation (GPT-2 / nanoGPT): every Linear and Embedding weight ~ N(0, ``init_std``), biases zero,
 norms at their identity; projections that write into the residual stream (attention output, FFN down)
 ~ N(0, ``init_std / sqrt(2 · n_layers)``) when ``scale_residual_init`` (so the stream's variance does not
-grow with depth). Modules mark such projections with ``is_residual_projection = True``.
+grow with depth). Each module owns ``init_weights(*, std, residual_std)`` and knows which of its projections
+write into the stream; the backbone calls it on its blocks, position encoding and final norm.
 """
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ class Transformer(nn.Module):
         self.scale_embeddings, self.activation_checkpointing = scale_embeddings, activation_checkpointing
         self.embed = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(block(dim) for _ in range(n_layers))
-        self.head_dim = self.blocks[0].attention.head_dim
+        self.head_dim = self.blocks[0].head_dim
         self.position = position(dim, self.head_dim, max_seq_len)
         self.norm = norm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
-        self.reset_parameters()
+        self.init_weights()
 
     @torch.no_grad()
     def _apply(self, fn, recurse: bool = True):
@@ -95,20 +96,27 @@ class Transformer(nn.Module):
             self.head.weight = self.embed.weight
         return self
 
-    def reset_parameters(self) -> None:
-        residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                std = residual_std if getattr(module, "is_residual_projection", False) else self.init_std
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=self.init_std)
-            elif hasattr(module, "init_weights"):  # modules with raw parameters, e.g. stacked MoE experts
-                module.init_weights(std=self.init_std, residual_std=residual_std)
-            elif module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()  # norms, Canon, learned positions
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every weight (see the module docstring); each component initialises its own."""
+        std = self.init_std
+        residual_std = std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else std
+        nn.init.normal_(self.embed.weight, std=std)
+        for module in (*self.blocks, self.position, self.norm):
+            module.init_weights(std=std, residual_std=residual_std)
+        if not self.tie_embeddings:
+            nn.init.normal_(self.head.weight, std=std)
+
+    @property
+    def causal(self) -> bool:
+        """Whether every block masks future positions (autoregressive). Setting it switches every block: masked
+        diffusion sets it false, and its conversion schedules then supply any causality through the mask."""
+        return all(block.causal for block in self.blocks)
+
+    @causal.setter
+    def causal(self, value: bool) -> None:
+        for block in self.blocks:
+            block.causal = value
 
     def features(
         self,
@@ -169,7 +177,7 @@ class Transformer(nn.Module):
         max_len = self.max_seq_len if max_len is None else max_len
         weight = self.embed.weight
         layers = [
-            block.attention.new_cache(batch_size, max_len, device=weight.device, dtype=weight.dtype)
+            block.new_cache(batch_size, max_len, device=weight.device, dtype=weight.dtype)
             for block in self.blocks
         ]
         return DecodingCache(layers)
@@ -182,7 +190,7 @@ class Transformer(nn.Module):
         halved for causality, as in the usual MFU convention)."""
         n_matmul = self.num_parameters(embeddings=False) + self.head.weight.numel() * self.tie_embeddings
         n_matmul -= self.inactive_parameters()
-        attention_width = sum(block.attention.n_heads * block.attention.head_dim for block in self.blocks)
+        attention_width = sum(block.attention_width for block in self.blocks)
         return 6.0 * n_matmul + 12.0 * attention_width * seq_len
 
     def inactive_parameters(self) -> int:

@@ -19,7 +19,7 @@ class CausalLM(LanguageModel):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not all(getattr(block.attention, "causal", True) for block in self.backbone.blocks):
+        if not self.backbone.causal:
             raise ValueError(
                 "CausalLM needs causal attention, but backbone.block.attention.causal=false: set it to true "
                 "(bidirectional attention belongs to masked-diffusion objectives)"

@@ -74,18 +74,12 @@ class MaskedDiffusionLM(LanguageModel):
     ) -> None:
         super().__init__(**kwargs)
         converting = self.init_from is not None or conversion is not None
-        for i, block in enumerate(self.backbone.blocks):
-            if not hasattr(block.attention, "causal"):
-                raise ValueError(
-                    f"backbone.blocks[{i}].attention ({type(block.attention).__name__}) has no `causal` switch: "
-                    "masked diffusion needs an attention module that can be made bidirectional"
-                )
-            if block.attention.causal and not converting:
-                raise ValueError(
-                    "MaskedDiffusionLM needs bidirectional attention, but backbone.block.attention.causal=true: set "
-                    "it to false (or convert an AR checkpoint with init_from / conversion, which switches it off)"
-                )
-            block.attention.causal = False  # the conversion schedule, if any, supplies the causality by mask
+        if any(block.causal for block in self.backbone.blocks) and not converting:
+            raise ValueError(
+                "MaskedDiffusionLM needs bidirectional attention, but backbone.block.attention.causal=true: set "
+                "it to false (or convert an AR checkpoint with init_from / conversion, which switches it off)"
+            )
+        self.backbone.causal = False  # the conversion schedule, if any, supplies the causality by mask
         if not 0 < eps < 1:
             raise ValueError(f"MaskedDiffusionLM eps={eps} must be in (0, 1), e.g. 1e-3")
         if mask_id is not None and not 0 <= mask_id < self.backbone.vocab_size:
