@@ -106,3 +106,28 @@ def test_bad_value_fails_before_training(tmp_path):
 def test_unknown_command(tmp_path):
     bad = zoo("train", cache=tmp_path, check=False)
     assert bad.returncode != 0 and "unknown command 'train'" in bad.stderr
+
+
+def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
+    _, result = run
+    console = result.stdout + result.stderr
+    assert "Training FLOPs per token (context 32)" in console and "Non-embedding params" in console
+    assert "Total Flops" not in console
+    assert "LeafSpec" not in console and "set_vital" not in console
+
+
+def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):
+    import lightning as L
+
+    from tests.conftest import tiny_backbone
+    from zoo.objectives import CausalLM
+    from zoo.training.display import StepProgressBar
+
+    batches = [{"input_ids": torch.randint(0, 64, (2, 16)), "labels": torch.randint(0, 64, (2, 16))}] * 8
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer = L.Trainer(max_steps=4, accumulate_grad_batches=2, callbacks=[StepProgressBar()], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        limit_val_batches=0)  # fmt: skip
+    trainer.fit(CausalLM(backbone=tiny_backbone()), train_dataloaders=loader)
+    out = capsys.readouterr().out
+    assert "step" in out and "4/4" in out and "Epoch" not in out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from zoo.data.base import TextDataModule
 from zoo.objectives.base import LanguageModel
 from zoo.training.checkpoints import AtomicCheckpointIO, read_checkpoint
+from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
@@ -31,6 +32,7 @@ class ZooCLI(LightningCLI):
     the newest checkpoint of the run folder that reads (:func:`zoo.training.newest_good_checkpoint`)."""
 
     def __init__(self, args=None, **kwargs) -> None:
+        quiet_dependency_warnings()
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         extra = defaults.get("callbacks", [])
         defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState()]
@@ -57,6 +59,10 @@ class ZooCLI(LightningCLI):
         # are left alone. Set on the strategy, so every rank's strategy (DDP re-runs this CLI per rank) has it.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # Lightning's own summary and progress bar (exactly those classes; a user's choice is kept) become zoo's.
+        swaps = {TQDMProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
+                 ModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth)}  # fmt: skip
+        trainer.callbacks = [swaps[type(cb)](cb) if type(cb) in swaps else cb for cb in trainer.callbacks]
         return trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

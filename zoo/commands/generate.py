@@ -20,7 +20,6 @@ import time
 import torch
 
 from zoo.data.formats import FORMATS
-from zoo.objectives.masked_diffusion import is_diffusion
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +70,7 @@ def unescape(text: str) -> str:
 
 def run(args: argparse.Namespace) -> None:
     from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.generation.sampling import sample
     from zoo.objectives.base import LanguageModel
 
     # weights_only=False: from_checkpoint has already unpickled this file to read its class, and Lightning's
@@ -81,57 +81,33 @@ def run(args: argparse.Namespace) -> None:
     template = FORMATS[args.format]()
     texts = [template.prompt(text, args.input) for text in args.prompt]
     prompts = [tokenizer.encode(text, add_special_tokens=False).ids or [eos_id] for text in texts]
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    common = {"temperature": args.temperature, "eos_id": eos_id, "stop": args.stop, "tokenizer": tokenizer,
+              "generator": torch.Generator(device=args.device).manual_seed(args.seed)}  # fmt: skip
+    options = diffusion_options(args) if model.sampler_kind == "diffusion" else autoregressive_options(args)
     start = time.perf_counter()
-    if is_diffusion(model):
-        n_tokens, passes = sample_diffusion(model, tokenizer, eos_id, texts, prompts, args, generator)
+    n_tokens = passes = 0
+    if args.stream and model.sampler_kind == "autoregressive":  # one prompt at a time, tokens as they come
+        for text, prompt in zip(texts, prompts):
+            print(text, end="", flush=True)
+            out = sample(model, [prompt], on_token=lambda row, token, piece: print(piece, end="", flush=True),
+                         **common, **options)  # fmt: skip
+            print(flush=True)
+            n_tokens, passes = n_tokens + len(out.tokens[0]), passes + out.forward_passes
     else:
-        n_tokens, passes = sample_autoregressive(model, tokenizer, eos_id, texts, prompts, args, generator)
+        out = sample(model, prompts, **common, **options)
+        for text, answer in zip(texts, out.texts):
+            print(text + answer, flush=True)
+        n_tokens, passes = sum(len(t) for t in out.tokens), out.forward_passes
     seconds = time.perf_counter() - start
     print(f"[{n_tokens} tokens, {passes} forward passes, {n_tokens / seconds:.1f} tokens/s]", file=sys.stderr)
 
 
-def sample_autoregressive(model, tokenizer, eos_id, texts, prompts, args, generator) -> tuple[int, int]:
-    from zoo.generation.autoregressive import generate
-
-    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-               "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "eos_id": eos_id, "stop": args.stop,
-               "tokenizer": tokenizer, "generator": generator}  # fmt: skip
-    if not args.stream:
-        out = generate(model.backbone, prompts, **options)
-        for text, answer in zip(texts, out.texts):
-            print(text + answer, flush=True)
-        return sum(len(t) for t in out.tokens), out.forward_passes
-    n_tokens = passes = 0
-    for text, prompt in zip(texts, prompts):
-        print(text, end="", flush=True)
-        out = generate(model.backbone, [prompt], on_token=lambda row, token, piece: print(piece, end="", flush=True),
-                       **options)  # fmt: skip
-        print(flush=True)
-        n_tokens, passes = n_tokens + len(out.tokens[0]), passes + out.forward_passes
-    return n_tokens, passes
+def autoregressive_options(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "top_p": args.top_p,
+            "repetition_penalty": args.repetition_penalty,
+            "no_repeat_ngram_size": args.no_repeat_ngram_size}  # fmt: skip
 
 
-def sample_diffusion(model, tokenizer, eos_id, texts, prompts, args, generator) -> tuple[int, int]:
-    from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
-
-    common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": args.gen_length,
-              "block_length": args.block_length, "temperature": args.temperature, "eos_id": eos_id,
-              "shift": getattr(model, "shift", False), "generator": generator}  # fmt: skip
-    n_tokens = passes = 0
-    for text, ids in zip(texts, prompts):  # one at a time: the samplers take prompts of one length
-        prompt = torch.tensor([ids], device=args.device)
-        if args.threshold is not None:
-            out = confidence_threshold(model.backbone, prompt, threshold=args.threshold, **common)
-        else:
-            out = low_confidence_remasking(model.backbone, prompt, steps=args.steps, remasking=args.remasking,
-                                           **common)  # fmt: skip
-        answer = out.answer[0].tolist()
-        answer = answer[: answer.index(eos_id)] if eos_id in answer else answer
-        decoded = tokenizer.decode(answer)
-        for s in args.stop:
-            decoded = decoded.split(s)[0]
-        print(text + decoded, flush=True)
-        n_tokens, passes = n_tokens + len(answer), passes + out.forward_passes
-    return n_tokens, passes
+def diffusion_options(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.gen_length, "block_length": args.block_length, "steps": args.steps,
+            "threshold": args.threshold, "remasking": args.remasking}  # fmt: skip

@@ -58,7 +58,9 @@ class EvalCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Checked on every rank before training: refused on rank 0 alone, the others would wait for it forever.
-        if "FSDP" in type(trainer.strategy).__name__:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(trainer.strategy, FSDPStrategy):
             raise ValueError(
                 "EvalCallback needs the whole model on rank 0, which FSDP shards: remove it from trainer.callbacks "
                 "and evaluate the checkpoints with `python -m zoo eval`"

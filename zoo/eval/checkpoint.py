@@ -26,15 +26,8 @@ def load_model(ckpt: str, *, device: str, tokenizer_path: str | None = None, eos
 
 
 def make_scorer(model, tokenizer, eos: str, *, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
-    """The scorer for this objective: exact log-likelihoods for a causal LM, ELBO bounds for a diffusion LM."""
-    from zoo.eval.scoring import CausalScorer, ElboScorer
-    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
-
-    common = {"tokenizer": tokenizer, "prefix_id": tokenizer.token_to_id(eos),
-              "max_length": model.backbone.max_seq_len}  # fmt: skip
-    if isinstance(model, MaskedDiffusionLM):
-        return ElboScorer(model=model, mc_num=mc_num, batch_size=batch_size, seed=seed, **common)
-    return CausalScorer(backbone=model.backbone, batch_size=batch_size, **common)
+    """The objective's own scorer: exact log-likelihoods for a causal LM, ELBO bounds for a diffusion LM."""
+    return model.scorer(tokenizer=tokenizer, eos=eos, batch_size=batch_size, mc_num=mc_num, seed=seed)
 
 
 def scalars(results: dict) -> dict[str, float]:

@@ -13,7 +13,6 @@ Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zoo.eval.sandbox import run_programs
+from zoo.generation.sampling import cut_at_stop as truncate
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 MBPP_PROMPT = (
@@ -84,12 +84,6 @@ class Problem:
     def program(self, completion: str) -> str:
         """The program that passes iff ``completion`` is correct."""
         return f"{self.head}{completion}\n{self.tests}"
-
-
-def truncate(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any of the ``stop`` strings."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 def humaneval_problem(row: dict, *, prompt_format: str = "none") -> Problem:
@@ -188,32 +182,15 @@ def sample_answers(model, tokenizer, problem: Problem, *, eos_id: int, n_samples
     Prompt and answer must fit in ``max_seq_len``: ``max_new_tokens`` is lowered to the room the prompt leaves,
     but not below half the context, and a prompt longer than the rest is cut from the left, as the harness
     truncates contexts (MBPP's 3-shot prompt is some 600 tokens, more than many small models' context)."""
-    import torch
-
-    from zoo.objectives.masked_diffusion import is_diffusion
+    from zoo.generation.sampling import sample
 
     ids = tokenizer.encode(problem.prompt, add_special_tokens=False).ids or [eos_id]
     context = model.backbone.max_seq_len
     room = min(max_new_tokens, max(context - len(ids), context // 2))
     ids = ids[-(context - room) :]  # (left truncation)
-    if not is_diffusion(model):
-        from zoo.generation.autoregressive import generate
-
-        out = generate(model.backbone, [ids] * n_samples, max_new_tokens=room, temperature=temperature, eos_id=eos_id,
-                       stop=problem.stop, tokenizer=tokenizer, generator=generator)  # fmt: skip
-        return [truncate(text, problem.stop) for text in out.texts]
-    from zoo.generation.diffusion import low_confidence_remasking
-
-    prompt = torch.tensor([ids] * n_samples, device=model.backbone.embed.weight.device)
-    out = low_confidence_remasking(model.backbone, prompt, mask_id=model.mask_id, vocab_size=model.backbone.vocab_size,
-                                   gen_length=room, block_length=32 if room % 32 == 0 else room, steps=room,
-                                   temperature=temperature, eos_id=eos_id, shift=getattr(model, "shift", False),
-                                   generator=generator)  # fmt: skip
-    answers = []
-    for row in out.answer.tolist():
-        row = row[: row.index(eos_id)] if eos_id in row else row
-        answers.append(truncate(tokenizer.decode(row), problem.stop))
-    return answers
+    out = sample(model, [ids] * n_samples, max_new_tokens=room, temperature=temperature, eos_id=eos_id,
+                 stop=problem.stop, tokenizer=tokenizer, generator=generator)  # fmt: skip
+    return list(out.texts)  # cut at the EOS and before the problem's stop strings
 
 
 def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str | None = None, limit: int | None = None,
@@ -239,12 +216,9 @@ def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str 
     if eos_id is None:
         raise ValueError(f"eos_token={eos_token!r} is not a token of the tokenizer: pass --eos-token")
     generator = torch.Generator(device=model.backbone.embed.weight.device).manual_seed(seed)
-    from zoo.generation.autoregressive import decoding_layout
-    from zoo.objectives.masked_diffusion import is_diffusion
-
     programs = []
-    # AR decoding's weight layout, copied once for all problems rather than once per generate call
-    with contextlib.nullcontext() if is_diffusion(model) else decoding_layout(model.backbone):
+    # the sampler's set-up (AR decoding's weight layout), made once for all problems rather than once per call
+    with model.sampling_context():
         for i, problem in enumerate(problems):
             if log is not None and i % 20 == 0:
                 log(f"{task}: sampling problem {i + 1}/{len(problems)}")

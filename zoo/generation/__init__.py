@@ -1,4 +1,5 @@
-"""Sampling: autoregressive with a KV cache, and masked-diffusion samplers."""
+"""Sampling: :func:`sample` asks an objective for its own sampler: autoregressive with a KV cache, or the
+masked-diffusion samplers."""
 
 from zoo.generation.autoregressive import (
     Generation,
@@ -12,10 +13,12 @@ from zoo.generation.autoregressive import (
     top_p_filter,
 )
 from zoo.generation.diffusion import DiffusionOutput, confidence_threshold, low_confidence_remasking
+from zoo.generation.sampling import answer_text, sample, sample_diffusion
 
 __all__ = [
     "DiffusionOutput",
     "Generation",
+    "answer_text",
     "banned_ngram_tokens",
     "confidence_threshold",
     "decoding_layout",
@@ -24,6 +27,8 @@ __all__ = [
     "low_confidence_remasking",
     "no_repeat_ngram_filter",
     "repetition_penalty_filter",
+    "sample",
+    "sample_diffusion",
     "top_k_filter",
     "top_p_filter",
 ]

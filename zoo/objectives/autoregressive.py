@@ -25,6 +25,27 @@ class CausalLM(LanguageModel):
                 "(bidirectional attention belongs to masked-diffusion objectives)"
             )
 
+    sampler_kind = "autoregressive"
+
+    def sample(self, prompts, **options):
+        """KV-cache decoding (:func:`zoo.generation.generate`); ``options`` as it takes them."""
+        from zoo.generation.autoregressive import generate
+
+        return generate(self.backbone, prompts, **options)
+
+    def sampling_context(self):
+        """Decoding's weight layout, entered once around many :meth:`sample` calls."""
+        from zoo.generation.autoregressive import decoding_layout
+
+        return decoding_layout(self.backbone)
+
+    def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
+        """Exact log-likelihoods (:class:`zoo.eval.CausalScorer`)."""
+        from zoo.eval.scoring import CausalScorer
+
+        return CausalScorer(backbone=self.backbone, tokenizer=tokenizer, prefix_id=tokenizer.token_to_id(eos),
+                            max_length=self.backbone.max_seq_len, batch_size=batch_size)  # fmt: skip
+
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T) each
         mask = self.document_mask(batch, causal=True)  # packed examples never attend to each other

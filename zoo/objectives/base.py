@@ -13,6 +13,7 @@ import importlib
 import math
 import os
 import warnings
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -106,13 +107,35 @@ class LanguageModel(L.LightningModule):
     def _sharded(self) -> bool:
         """Whether a sharding strategy (FSDP, model parallel, DeepSpeed) holds this model's parameters as shards,
         whose shapes are not the checkpoint's."""
-        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
-        return any(name in strategy for name in ("FSDP", "ModelParallel", "DeepSpeed"))
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
     # ---- what subclasses define ----------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Return (mean loss over target tokens, number of target tokens)."""
         raise NotImplementedError
+
+    # Each objective names its own sampler and scorer: generation and evaluation call these and never ask which
+    # objective they hold, so a new objective plugs into `zoo generate`, `zoo eval` and the eval callback by
+    # defining them. `sampler_kind` tells the command line which group of sampling flags applies.
+    sampler_kind: ClassVar[Literal["autoregressive", "diffusion"] | None] = None
+
+    def sample(self, prompts: list[list[int]], **options):
+        """Continue each prompt (token ids); returns a :class:`zoo.generation.Generation`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no sampler: give it a `sample` method")
+
+    def sampling_context(self):
+        """A context manager entered around many :meth:`sample` calls (e.g. a weight layout for decoding)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
+        """The :class:`zoo.eval.Scorer` that gives this objective's log-likelihoods (``mc_num`` and ``seed`` are
+        for objectives that estimate them)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no scorer: give it a `scorer` method")
 
     def load_backbone(self, path: str, *, grow_vocab: bool = False) -> None:
         """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with

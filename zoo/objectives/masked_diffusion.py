@@ -124,6 +124,22 @@ class MaskedDiffusionLM(LanguageModel):
             u = (torch.arange(n, device=device) + u[:1]) / n
         return self.eps + (1 - self.eps) * u
 
+    sampler_kind = "diffusion"
+
+    def sample(self, prompts, **options):
+        """The diffusion samplers (:func:`zoo.generation.sample_diffusion`); ``options`` as it takes them."""
+        from zoo.generation.sampling import sample_diffusion
+
+        return sample_diffusion(self, prompts, **options)
+
+    def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
+        """Monte-Carlo ELBO lower bounds (:class:`zoo.eval.ElboScorer`, ``mc_num`` samples, seeded)."""
+        from zoo.eval.scoring import ElboScorer
+
+        return ElboScorer(model=self, tokenizer=tokenizer, prefix_id=tokenizer.token_to_id(eos),
+                          max_length=self.backbone.max_seq_len, mc_num=mc_num, batch_size=batch_size,
+                          seed=seed)  # fmt: skip
+
     def loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, *, converting: bool = True
     ) -> tuple[Tensor, Tensor]:
@@ -172,8 +188,3 @@ class MaskedDiffusionLM(LanguageModel):
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(self.val_seed + batch_idx)
         loss, n_tokens = self.loss(batch, generator=generator, converting=False)
         self.val_loss.update(loss, weight=n_tokens)
-
-
-def is_diffusion(model) -> bool:
-    """Whether ``model`` is a masked-diffusion objective (sampled and scored as one), not an autoregressive one."""
-    return isinstance(model, MaskedDiffusionLM)
