@@ -14,6 +14,7 @@ from zoo.data.formats import ALPACA, ALPACA_WITH_INPUT
 from zoo.data.sft import PackedExamples, _render, encode, split_signed, truncate
 from zoo.data.tokenizer import EOS, PretrainedTokenizer
 from zoo.nn import GroupedQueryAttention, Transformer
+from zoo.nn.masks import document_mask
 from zoo.objectives import CausalLM, MaskedDiffusionLM
 
 from .conftest import tiny_backbone
@@ -159,7 +160,7 @@ def test_packed_rows_never_attend_across_examples_bidirectionally():
     batch = torch.utils.data.default_collate(packed_rows([a, b], seq_len=12))
     changed = {k: v.clone() for k, v in batch.items()}
     changed["input_ids"][0, :5] = torch.tensor([30, 31, 32, 33, 34])  # rewrite example a entirely
-    mask = model.document_mask(batch)
+    mask = document_mask(batch)
     with torch.no_grad():
         before = model.backbone(batch["input_ids"], mask=mask)
         after = model.backbone(changed["input_ids"], mask=mask)

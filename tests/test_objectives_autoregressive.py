@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from tests.conftest import tiny_backbone
 from zoo.nn import GroupedQueryAttention
+from zoo.nn.losses import linear_cross_entropy
 from zoo.objectives import CausalLM
-from zoo.objectives.autoregressive import linear_cross_entropy
 
 
 def test_loss_is_next_token_cross_entropy_with_ignore_index():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tests.conftest import tiny_backbone
 from zoo.nn import GroupedQueryAttention
+from zoo.nn.masks import annealed_mask, block_causal_mask, block_diffusion_mask
 from zoo.objectives import (
     AttentionAnnealing,
     BlockWarmupStableDecay,
@@ -14,7 +15,6 @@ from zoo.objectives import (
     MaskedDiffusionLM,
     elbo_loglikelihood,
 )
-from zoo.objectives.conversion import annealed_mask, block_causal_mask, block_diffusion_mask
 
 V, MASK = 64, 63
 

@@ -124,7 +124,7 @@ def _steps(model, opt, sched, batch, n):
 
 def test_muon_lowers_loss_keeps_lr_ratio_and_resumes_exactly():
     model = _muon_model()
-    groups = optimizer_groups(model.backbone, model.optimizer_factory)
+    groups = optimizer_groups(model.backbone)
     assert any(g["use_muon"] for g in groups)  # the partial of MuonWithAdamW is recognised
     opt = model.optimizer_factory(groups)
     sched = WarmupCosine(warmup_steps=2, min_lr=0.0).build(opt, 20)
@@ -139,7 +139,7 @@ def test_muon_lowers_loss_keeps_lr_ratio_and_resumes_exactly():
 
     clone = _muon_model()
     clone.load_state_dict(saved["model"])
-    opt2 = clone.optimizer_factory(optimizer_groups(clone.backbone, clone.optimizer_factory))
+    opt2 = clone.optimizer_factory(optimizer_groups(clone.backbone))
     sched2 = WarmupCosine(warmup_steps=2, min_lr=0.0).build(opt2, 20)
     opt2.load_state_dict(saved["opt"])
     sched2.load_state_dict(saved["sched"])

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    ModelCheckpoint,
+    ModelSummary,
+    RichModelSummary,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
@@ -59,9 +65,12 @@ class ZooCLI(LightningCLI):
         # are left alone. Set on the strategy, so every rank's strategy (DDP re-runs this CLI per rank) has it.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        # Lightning's own summary and progress bar (exactly those classes; a user's choice is kept) become zoo's.
+        # Lightning's default summary and progress bar (exactly those classes, plain or rich; a user's own choice is
+        # kept) become zoo's: steps of max_steps, and the backbone's own size and FLOPs figures.
         swaps = {TQDMProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
-                 ModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth)}  # fmt: skip
+                 RichProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
+                 ModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth),
+                 RichModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth)}  # fmt: skip
         trainer.callbacks = [swaps[type(cb)](cb) if type(cb) in swaps else cb for cb in trainer.callbacks]
         return trainer
 

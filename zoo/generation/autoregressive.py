@@ -132,9 +132,9 @@ def decoding_layout(backbone: nn.Module) -> Iterator[None]:
 
     Why: a decoding step multiplies one row per sequence by every weight matrix, so at small batch its speed is the
     speed of reading the weights. ``F.linear`` computes ``x @ W.T``; with ``W`` row-major that is a BLAS product
-    against a transposed operand, which on the CPU measured (2-core EPYC, torch 2.13) reads the weights 1.5–2×
-    slower than the same product against a contiguous ``(in, out)`` matrix: the quickstart's 25 products per
-    token took 1.8 ms against 0.95 ms. Training keeps the usual layout; decoding holds one extra copy of the
+    against a transposed operand, which on CPUs reads the weights markedly slower than the same product against a
+    contiguous ``(in, out)`` matrix (figures: benchmarks/results/generation-vs-hf-cpu-2026-12-02.md). Training
+    keeps the usual layout; decoding holds one extra copy of the
     Linear weights for the call. Weights that are not contiguous (already column-major, from an outer
     ``decoding_layout``) are left as they are, so nested uses copy nothing. A tied embedding and LM head are one
     parameter, copied once; the embedding lookup reads the column-major matrix as well.

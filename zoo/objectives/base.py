@@ -160,21 +160,6 @@ class LanguageModel(L.LightningModule):
         check_state_dict_fits(target, source, source=f"init_from={path}")  # every differing parameter, named
         self.backbone.load_state_dict(source)
 
-    @staticmethod
-    def document_mask(batch: dict[str, Tensor], length: int | None = None, *, causal: bool = False) -> Tensor | None:
-        """``(B, 1, T, T)`` bool, True where query and key belong to the same example, from the batch's
-        ``document_ids`` (packed or padded SFT, packing with document boundaries; padding is ``-1``); ``None``
-        when the batch has none. ``length`` keeps the first ``length`` positions. ``causal``: also ``None`` when
-        no row holds a second example — trailing padding cannot reach earlier tokens under causal attention, and
-        without a dense mask attention keeps its fastest kernels."""
-        ids = batch.get("document_ids")
-        if ids is None:
-            return None
-        ids = ids[:, :length]  # (B, T)
-        if causal and not bool((ids[:, 1:] > ids[:, :-1]).any()):  # ids only rise where a new example starts
-            return None
-        return (ids[:, :, None] == ids[:, None, :])[:, None]  # (B, 1, T, T)
-
     # ---- the shared step -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -244,7 +229,7 @@ class LanguageModel(L.LightningModule):
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = prefer_fused(self.optimizer_factory(optimizer_groups(self.backbone, self.optimizer_factory)))
+        optimizer = prefer_fused(self.optimizer_factory(optimizer_groups(self.backbone)))
         total = self.trainer.max_steps
         if total is None or total < 0:
             if not isinstance(self.schedule, Constant) or self.schedule.warmup_steps:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from zoo.nn.masks import annealed_mask, block_diffusion_mask
+
 
 @dataclass
 class Plan:
@@ -64,13 +66,6 @@ class ConversionSchedule:
 
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         raise NotImplementedError
-
-
-def annealed_mask(seq_len: int, rate: float, *, device=None, generator: torch.Generator | None = None) -> Tensor:
-    """Causal ∪ Bernoulli(``rate``): (1, 1, T, T) bool; ``rate`` 0 is causal, 1 is all True."""
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
-    extra = torch.rand(seq_len, seq_len, device=device, generator=generator) < rate
-    return (causal | extra)[None, None]
 
 
 class AttentionAnnealing(ConversionSchedule):
@@ -132,22 +127,3 @@ class BlockWarmupStableDecay(ConversionSchedule):
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         size = self.block_size(step, seq_len)
         return None if size >= seq_len else Plan(block_diffusion_mask(seq_len, size, device=device), size)
-
-
-def block_causal_mask(seq_len: int, block: int, *, device=None) -> Tensor:  # (T, T) bool
-    """Query ``i`` may attend key ``j`` when ``j``'s block is not after ``i``'s: bidirectional within a block,
-    earlier blocks visible (block 1 is causal, block ``seq_len`` is all True)."""
-    ids = torch.arange(seq_len, device=device) // block  # block index of each position
-    return ids[:, None] >= ids[None, :]
-
-
-def block_diffusion_mask(seq_len: int, block: int, *, device=None) -> Tensor:  # (1, 1, 2T, 2T) bool
-    """Attention over [noisy; clean]: a noisy block sees itself and the earlier clean blocks; clean blocks are
-    block-causal among themselves and never see noisy ones."""
-    ids = torch.arange(seq_len, device=device) // block
-    same = ids[:, None] == ids[None, :]  # (T, T)
-    upto = block_causal_mask(seq_len, block, device=device)
-    earlier = upto & ~same
-    top = torch.cat([same, earlier], dim=1)  # noisy queries: (T, 2T)
-    bottom = torch.cat([torch.zeros_like(same), upto], dim=1)  # clean queries: (T, 2T)
-    return torch.cat([top, bottom], dim=0)[None, None]

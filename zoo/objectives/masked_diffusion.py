@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.nn.masks import document_mask
 from zoo.objectives.base import LanguageModel
 from zoo.objectives.conversion import ConversionSchedule
 
@@ -162,7 +163,7 @@ class MaskedDiffusionLM(LanguageModel):
         draw = torch.rand(B, T, device=device, generator=generator)
         masked = (draw < t) & scored  # (B, T)
         noisy = torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids)
-        documents = self.document_mask(batch)  # (B, 1, T, T): packed or padded examples never see each other
+        documents = document_mask(batch)  # (B, 1, T, T): packed or padded examples never see each other
         if plan is not None and plan.clean_context:  # block diffusion: each block sees the clean earlier blocks
             both = torch.cat([noisy, input_ids], dim=1)  # (B, 2T)
             positions = torch.arange(T, device=device).repeat(2)  # the clean copy sits at the same positions

@@ -57,20 +57,11 @@ def muon_groups(module: nn.Module) -> list[dict]:
     return groups
 
 
-def optimizer_groups(module: nn.Module, factory: Callable[[Iterable], Optimizer]) -> list[dict]:
-    """The parameter groups ``factory`` expects: :func:`muon_groups` for a :class:`MuonWithAdamW` factory,
-    :func:`zoo.optim.weight_decay_groups` for every other optimizer."""
-    return muon_groups(module) if _builds(factory, MuonWithAdamW) else weight_decay_groups(module)
-
-
-def _builds(factory: object, cls: type) -> bool:
-    """Whether ``factory`` is ``cls`` (or a subclass), or a ``functools.partial`` of it: what Python callers pass
-    and what jsonargparse makes of ``class_path``/``init_args`` (a partial whose arguments hold the class)."""
-    if isinstance(factory, type):
-        return issubclass(factory, cls)
-    if isinstance(factory, partial):
-        return any(_builds(x, cls) for x in (factory.func, *factory.args))
-    return False
+def optimizer_groups(module: nn.Module) -> list[dict]:
+    """The parameter groups every optimizer factory is called with: :func:`muon_groups`, the weight-decay groups
+    split further by a ``use_muon`` tag. :class:`MuonWithAdamW` reads the tag; torch's optimizers keep it in
+    their group dicts and ignore it, so their updates are those of :func:`zoo.optim.weight_decay_groups`."""
+    return muon_groups(module)
 
 
 class MuonWithAdamW(Optimizer):
@@ -193,7 +184,7 @@ class _Muon(Muon):
     """Identical to ``torch.optim.Muon`` except: the Newton–Schulz iterations run in ``ns_dtype``.
 
     torch's Muon always orthogonalises in bfloat16, which suits GPUs; on CPUs without bf16 units a bf16 matrix
-    product is several times slower than an fp32 one (on a 2-core AMD EPYC, 192 × 192: 1.6 ms against 0.19 ms),
+    product is several times slower than an fp32 one (figures: benchmarks/results/muon-vs-adamw-cpu-2026-12-01.md),
     and the optimizer step then costs more than the forward and backward passes. torch offers no setting for it,
     so for another dtype the step runs with torch's own iteration replaced by :func:`newton_schulz`, the same
     quintic iteration in the given dtype."""
