@@ -68,9 +68,13 @@ class SkipTally:
 
 class StallWatch:
     """Raises :class:`DataStallError` in the main thread when the time spent waiting for one batch (over all the
-    waits since the previous batch) reaches ``timeout`` seconds: a ``SIGALRM`` armed only while waiting, so a
-    slow training step, validation or a checkpoint never counts. Off the main thread (where signals cannot be
-    handled) only the empty-stream check of :class:`zoo.data.ResumableDataLoader` applies.
+    waits since the previous batch) reaches ``timeout`` seconds. A timer thread sends ``SIGALRM`` to the main
+    thread only while it waits (so a slow training step, validation or a checkpoint never counts), and to the main
+    thread itself: a signal the process receives may land on one of ``datasets``' prefetching threads and leave
+    the main thread blocked. The signal is sent again every half second until the error has left the wait: a
+    ``finally`` on the way out may block again (``datasets`` waits there for its prefetching threads, which are
+    stuck in the same source), and a new exception raised in it goes on up. Off the main thread (where signals
+    cannot be handled) only the empty-stream check of :class:`zoo.data.ResumableDataLoader` applies.
 
     Args:
         timeout: seconds of waiting before the run stops.
@@ -79,25 +83,42 @@ class StallWatch:
 
     def __init__(self, timeout: float, describe: Callable[[], str]) -> None:
         self.timeout, self.describe, self.waited = timeout, describe, 0.0
+        self._lock = threading.Lock()
+        self._armed = False
 
     def stalled(self, why: str) -> DataStallError:
         return DataStallError(f"{why}: {self.describe()}")
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        main = threading.main_thread()
+        if threading.current_thread() is not main:
             yield
             return
 
         def alarm(signum, frame):
-            raise self.stalled(f"the training data stream gave no batch for {self.timeout:g} s (data.stall_timeout)")
+            if self._armed:
+                why = f"the training data stream gave no batch for {self.timeout:g} s (data.stall_timeout)"
+                raise self.stalled(why)
+
+        def fire(done: threading.Event) -> None:
+            delay = max(self.timeout - self.waited, 1e-3)
+            while not done.wait(delay):
+                with self._lock:
+                    if self._armed:
+                        signal.pthread_kill(main.ident, signal.SIGALRM)
+                delay = 0.5
 
         start, previous = time.monotonic(), signal.signal(signal.SIGALRM, alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(self.timeout - self.waited, 1e-3))
+        done = threading.Event()
+        self._armed = True
+        threading.Thread(target=fire, args=(done,), name="zoo-stall-watch", daemon=True).start()
         try:
             yield
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            with self._lock:  # a signal sent from here on finds the handler disarmed (or Python's default ignored)
+                self._armed = False
+            done.set()
             signal.signal(signal.SIGALRM, previous)
             self.waited += time.monotonic() - start
 
