@@ -119,12 +119,13 @@ def test_trained_batches_are_tallied_logged_saved_and_summarized(bad_file, tmp_p
 
 def test_sft_rows_are_counted_by_reason_too(tmp_path):
     rows = [json.dumps({"instruction": f"Say {i}.", "output": f"{i}"}).encode() for i in range(10)]
-    bad = [{"instruction": "x"}, {"instruction": "x", "output": 3}, {"instruction": "long " * 200, "output": "y"}]
-    rows += [b"{broken", *(json.dumps(row).encode() for row in bad)]
+    bad = [{"instruction": "x"}, {"instruction": "x", "output": 3}, {"instruction": "long " * 400, "output": "y"}]
+    rows[3:3] = [b"{broken", *(json.dumps(row).encode() for row in bad)]  # counted on the good row after them
+    rows += rows[:3]  # 14 held out, 3 to train on
     path = write_lines(tmp_path / "sft.jsonl", rows)
     tokenizer = TrainedBPE(vocab_size=300, cache_dir=str(tmp_path / "tok"))
     dm = SFTDataModule(sources=[SFTSource(data_files=path, val_documents=14)], format=Alpaca(), tokenizer=tokenizer,
-                       seq_len=64, batch_size=2, truncation="drop")  # fmt: skip
+                       seq_len=256, batch_size=2, truncation="drop")  # fmt: skip
     dm.setup("validate")
     counts = sum(row["skipped_by"][0] for row in dm.packer(dm._stream("validation"), train=False, seed=0))
     assert dict(zip(REASONS, counts.tolist())) == {
