@@ -2,10 +2,15 @@
 evaluating process left as it was."""
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
+from zoo.eval import sandbox
 from zoo.eval.sandbox import run_program, run_programs
 
 
@@ -120,3 +125,107 @@ def test_programs_run_in_parallel_and_keep_their_order():
     results = run_programs(programs, workers=4, timeout=10)
     assert time.monotonic() - start < 3.5  # four 1-second sleeps at once, not one after another
     assert [r.status for r in results] == ["passed", "failed", "passed", "failed"]
+
+
+# ---- namespaces: what an adversarial program (the prelude left out) still cannot do ----------------------------
+@pytest.fixture
+def namespaces():
+    """Skips where namespaces are unavailable, except where ``ZOO_TEST_NAMESPACES=1`` (CI) requires them."""
+    if not sandbox.namespaces_available():
+        if os.environ.get("ZOO_TEST_NAMESPACES") == "1":
+            pytest.fail("ZOO_TEST_NAMESPACES=1 but the sandbox cannot create namespaces here (is bwrap installed?)")
+        pytest.skip("namespaces unavailable here (bwrap missing or user namespaces disabled)")
+
+
+def test_no_connection_to_a_server_of_the_host(namespaces):
+    server = socket.create_server(("127.0.0.1", 0))
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    program = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+               "except OSError as err:\n    print('no connection:', err)\n"
+               "else:\n    raise SystemExit('connected')\n")  # fmt: skip
+    try:
+        result = run_program(program, timeout=10, guard=False)
+        assert result.passed and "no connection" in result.output, result.output
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nothing ever reached the server
+        control = run_program(program, timeout=10, guard=False, isolate=False)  # the same program, uncontained
+        assert control.status == "failed" and "connected" in control.message
+    finally:
+        server.close()
+
+
+def test_files_outside_its_directory_are_neither_readable_nor_writable(namespaces, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret-value")
+    targets = [str(tmp_path / "escaped.txt"), os.path.join(sys.prefix, "escaped.txt"), "/usr/escaped.txt",
+               "/escaped.txt", "/tmp/escaped.txt", "/dev/shm/escaped.txt"]  # fmt: skip
+    program = (f"import os\nfor path in ({str(secret)!r}, '/etc/passwd', {os.path.expanduser('~/.bashrc')!r}):\n"
+               "    try:\n        print(open(path).read())\n    except OSError as err:\n"
+               "        print('unreadable', type(err).__name__)\n"
+               f"for path in {targets!r}:\n"
+               "    try:\n        open(path, 'w').write('x')\n    except OSError as err:\n"
+               "        print('unwritable', type(err).__name__)\n    else:\n        print('WROTE', path)\n"
+               "open('inside.txt', 'w').write('its own directory is writable')\n")  # fmt: skip
+    result = run_program(program, timeout=10, guard=False)
+    assert result.passed, result.output
+    assert "s3cret" not in result.output and "root:" not in result.output and "WROTE" not in result.output
+    assert result.output.count("unreadable") == 3 and result.output.count("unwritable") == len(targets)
+    assert not any(os.path.exists(path) for path in targets[:3])  # the host's paths (the rest were private)
+    control = run_program(f"print(open({str(secret)!r}).read())", timeout=10, guard=False, isolate=False)
+    assert "s3cret-value" in control.output  # what the namespaces take away
+
+
+def test_the_evaluating_processes_are_invisible(namespaces):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    program = (f"import os, signal\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+               "print('pids', pids)\nassert len(pids) <= 3 and os.getpid() <= 3, pids\n"
+               f"for pid in ({sleeper.pid}, {os.getpid()}):\n"
+               "    try:\n        os.kill(pid, signal.SIGKILL)\n    except ProcessLookupError:\n"
+               "        print('no such process', pid)\n")  # fmt: skip
+    try:
+        result = run_program(program, timeout=10, guard=False)
+        assert result.passed, result.output
+        assert result.output.count("no such process") == 2
+        assert sleeper.poll() is None  # still alive
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_child_that_left_the_process_group_dies_with_the_run(namespaces):
+    marker = f"zoo-sandbox-leftover-{os.getpid()}"
+    program = ("import os, sys\nif os.fork() == 0:\n    os.setsid()\n"
+               f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n")  # fmt: skip  # noqa: E501
+    result = run_program(program, timeout=10, guard=False)
+    assert result.passed, result.output
+    assert _processes_with(marker) == []
+    control = run_program(program, timeout=10, guard=False, isolate=False)  # uncontained, it escapes the group kill
+    assert control.passed
+    deadline = time.monotonic() + 5
+    while not (escaped := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in escaped:
+        os.kill(pid, signal.SIGKILL)
+    assert escaped
+
+
+def test_without_namespaces_a_warning_says_so_and_the_guard_still_runs(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probed", [])
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.warns(RuntimeWarning, match="bubblewrap.*WITHOUT namespace isolation"):
+        assert not sandbox.namespaces_available()
+    result = run_program("import socket\nsocket.socket()\n", timeout=5)
+    assert result.status == "failed" and "disabled in the code-evaluation sandbox" in result.message

@@ -8,13 +8,20 @@ already handed out a batch that was never trained on. Saving the loader's own st
 a restart, so this loader also saves the last ``lag`` batches it handed out and serves them again first on resume.
 Keeping a reference to a batch costs nothing per step; the loader's state itself is computed only when a
 checkpoint asks for it.
+
+With ``stall_timeout``, the loader never hangs silently: waiting that long for a batch, or a pass over the stream
+that gives no batch at all (an empty training stream would otherwise start empty epochs forever), raises a
+:class:`zoo.data.health.DataStallError` naming the sources and the counts so far.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+from zoo.data.health import StallWatch
 
 
 class ResumableDataLoader(StatefulDataLoader):
@@ -24,10 +31,14 @@ class ResumableDataLoader(StatefulDataLoader):
         lag: batches fetched ahead of training (Lightning's default training fetcher prefetches 1).
         snapshot_every_n_steps: batches between two transfers of the workers' dataset state (see ``__init__``).
         world_size: processes reading disjoint shares of the stream; resuming with another value is refused.
+        stall_timeout: seconds of waiting for one batch before the run stops (``None``: wait forever, and allow a
+            pass without batches).
+        describe: what a stall error says of the data (sources, counts).
         *args, **kwargs: as for ``torch.utils.data.DataLoader``.
     """
 
-    def __init__(self, *args, lag: int = 1, world_size: int = 1, snapshot_every_n_steps: int = 64, **kwargs) -> None:
+    def __init__(self, *args, lag: int = 1, world_size: int = 1, snapshot_every_n_steps: int = 64,
+                 stall_timeout: float | None = None, describe: Callable[[], str] = str, **kwargs) -> None:  # fmt: skip
         # With workers, StatefulDataLoader has each worker send its dataset's state (the packer's whole shuffle
         # buffer) along with every batch by default; that pickling made a 1-worker loader 24 times slower than
         # the same pipeline in-process. Every 64 batches instead: a checkpoint between two snapshots restores the
@@ -36,6 +47,7 @@ class ResumableDataLoader(StatefulDataLoader):
         self.lag, self.world_size = lag, world_size
         self._recent: deque = deque(maxlen=lag)  # batches handed out but possibly not trained on yet
         self._replay: list = []  # such batches from a checkpoint, served before the stream continues
+        self._watch = StallWatch(stall_timeout, describe) if stall_timeout is not None else None
 
     def __iter__(self):
         replay, self._replay = self._replay, []
@@ -43,9 +55,25 @@ class ResumableDataLoader(StatefulDataLoader):
         for batch in replay:
             self._recent.append(batch)
             yield batch
-        for batch in super().__iter__():
+        if self._watch is None:
+            for batch in super().__iter__():
+                self._recent.append(batch)
+                yield batch
+            return
+        with self._watch.waiting():  # starting workers and filling their buffers is waiting too
+            batches = super().__iter__()
+        given = bool(replay)
+        while True:
+            with self._watch.waiting():
+                batch = next(batches, None)
+            if batch is None:
+                break
+            self._watch.got_batch()
+            given = True
             self._recent.append(batch)
             yield batch
+        if not given:
+            raise self._watch.stalled("the training data stream ended without giving one batch (it holds no row)")
 
     def state_dict(self) -> dict:
         return {

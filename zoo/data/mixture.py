@@ -8,11 +8,18 @@ recipe written against the hub runs unchanged on local copies of the same files:
     Source(path="stdlib", name="code", weight=0.1)                                   # the embedded corpus
 
 The validation stream is a fixed slice of each source (its first ``val_documents`` rows, never trained on),
-or the source's own validation split when ``validation_split`` is given.
+or the source's own validation split when ``validation_split`` is given. A source whose length is known before
+reading (local files, a hub split with recorded sizes) and that holds no more rows than that slice is refused
+before training, naming its size and the fix.
+
+Local files (``data_files`` with a ``json``/``text``/``csv``/``parquet`` builder) are read by
+:func:`zoo.data.rows.local_rows`, still through ``datasets`` builders, so that a malformed line costs one row and
+a damaged file the part after the damage (named in a warning).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -21,6 +28,7 @@ from dataclasses import asdict, dataclass
 import datasets
 
 from zoo.data.base import TextDataModule
+from zoo.data.rows import GOOD, SKIP, code, count_rows, local_rows, resolve
 from zoo.data.tokenizer import TokenizerSource
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
@@ -85,19 +93,60 @@ class Source:
             f"one of {sorted(set(LOCAL_BUILDERS.values()))}"
         )
 
+    def is_local(self) -> bool:
+        """Whether the rows come from local files (read by :mod:`zoo.data.rows`) rather than the hub."""
+        patterns = [self.data_files] if isinstance(self.data_files, str) else self.data_files or []
+        local = self.path is None or self.path in LOCAL_BUILDERS.values()
+        return bool(patterns) and local and not any("://" in p for p in patterns)
+
     def rows(self, split: str) -> datasets.IterableDataset:
-        """The rows of the training (``split="train"``) or held-out (any other value) stream of this source."""
+        """The rows of the training (``split="train"``) or held-out (any other value) stream of this source; the
+        training rows of a source too small for its validation slice are refused (:meth:`check_size`)."""
         if self.path == "stdlib":
             from zoo.data.stdlib import stdlib_dataset
 
             return stdlib_dataset(self.name or "code", split=split)
         if self.validation_split is not None:
             return self.load(self.split if split == "train" else self.validation_split)
+        if split == "train":
+            self.check_size()
         rows = self.load(self.split)
         return rows.skip(self.val_documents) if split == "train" else rows.take(self.val_documents)
 
+    def known_rows(self) -> int | None:
+        """The source's rows where that is cheap to know (``None`` otherwise), counted up to ``val_documents + 1``:
+        local files by their lines (parquet: its footer), a hub split by the sizes its card records."""
+        if not hasattr(self, "_known_rows"):
+            self._known_rows = None
+            if self.is_local():
+                self._known_rows = count_rows(self.builder(), resolve(self.data_files), at_most=self.val_documents)
+            elif self.data_files is None and self.path != "stdlib":
+                try:  # the hub's recorded split sizes, when it has them (no rows are read)
+                    splits = datasets.load_dataset_builder(self.path, self.name).info.splits
+                    self._known_rows = splits[self.split].num_examples if splits and self.split in splits else None
+                except Exception:  # offline, no card, no sizes: the run's stall check still stops an empty stream
+                    self._known_rows = None
+        return self._known_rows
+
+    def check_size(self) -> None:
+        """Refuse a source whose rows all go to its validation slice (the training stream would be empty)."""
+        n = self.known_rows()
+        if n is not None and n <= self.val_documents:
+            raise ValueError(
+                f"data source {self.label} has {n} rows, but val_documents={self.val_documents} holds its first "
+                f"{self.val_documents} out for validation, leaving none to train on: set val_documents below {n} "
+                f"for this source (e.g. val_documents: {max(1, n // 10)}), or give a validation_split"
+            )
+
     def load(self, split: str) -> datasets.IterableDataset:
         """The source's rows, streamed; raises a ``ValueError`` that says how to go offline if it is unreachable."""
+        if self.is_local():
+            if split != self.split:
+                raise ValueError(
+                    f"data source {self.label}: local data_files hold one split, so validation_split={split!r} "
+                    "cannot be read from them: leave validation_split unset (val_documents holds rows out)"
+                )
+            return local_rows(self.builder(), resolve(self.data_files))
         try:
             return datasets.load_dataset(
                 self.builder(), self.name, split=split, data_files=self.data_files, streaming=True
@@ -111,21 +160,53 @@ class Source:
                 "`path: parquet` and `data_files: /data/fineweb-edu/*.parquet`"
             ) from err
 
-    def text(self, row: dict) -> str | None:
-        """The document text of ``row``, or ``None`` for a bad row (missing field, None, empty, not a string)."""
-        if self.template is not None:
-            try:
-                text = self.template.format_map(row)
-            except (KeyError, IndexError, ValueError):
-                return None
-        else:
-            text = row.get(self.text_field)
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-        return text if isinstance(text, str) and text.strip() else None
+    def text(self, row: dict) -> tuple[str | None, str | None]:
+        """The document text of ``row`` and ``None``, or ``None`` and the reason the row is skipped (one of
+        :data:`zoo.data.rows.REASONS`)."""
+        if SKIP in row:  # a line the reader could not make a row of
+            return None, row[SKIP]
+        if self.template is None:
+            return checked_text(row, self.text_field)
+        for field in template_fields(self.template):  # an empty field may still leave text: the template decides
+            text, reason = checked_text(row, field, need_str=False)
+            if reason is not None and reason != "empty":
+                return None, reason
+        try:
+            return checked_text({"text": self.template.format_map(row)}, "text")
+        except (KeyError, IndexError, AttributeError, ValueError):  # e.g. {a[0]} on a value without items
+            return None, "malformed"
+
+
+@functools.cache
+def template_fields(template: str) -> tuple[str, ...]:
+    """The top-level columns a ``str.format`` template names (``{a.b}`` and ``{a[0]}`` name ``a``)."""
+    names = (f for _, f, _, _ in string.Formatter().parse(template) if f)
+    return tuple(dict.fromkeys(f.replace("[", ".").split(".")[0] for f in names))
+
+
+def checked_text(row: dict, field: str, *, need_str: bool = True) -> tuple[str | None, str | None]:
+    """``(row[field], None)`` when it is usable text, else ``(None, reason)``: ``missing``, ``none``,
+    ``undecodable`` (bytes not UTF-8), ``wrong_type`` (not a string; any value when ``need_str`` is False),
+    ``empty`` (blank)."""
+    if field not in row:
+        return None, "missing"
+    value = row[field]
+    if value is None:
+        return None, "none"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "undecodable"
+    if not isinstance(value, str):
+        return (None, "wrong_type") if need_str else (value, None)
+    return (value, None) if value.strip() else (None, "empty")
+
+
+def text_row(row: dict, *, spec: Source) -> dict:
+    """A source row as the pipeline's ``{"text", "reason"}`` (``reason``: 0, or the code of why it is skipped)."""
+    text, reason = spec.text(row)
+    return {"text": text, "reason": GOOD if reason is None else code(reason)}
 
 
 def check_weights(sources, *, what: str) -> None:
@@ -139,8 +220,9 @@ def check_weights(sources, *, what: str) -> None:
 class Mixture(TextDataModule):
     """Weighted, streamed mixture of :class:`Source` s (hub or local), e.g. GPT-S-5M's 55/30/15 mix.
 
-    Rows whose text is missing, ``None``, empty, not a string or undecodable are skipped and counted
-    (``data/skipped_rows`` in TensorBoard).
+    Rows that are malformed, undecodable, or whose text is missing, ``None``, not a string or empty are skipped and
+    counted per source and reason (``data/skipped_rows`` and ``data/skipped/<reason>`` in TensorBoard, and a
+    summary at the end of the run).
 
     Args:
         sources: the mixture's sources with their weights.
@@ -184,9 +266,15 @@ class Mixture(TextDataModule):
         pairs = []
         for spec in self.source_specs:
             rows = spec.rows(split)
-            texts = rows.map(lambda row, spec=spec: {"text": spec.text(row)}, remove_columns=rows.column_names)
+            texts = rows.map(functools.partial(text_row, spec=spec), remove_columns=rows.column_names)
             pairs.append((texts, spec.weight))  # bad rows keep text None: the packer skips and counts them
         return pairs
+
+    def source_labels(self) -> list[str]:
+        return [spec.label for spec in self.source_specs]
+
+    def describe_sources(self) -> list[str]:
+        return [f"{spec.label} ({_size(spec)}, val_documents={spec.val_documents})" for spec in self.source_specs]
 
     def tokenizer_texts(self):
         for dataset, _ in self.sources("train"):
@@ -197,3 +285,10 @@ class Mixture(TextDataModule):
     def fingerprint(self) -> str:
         spec = json.dumps([asdict(s) for s in self.source_specs], sort_keys=True)
         return "mixture-" + hashlib.sha256(f"{spec}-{self.tokenizer_documents}".encode()).hexdigest()[:16]
+
+
+def _size(spec: Source) -> str:
+    n = spec.known_rows() if spec.validation_split is None else None
+    if n is None:
+        return "rows unknown"
+    return f"{n} rows" if n <= spec.val_documents else f"more than {spec.val_documents} rows"

@@ -22,15 +22,20 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from zoo.data.rows import REASONS, code
+
 MAX_BAD_IN_A_ROW = 10_000
 
 
 class PackedDataset(IterableDataset):
-    """Rows ``{"input_ids": (seq_len,), "labels": (seq_len,), "skipped": ()}`` packed from a stream of documents.
+    """Rows ``{"input_ids": (seq_len,), "labels": (seq_len,), "skipped": (), "skipped_by": (S, R)}`` packed from a
+    stream of documents.
 
-    Each document is a dict with ``input_ids`` (a list of ints) or ``None`` for a bad row (missing or empty
-    text), which is skipped; ``skipped`` on a row counts the bad rows met since the previous row, so the sum over
-    batches is the number of bad rows seen. Labels equal the inputs (the objective shifts or masks them).
+    Each document is a dict with ``input_ids`` (a list of ints) or ``None`` for a bad row, which is skipped; it
+    may say which of ``sources`` it came from (``source``, default 0) and, when bad, why (``reason``, a code of
+    :data:`zoo.data.rows.REASONS`; default ``empty``). ``skipped`` on a row counts the bad rows met since the
+    previous row, ``skipped_by`` the same per source and reason (``S = sources``, ``R = len(REASONS)``), so the
+    sums over batches are the bad rows seen. Labels equal the inputs (the objective shifts or masks them).
 
     The dataset is resumable: :meth:`state_dict` holds the stream's position (when the stream, like a
     ``datasets.IterableDataset``, has ``state_dict``), the carried-over tokens, the shuffle buffer and the
@@ -47,6 +52,7 @@ class PackedDataset(IterableDataset):
             belongs to (counted from the row's first token), so the objective can keep attention inside
             documents. The EOS that separates two documents opens the second (it plays the part of a BOS): the
             first token of a document is predicted from that EOS alone, and each document still learns to end.
+        sources: how many sources the documents come from (the first dimension of ``skipped_by``).
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class PackedDataset(IterableDataset):
         shuffle_buffer: int = 0,
         seed: int = 0,
         document_ids: bool = False,
+        sources: int = 1,
     ) -> None:
         super().__init__()
         if seq_len < 2:
@@ -66,7 +73,7 @@ class PackedDataset(IterableDataset):
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer={shuffle_buffer} must be ≥ 0")
         self.documents, self.seq_len, self.eos_id, self.drop_last = documents, seq_len, eos_id, drop_last
-        self.shuffle_buffer, self.seed, self.document_ids = shuffle_buffer, seed, document_ids
+        self.shuffle_buffer, self.seed, self.document_ids, self.sources = shuffle_buffer, seed, document_ids, sources
         self._state: dict | None = None  # loaded, applied when iteration starts
         self._live: _PackerState | None = None
 
@@ -84,6 +91,7 @@ class PackedDataset(IterableDataset):
             "buffer_lengths": torch.tensor([len(doc) for doc in live.buffer], dtype=torch.long),
             "rng": live.rng.getstate(),
             "skipped": live.skipped,
+            "skipped_by": torch.tensor(live.skipped_by, dtype=torch.long),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -91,13 +99,15 @@ class PackedDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
-        live = _PackerState(random.Random(self.seed + (worker.id if worker is not None else 0)))
+        live = _PackerState(random.Random(self.seed + (worker.id if worker is not None else 0)), self.sources)
         state, self._state = self._state, None
         if state:
             if state.get("stream") is not None:
                 self.documents.load_state_dict(state["stream"])
             live.carry, live.skipped = torch.as_tensor(state["carry"]).tolist(), state["skipped"]
             live.carry_docs = torch.as_tensor(state.get("carry_docs", [])).tolist()
+            if "skipped_by" in state:
+                live.skipped_by = torch.as_tensor(state["skipped_by"]).tolist()
             if "buffer_lengths" in state:
                 flat = torch.as_tensor(state["buffer"]).tolist()
                 bounds = [0, *torch.as_tensor(state["buffer_lengths"]).cumsum(0).tolist()]
@@ -124,28 +134,30 @@ class PackedDataset(IterableDataset):
 
     def _emit(self, live: _PackerState, n: int) -> dict:
         row, live.carry = live.carry[:n], live.carry[n:]
-        skipped, live.skipped = live.skipped, 0
-        out = _row(row, skipped)
+        out = _row(row, live.pop_skipped())
         if self.document_ids:
             docs, live.carry_docs = live.carry_docs[:n], live.carry_docs[n:]
             out["document_ids"] = torch.tensor(docs, dtype=torch.long) - docs[0]
         return out
 
     def _shuffled(self, live: _PackerState) -> Iterator[list[int]]:
-        bad_in_a_row = 0
+        bad_in_a_row, why = 0, [0] * len(REASONS)
         for doc in self.documents:
             ids = doc.get("input_ids")
             if not ids:
+                reason = (doc.get("reason") or code("empty")) - 1
                 live.skipped += 1
-                bad_in_a_row += 1
+                live.skipped_by[doc.get("source") or 0][reason] += 1
+                bad_in_a_row, why[reason] = bad_in_a_row + 1, why[reason] + 1
                 if bad_in_a_row == MAX_BAD_IN_A_ROW:  # a misconfigured source, not a few bad rows: say so
+                    reasons = ", ".join(f"{name} {n}" for name, n in zip(REASONS, why) if n)
                     raise ValueError(
-                        f"the last {MAX_BAD_IN_A_ROW} rows of the data stream were all unusable (text missing, "
-                        "None, empty or not a string): check each source's fields (text_field / template; for "
-                        "instruction data instruction_field / response_field / messages_field) against its columns"
+                        f"the last {MAX_BAD_IN_A_ROW} rows of the data stream were all unusable ({reasons}): check "
+                        "each source's fields (text_field / template; for instruction data instruction_field / "
+                        "response_field / messages_field) against its columns"
                     )
                 continue
-            bad_in_a_row = 0
+            bad_in_a_row, why = 0, [0] * len(REASONS)
             if self.shuffle_buffer == 0:
                 yield ids
                 continue
@@ -160,12 +172,19 @@ class PackedDataset(IterableDataset):
 
 
 class _PackerState:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, sources: int = 1) -> None:
         self.rng = rng
         self.carry: list[int] = []
         self.carry_docs: list[int] = []  # with document_ids: the document of each carried token
         self.buffer: list[list[int]] = []
         self.skipped = 0
+        self.skipped_by = [[0] * len(REASONS) for _ in range(sources)]  # (S, R), since the previous row
+
+    def pop_skipped(self) -> tuple[int, list[list[int]]]:
+        """The bad rows met since the previous row (in all, and per source and reason); the counts restart."""
+        counts = (self.skipped, self.skipped_by)
+        self.skipped, self.skipped_by = 0, [[0] * len(REASONS) for _ in self.skipped_by]
+        return counts
 
 
 def _as_rng_state(state) -> tuple:
@@ -174,6 +193,12 @@ def _as_rng_state(state) -> tuple:
     return version, tuple(internal), gauss
 
 
-def _row(ids: list[int], skipped: int) -> dict:
+def _row(ids: list[int], skipped: tuple[int, list[list[int]]]) -> dict:
     t = torch.tensor(ids, dtype=torch.long)
-    return {"input_ids": t, "labels": t.clone(), "skipped": torch.tensor(skipped, dtype=torch.long)}
+    return {"input_ids": t, "labels": t.clone(), **skip_counts(skipped)}
+
+
+def skip_counts(skipped: tuple[int, list[list[int]]]) -> dict:
+    """A row's ``skipped`` ``()`` and ``skipped_by`` ``(S, R)`` tensors from :meth:`_PackerState.pop_skipped`."""
+    total, by = skipped
+    return {"skipped": torch.tensor(total, dtype=torch.long), "skipped_by": torch.tensor(by, dtype=torch.long)}

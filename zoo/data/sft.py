@@ -26,8 +26,9 @@ import torch
 
 from zoo.data.base import TextDataModule
 from zoo.data.formats import PromptFormat
-from zoo.data.mixture import Source, check_weights
-from zoo.data.packing import PackedDataset, _PackerState
+from zoo.data.mixture import Source, check_weights, checked_text
+from zoo.data.packing import PackedDataset, _PackerState, skip_counts
+from zoo.data.rows import GOOD, SKIP, code
 from zoo.data.tokenizer import TokenizerSource
 
 TRUNCATION = ("truncate", "drop")
@@ -52,21 +53,25 @@ class SFTSource(Source):
     response_field: str = "output"
     messages_field: str = "messages"
 
-    def example(self, row: dict) -> dict | None:
-        """The row as an example ``{"instruction", "input", "response", "messages", ...row}``; ``None`` for a bad
-        row (no instruction or response that is a non-empty string, and no conversation)."""
+    def example(self, row: dict) -> tuple[dict | None, str | None]:
+        """The row as an example ``{"instruction", "input", "response", "messages", ...row}`` and ``None``; or
+        ``None`` and why the row is skipped (:data:`zoo.data.rows.REASONS`): no conversation, and no instruction
+        or response that is a non-empty string."""
+        if SKIP in row:
+            return None, row[SKIP]
         messages = row.get(self.messages_field)
         if isinstance(messages, list) and messages:
-            return {**row, "messages": messages, "instruction": None, "input": "", "response": None}
+            return {**row, "messages": messages, "instruction": None, "input": "", "response": None}, None
+        if messages is not None and self.instruction_field not in row:  # a conversation that is none
+            return None, "empty" if isinstance(messages, list) else "wrong_type"
         fields = {}
         for key, column in (("instruction", self.instruction_field), ("response", self.response_field)):
-            value = row.get(column)
-            if not isinstance(value, str) or not value.strip():
-                return None
-            fields[key] = value
+            fields[key], reason = checked_text(row, column)
+            if reason is not None:
+                return None, reason
         extra = row.get(self.input_field)
         fields["input"] = extra if isinstance(extra, str) else ""
-        return {**row, **fields, "messages": None}
+        return {**row, **fields, "messages": None}, None
 
 
 class SFTDataModule(TextDataModule):
@@ -140,6 +145,12 @@ class SFTDataModule(TextDataModule):
             pairs.append((rows.map(render, remove_columns=rows.column_names), spec.weight))
         return pairs
 
+    def source_labels(self) -> list[str]:
+        return [spec.label for spec in self.source_specs]
+
+    def describe_sources(self) -> list[str]:
+        return [f"{spec.label} (val_documents={spec.val_documents})" for spec in self.source_specs]
+
     def tokenizer_texts(self) -> Iterator[str]:
         for dataset, _ in self.sources("train"):
             for row in dataset.take(10_000):
@@ -156,16 +167,17 @@ class SFTDataModule(TextDataModule):
         seq_len, keep_prompt, drop = self.seq_len, self.max_prompt_tokens, self.truncation == "drop"
 
         def tokenize(batch: dict) -> dict:
-            out = []
-            for texts, train in zip(batch["text"], batch["train"]):
-                if texts is None:
-                    out.append(None)  # a bad row: skipped and counted by the packer
-                    continue
-                ids = encode(texts, train, tokenizer=tokenizer, eos_id=eos_id)
-                if len(ids) > seq_len:
-                    ids = None if drop else truncate(ids, seq_len=seq_len, max_prompt_tokens=keep_prompt)
-                out.append(ids if ids and any(t >= 0 for t in ids) else None)
-            return {"input_ids": out}
+            out, reasons = [], list(batch["reason"])
+            for i, (texts, train) in enumerate(zip(batch["text"], batch["train"])):
+                ids = None if texts is None else encode(texts, train, tokenizer=tokenizer, eos_id=eos_id)
+                if ids is not None and len(ids) > seq_len and drop:
+                    ids, reasons[i] = None, code("too_long")
+                elif ids is not None and len(ids) > seq_len:
+                    ids = truncate(ids, seq_len=seq_len, max_prompt_tokens=keep_prompt)
+                if ids is not None and not any(t >= 0 for t in ids):  # nothing to train on
+                    ids, reasons[i] = None, code("empty")
+                out.append(ids)  # None: a bad row, skipped and counted (with its reason) by the packer
+            return {"input_ids": out, "reason": reasons}
 
         return self.mixed_text(split).map(tokenize, batched=True, batch_size=64, remove_columns=["text", "train"])
 
@@ -177,6 +189,7 @@ class SFTDataModule(TextDataModule):
             pack=self.pack,
             shuffle_buffer=self.shuffle_buffer if train else 0,
             seed=seed,
+            sources=len(self.source_specs),
         )
 
     @property
@@ -185,15 +198,17 @@ class SFTDataModule(TextDataModule):
 
 
 def _render(row: dict, *, spec: SFTSource, format: PromptFormat) -> dict:
-    """A source row as the texts of its pieces and their kind (0 prompt, 1 trained, 2 trained + EOS after)."""
-    example = spec.example(row)
+    """A source row as the texts of its pieces and their kind (0 prompt, 1 trained, 2 trained + EOS after), and
+    ``reason`` (0, or the code of why the row is skipped)."""
+    example, reason = spec.example(row)
     if example is None:
-        return {"text": None, "train": None}
+        return {"text": None, "train": None, "reason": code(reason)}
     try:
         pieces = format.pieces(example)
     except (ValueError, KeyError, TypeError):  # a malformed conversation or a field the template lacks
-        return {"text": None, "train": None}
-    return {"text": [p.text for p in pieces], "train": [int(p.train) + int(p.train and p.eos) for p in pieces]}
+        return {"text": None, "train": None, "reason": code("malformed")}
+    texts, kinds = [p.text for p in pieces], [int(p.train) + int(p.train and p.eos) for p in pieces]
+    return {"text": texts, "train": kinds, "reason": GOOD}
 
 
 def encode(texts: list[str], kinds: list[int], *, tokenizer, eos_id: int) -> list[int]:
@@ -233,12 +248,14 @@ class PackedExamples(PackedDataset):
 
     Args:
         pack: several examples a row.
-        documents, seq_len, eos_id, shuffle_buffer, seed: as :class:`zoo.data.PackedDataset`; documents are the
+        documents, seq_len, eos_id, shuffle_buffer, seed, sources: as :class:`zoo.data.PackedDataset`; documents are the
             signed ids of :func:`encode`, at most ``seq_len`` long. ``eos_id`` pads rows.
     """
 
-    def __init__(self, documents, *, seq_len: int, eos_id: int, pack: bool, shuffle_buffer: int = 0, seed: int = 0):
-        super().__init__(documents, seq_len=seq_len, eos_id=eos_id, shuffle_buffer=shuffle_buffer, seed=seed)
+    def __init__(self, documents, *, seq_len: int, eos_id: int, pack: bool, shuffle_buffer: int = 0, seed: int = 0,
+                 sources: int = 1):  # fmt: skip
+        super().__init__(documents, seq_len=seq_len, eos_id=eos_id, shuffle_buffer=shuffle_buffer, seed=seed,
+                         sources=sources)  # fmt: skip
         self.pack = pack
 
     def _rows(self, live: _PackerState) -> Iterator[dict]:
@@ -267,12 +284,11 @@ class PackedExamples(PackedDataset):
         for i in range(len(docs)):
             if i == 0 or docs[i] != docs[i - 1]:
                 labels[i] = -100  # an example's first token: never a target across the boundary
-        skipped, live.skipped = live.skipped, 0
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "document_ids": torch.tensor(docs, dtype=torch.long),
-            "skipped": torch.tensor(skipped, dtype=torch.long),
+            **skip_counts(live.pop_skipped()),
         }
 
 
@@ -284,5 +300,6 @@ def pad_collate(rows: list[dict], *, pad_id: int) -> dict:
         key: torch.stack([torch.nn.functional.pad(r[key], (0, length - len(r[key])), value=value) for r in rows])
         for key, value in fill.items()
     }
-    batch["skipped"] = torch.stack([r["skipped"] for r in rows])
+    for key in ("skipped", "skipped_by"):
+        batch[key] = torch.stack([r[key] for r in rows])
     return batch

@@ -101,5 +101,8 @@ class StdlibCorpus(TextDataModule):
             if weight > 0
         ]
 
+    def source_labels(self) -> list[str]:
+        return [f"stdlib {kind}" for kind, weight in self.weights.items() if weight > 0]
+
     def fingerprint(self) -> str:
         return f"stdlib-py{sys.version_info.major}.{sys.version_info.minor}-{self.limit_files}-{self.val_fraction}"

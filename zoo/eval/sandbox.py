@@ -1,16 +1,31 @@
 """The sandbox that code-generation tasks (:mod:`zoo.eval.code`) run each program in (:func:`run_program`).
 
 Generated code is untrusted, so it never runs in the evaluating process: each program is a ``sys.executable -I``
-subprocess (isolated mode: no ``PYTHON*`` variables, no user site, no script
-directory on ``sys.path``) in a fresh temporary directory as cwd, with a minimal environment (no proxies, no
-tokens) and stdin closed. It contains:
+subprocess (isolated mode: no ``PYTHON*`` variables, no user site, no script directory on ``sys.path``) in a
+fresh temporary directory as cwd, with a minimal environment (no proxies, no tokens) and stdin closed.
+
+Isolation (when the machine allows it): the program runs under bubblewrap (``bwrap``, Debian/Ubuntu package
+``bubblewrap``) in its own user, network, PID, mount, IPC, UTS and cgroup namespaces, with every capability
+dropped and an unprivileged uid (65534) inside:
+
+* files: its root is empty but for ``/usr`` (with the ``/bin``, ``/lib`` links), the interpreter's own prefix
+  and the virtual environment, all read-only, a private ``/proc`` and a minimal ``/dev``; its temporary
+  directory is the only writable path. The evaluating user's home, ``/etc``, ``/tmp`` and every other file are
+  not there to read or to write;
+* network: a network namespace of its own holds only a loopback interface; nothing outside it can be reached
+  (a server on the host's 127.0.0.1 is not the program's 127.0.0.1);
+* processes: in its PID namespace it sees and can signal only its own processes; ``--die-with-parent`` and the
+  namespace's init make every process it started die with the run, even one that left the process group.
+
+Whether namespaces work is checked once (a first program run under ``bwrap``); where they do not (no
+``bwrap``, unprivileged user namespaces disabled, a container that forbids them), a warning says so and the
+program runs with the guards below alone. The guards run inside the namespaces as well:
 
 * hangs: a wall-clock deadline, then SIGKILL to the whole process group (``start_new_session=True`` makes the
   program the leader of its own); RLIMIT_CPU (timeout + 1 s) as a second stop for a busy loop;
 * leftovers: the group is killed after a normal exit too, before the leader is reaped (so its id cannot have
-  been reused), and the run waits (up to 2 s) until none of it is running: children it forked and left behind
-  are ended (a child that left the group, with ``setsid`` through ctypes, would escape); output goes to a
-  file, not a pipe, so a child holding the output open cannot keep the run waiting;
+  been reused), and the run waits (up to 2 s) until none of it is running; output goes to a file, not a pipe,
+  so a child holding the output open cannot keep the run waiting;
 * memory: RLIMIT_AS (default 1 GiB): a large allocation is a MemoryError in the program, not the machine's OOM;
 * output and files: RLIMIT_FSIZE bounds every file the program writes (its output included; only the tail of
   the output is read back); RLIMIT_CORE 0: no core dumps;
@@ -18,21 +33,16 @@ tokens) and stdin closed. It contains:
   ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``subprocess.Popen``, ``os.kill``, ``os.setsid`` (which
   would leave the group), ``os._exit``, ``os.remove``/``rmdir``/``rename``/``chmod``/``chdir``…,
   ``shutil.rmtree``/``move`` with functions that raise, in both ``os`` and ``posix``; ``ctypes`` cannot be
-  imported;
-* network: ``socket.socket`` (and ``_socket.socket``, ``socketpair``, ``fromfd``) raise PermissionError when
-  called;
+  imported; ``socket.socket`` (and ``_socket.socket``, ``socketpair``, ``fromfd``) raise PermissionError;
 * ``sys.exit()`` / ``exit()`` before the tests finish is a failure (it would otherwise skip the asserts).
 
-What is NOT contained, honestly: RLIMIT_NPROC counts every process (and thread) of the user, so a user already
-running more than the limit leaves the program unable to fork or start a thread at all; root (uid 0, or
-CAP_SYS_RESOURCE) is exempt from it, so when evaluating as root only the prelude stops a fork bomb; the prelude is
-a guard against accidents of generated code, not against an adversary (a program can undo it, e.g. by reloading
-builtin modules). There is no chroot, namespace or seccomp filter: the program can read every file the evaluating
-user can read, and write any path it names (cwd being a temporary directory and the disabled destructive ``os``
-functions confine only the ordinary cases; RLIMIT_FSIZE bounds each file, not their number). Network is cut only
-at the Python socket API. The limits are set by a ``preexec_fn`` (between fork and exec, only ``setrlimit`` calls),
-which CPython documents as not safe with threads in the parent; it is kept to system calls. For untrusted
-models, run the evaluation as an unprivileged user inside a container.
+What the guards alone do NOT contain: the prelude stops accidents, not an adversary (a program can undo it, e.g.
+by reloading builtin modules); RLIMIT_NPROC counts every process of the user and root is exempt from it; without
+namespaces the program can read every file the evaluating user can read, write any path it names, reach the
+network through a reloaded socket module, and leave a child behind that called ``setsid``. Neither mode limits
+the number of processes for root (no cgroup is set up) nor filters system calls (no seccomp). The limits are set
+by a ``preexec_fn`` (between fork and exec, only ``setrlimit`` calls), which CPython documents as not safe with
+threads in the parent; it is kept to system calls.
 """
 
 from __future__ import annotations
@@ -40,11 +50,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,6 +145,71 @@ def _limits(*, timeout: float, memory_bytes: int, file_bytes: int, processes: in
     return preexec
 
 
+SANDBOX_UID = 65534  # the program's uid and gid inside its user namespace ("nobody")
+_probe_lock = threading.Lock()
+_probed: list[str | None] = []  # [bwrap path or None] once namespaces were tried
+
+
+def _python_paths() -> list[str]:
+    """The interpreter's prefixes (the virtual environment and the Python it was made from), as the interpreter
+    names them and with symlinks resolved, outside ``/usr`` (bound anyway), outermost first."""
+    paths = set()
+    for prefix in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
+        paths.update({os.path.abspath(prefix), os.path.realpath(prefix)})
+    paths = sorted(p for p in paths if p != "/" and p != "/usr" and not p.startswith("/usr/"))
+    return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
+
+
+def _isolation_args(bwrap: str, cwd: str) -> list[str]:
+    """``bwrap`` and its arguments for a program whose private, writable directory is ``cwd`` (module docstring:
+    only the interpreter, its libraries and ``cwd`` are visible; nothing but ``cwd`` is writable)."""
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--ro-bind", "/usr", "/usr"]  # fmt: skip
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links into it
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in _python_paths():
+        args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--bind", cwd, cwd, "--chdir", cwd]
+    return [*args, "--remount-ro", "/dev", "--remount-ro", "/"]  # the (private) root and /dev too
+
+
+def namespaces_available() -> bool:
+    """Whether programs run in namespaces here (see the module docstring). Tried once per process, by running an
+    empty program under ``bwrap``; when it fails, one warning says why and that the guards alone are used."""
+    with _probe_lock:
+        if not _probed:
+            _probed.append(_probe())
+    return _probed[0] is not None
+
+
+def _probe() -> str | None:
+    bwrap = shutil.which("bwrap")
+    why = "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    if bwrap is not None:
+        with tempfile.TemporaryDirectory(prefix="zoo-code-") as cwd:
+            try:
+                probe = subprocess.run([*_isolation_args(bwrap, cwd), sys.executable, "-I", "-c", "pass"],
+                                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)  # fmt: skip
+            except (OSError, subprocess.SubprocessError) as err:
+                probe, why = None, f"bwrap could not be run ({type(err).__name__}: {err})"
+        if probe is not None and probe.returncode == 0:
+            return bwrap
+        if probe is not None:
+            message = probe.stderr.decode("utf-8", "replace").strip()[-300:]
+            why = f"bwrap could not create namespaces here (exit status {probe.returncode}: {message})"
+    warnings.warn(
+        f"code sandbox: {why}. Generated programs run WITHOUT namespace isolation, with resource limits and an "
+        "in-process guard only, which do not contain an adversary: they can read the evaluating user's files and "
+        "reach the network. Evaluate untrusted models where user namespaces are allowed, or in a container.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
+
+
 def _kill_group(pgid: int, *, grace: float = 2.0) -> None:
     """SIGKILL every process of group ``pgid`` and wait (up to ``grace`` s) until none is running: a kill is
     delivered when the target is next scheduled. Zombies are not waited for (they hold no memory; init reaps
@@ -169,11 +247,13 @@ def _tail(path: str, limit: int) -> str:
 
 
 def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**30, file_bytes: int = 16 * 2**20,
-                processes: int = 128, max_output: int = 8192, guard: bool = True) -> Result:  # fmt: skip
+                processes: int = 128, max_output: int = 8192, guard: bool = True,
+                isolate: bool = True) -> Result:  # fmt: skip
     """Run ``program`` (Python source) in a sandboxed subprocess (module docstring) and report whether it exited
     cleanly within ``timeout`` wall-clock seconds. ``memory_bytes``, ``file_bytes``, ``processes``: RLIMIT_AS,
     RLIMIT_FSIZE, RLIMIT_NPROC; ``max_output``: bytes of output kept. ``guard=False`` leaves out the prelude that
-    disables fork, sockets and destructive ``os`` functions (to test the OS-level limits alone). Never raises for
+    disables fork, sockets and destructive ``os`` functions (to test the namespaces and OS-level limits alone);
+    ``isolate=False`` leaves out the namespaces (the fallback where they are unavailable). Never raises for
     anything the program does."""
     if timeout <= 0:
         raise ValueError(f"timeout={timeout}: must be > 0 seconds (--timeout)")
@@ -185,9 +265,11 @@ def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**3
             f.write((GUARD if guard else "") + RUNNER)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8"}
         out_path = os.path.join(cwd, "output")
+        isolated = isolate and namespaces_available()
+        command = [*(_isolation_args(_probed[0], cwd) if isolated else []), sys.executable, "-I", "run.py"]
         try:
             with open(out_path, "wb") as out:
-                proc = subprocess.Popen([sys.executable, "-I", "run.py"], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=preexec)  # fmt: skip
         except (OSError, subprocess.SubprocessError) as err:
@@ -207,7 +289,9 @@ def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**3
             with contextlib.suppress(OSError):  # the leader (not yet reaped) and everything it left behind
                 os.killpg(proc.pid, signal.SIGKILL)
             returncode = proc.wait()
-            _kill_group(proc.pid)  # and wait until they have died
+            _kill_group(proc.pid)  # and wait until they have died (bwrap's init is one of them: its namespace too)
+        if isolated and 128 < returncode <= 128 + 64:  # bwrap exits with 128 + n when the program died of signal n
+            returncode = 128 - returncode
         output = _tail(out_path, max_output)
         if returncode > 0 and os.path.getsize(out_path) >= file_bytes:  # the traceback did not fit either
             return Result(False, "failed", f"output reached the file size limit ({file_bytes} bytes)", output, proc.pid)
@@ -234,5 +318,7 @@ def run_programs(programs: Sequence[str], *, workers: int | None = None, **optio
     order. Each worker thread only waits on its subprocess."""
     if not programs:
         return []
+    if options.get("isolate", True):
+        namespaces_available()  # tried (and warned about) once, before the threads start
     with ThreadPoolExecutor(max_workers=max(1, min(workers or os.cpu_count() or 1, len(programs)))) as pool:
         return list(pool.map(lambda program: run_program(program, **options), programs))
