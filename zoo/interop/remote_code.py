@@ -47,9 +47,16 @@ from zoo.nn import (
 )
 
 BLOCK_TYPES = {PreNormBlock: "pre_norm", ParallelBlock: "parallel", SandwichBlock: "sandwich"}
-# Generation settings of a masked-diffusion export (generation_config.json), as `python -m zoo generate`'s defaults.
-DIFFUSION_SETTINGS = {"max_new_tokens": 64, "block_length": 32, "steps": 64, "threshold": None,
-                      "remasking": "low_confidence", "stop_at_eos": True}  # fmt: skip
+
+
+def diffusion_settings(max_seq_len: int) -> dict:
+    """Generation settings of a masked-diffusion export (``generation_config.json``): ``python -m zoo generate``'s
+    defaults (a 64-token answer in blocks of 32, one token per step), shortened to half the context if it is
+    shorter."""
+    gen_length = min(64, max(1, max_seq_len // 2))
+    block_length = min(32, gen_length) if gen_length % min(32, gen_length) == 0 else gen_length
+    return {"max_new_tokens": gen_length, "block_length": block_length, "steps": gen_length, "threshold": None,
+            "remasking": "low_confidence", "stop_at_eos": True}  # fmt: skip
 
 
 def _refuse(where: str, module: object, known: str) -> ValueError:
@@ -197,7 +204,7 @@ def save_remote_code(
     shift: bool = False,
 ) -> None:
     """Write ``backbone`` as remote code into ``directory``: config, the two code files, weights in ``dtype`` and
-    the generation config (with :data:`DIFFUSION_SETTINGS` when ``mask_id`` makes it a masked-diffusion model)."""
+    the generation config (with :func:`diffusion_settings` when ``mask_id`` makes it a masked-diffusion model)."""
     from transformers import GenerationConfig
 
     exported = to_remote_code(backbone, mask_id=mask_id, shift=shift)
@@ -206,7 +213,7 @@ def save_remote_code(
         setattr(exported.config, name, value)
     exported.config.dtype = dtype
     exported.generation_config = GenerationConfig(
-        **ids, use_cache=False, **(DIFFUSION_SETTINGS if mask_id is not None else {})
+        **ids, use_cache=False, **(diffusion_settings(backbone.max_seq_len) if mask_id is not None else {})
     )
     type(exported.config).register_for_auto_class()
     type(exported).register_for_auto_class("AutoModelForCausalLM")

@@ -344,7 +344,8 @@ class ZooForCausalLM(ZooPreTrainedModel, GenerationMixin):
         block (``block_length``, left to right). Each setting is taken from the keyword arguments, else from
         ``generation_config`` (default: this model's ``generation_config.json``):
 
-        - ``max_new_tokens``: answer length, a multiple of ``block_length``.
+        - ``max_new_tokens``: answer length, a multiple of ``block_length`` (a configured block longer than the
+          answer shrinks to it).
         - ``steps``: LLaDA's low-confidence remasking: ``steps / n_blocks`` forward passes per block, each keeping
           the most confident predictions of the block (its length spread evenly over the steps, the remainder to
           the first ones); ``remasking="random"`` keeps random ones instead.
@@ -357,10 +358,12 @@ class ZooForCausalLM(ZooPreTrainedModel, GenerationMixin):
         - ``generator``: a ``torch.Generator`` for sampling and random remasking.
         """
         config = generation_config if generation_config is not None else self.generation_config
-        setting = {name: kwargs.pop(name, getattr(config, name, default))
-                   for name, default in self.DIFFUSION_DEFAULTS.items()}  # fmt: skip
+        given = {name: kwargs.pop(name) for name in self.DIFFUSION_DEFAULTS if name in kwargs}
+        setting = {name: getattr(config, name, None) for name in self.DIFFUSION_DEFAULTS} | given
         setting = {name: self.DIFFUSION_DEFAULTS[name] if value is None and name != "threshold" else value
                    for name, value in setting.items()}  # fmt: skip
+        if "block_length" not in given and setting["block_length"] > setting["max_new_tokens"]:
+            setting["block_length"] = setting["max_new_tokens"]  # a short answer: one block, not an error
         do_sample = kwargs.pop("do_sample", getattr(config, "do_sample", False))
         temperature = kwargs.pop("temperature", (getattr(config, "temperature", None) or 1.0) if do_sample else 0.0)
         eos = kwargs.pop("eos_token_id", getattr(config, "eos_token_id", None))
@@ -386,6 +389,11 @@ class ZooForCausalLM(ZooPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"max_new_tokens={gen_length} must be a positive multiple of block_length={block_length}: choose a "
                 f"block length among {[d for d in range(1, gen_length + 1) if gen_length % d == 0]}"
+            )
+        if input_ids.shape[1] + gen_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a prompt of {input_ids.shape[1]} tokens + max_new_tokens={gen_length} exceeds the model's "
+                f"max_position_embeddings={self.config.max_position_embeddings}: lower max_new_tokens"
             )
         if temperature < 0:
             raise ValueError(f"temperature={temperature} must be ≥ 0 (0 = greedy)")
