@@ -107,6 +107,7 @@ def _unit_rms(d: int) -> RMSNorm:
 
 
 VARIANTS = {
+    "llama-forced": tiny_backbone,  # a stock family, exported as remote code on request
     "exclusive-gqa": lambda: tiny_backbone(attention=lambda d: ExclusiveGroupedQueryAttention(d, n_heads=4,
                                                                                               n_kv_heads=2)),
     "canon-a-c": lambda: tiny_backbone(canon_a=Canon, canon_c=Canon),
@@ -216,6 +217,23 @@ def test_a_block_the_format_does_not_know_is_refused_by_name():
     odd = tiny_backbone(norm=lambda d: torch.nn.Identity())
     with pytest.raises(ValueError, match="blocks.0.attention_norm is a Identity"):
         zoo_config(odd)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs" / "models").glob("*.yaml")))
+def test_every_model_config_is_expressible_with_its_parameter_count(path):
+    """Shapes only (meta device): each published model's YAML is described by the format, and the exported class
+    holds exactly the backbone's parameters under the same names."""
+    from zoo.info import build
+    from zoo.interop.hub_code.configuration_zoo import ZooConfig
+    from zoo.interop.hub_code.modeling_zoo import ZooForCausalLM
+
+    backbone = build([ROOT / "configs" / "models" / path])
+    with torch.device("meta"):
+        exported = ZooForCausalLM(ZooConfig(**zoo_config(backbone)))
+    names = set(exported.state_dict()) - ({"head.weight"} if backbone.tie_embeddings else set())
+    assert names == set(backbone.state_dict()) - ({"head.weight"} if backbone.tie_embeddings else set())
+    shapes = {name: tuple(value.shape) for name, value in exported.state_dict().items()}
+    assert shapes == {name: tuple(value.shape) for name, value in backbone.state_dict().items()}
 
 
 # ---- checkpoints: the seeds' shapes, `python -m zoo fit` → export → load without zoo ----------------------------
