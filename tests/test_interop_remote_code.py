@@ -214,16 +214,19 @@ def test_a_block_the_format_does_not_know_is_refused_by_name():
     backbone = _backbone(block=ScaledBlock)
     with pytest.raises(ValueError, match="blocks.0 is a ScaledBlock, which the remote-code export cannot express"):
         zoo_config(backbone)
-    odd = tiny_backbone(norm=lambda d: torch.nn.Identity())
-    with pytest.raises(ValueError, match="blocks.0.attention_norm is a Identity"):
-        zoo_config(odd)
+    class CenteredRMSNorm(RMSNorm):
+        def forward(self, x):
+            return super().forward(x - x.mean(dim=-1, keepdim=True))
+
+    with pytest.raises(ValueError, match="blocks.0.attention_norm is a CenteredRMSNorm.*knows RMSNorm and LayerNorm"):
+        zoo_config(tiny_backbone(norm=CenteredRMSNorm))
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs" / "models").glob("*.yaml")))
 def test_every_model_config_is_expressible_with_its_parameter_count(path):
     """Shapes only (meta device): each published model's YAML is described by the format, and the exported class
     holds exactly the backbone's parameters under the same names."""
-    from zoo.info import build
+    from zoo.commands.info import build
     from zoo.interop.hub_code.configuration_zoo import ZooConfig
     from zoo.interop.hub_code.modeling_zoo import ZooForCausalLM
 
@@ -262,7 +265,7 @@ PROMPT = "def parse(text):\n    return"
 
 
 def _fit(root: Path, cache: Path, args: list[str]) -> Path:
-    from zoo.cli import ZooCLI
+    from zoo.commands.fit import ZooCLI
 
     run = ["fit", *args, *FIT, "--data.tokenizer.init_args.cache_dir", str(cache),
            "--trainer.default_root_dir", str(root)]  # fmt: skip
@@ -279,7 +282,7 @@ def _fit(root: Path, cache: Path, args: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     """The three seed checkpoints at mini shape, exported (format auto), loaded in one process without zoo."""
-    from zoo.interop.export import main
+    from zoo.commands.export import main
 
     tmp = tmp_path_factory.mktemp("seeds")
     cache = tmp / "tokenizer-cache"
@@ -365,7 +368,7 @@ def test_diffusion_export_samples_as_zoo_does_with_its_generation_config(seeds):
 
 # ---- bad input: a clear error, and nothing half-written -----------------------------------------------------------
 def _export(capsys, *argv) -> tuple[int, str]:
-    from zoo.interop.export import main
+    from zoo.commands.export import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in argv])

@@ -102,10 +102,11 @@ def _ffn(module: nn.Module, where: str) -> dict:
                 "approximate": module.approximate}  # fmt: skip
     if type(module) in (GatedFFN, SwiGLU, GeGLU):
         return {"kind": "gated", "hidden_dim": module.hidden_dim, "activation": module.activation,
-                "bias": module.gate_up.bias is not None, "canon_d": _canon(module.canon, f"{where}.canon")}  # fmt: skip
+                "approximate": module.approximate, "bias": module.gate_up.bias is not None,
+                "canon_d": _canon(module.canon, f"{where}.canon")}  # fmt: skip
     if type(module) is RoutedFFN:
         return {"kind": "routed", "n_experts": module.n_experts, "top_k": module.top_k,
-                "hidden_dim": module.hidden_dim, "activation": module.activation,
+                "hidden_dim": module.hidden_dim, "activation": module.activation, "approximate": "none",
                 "normalize_top_k": module.normalize_top_k}  # fmt: skip
     raise _refuse(where, module, "GeluMLP, GatedFFN, SwiGLU, GeGLU and RoutedFFN")
 
@@ -223,7 +224,7 @@ def save_remote_code(
 def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) -> None:
     """Write a checkpoint's ``LanguageModel`` (causal or masked diffusion) and its transformers tokenizer into
     ``directory`` (which exists)."""
-    diffusion = getattr(model, "mask_id", None) is not None and not model.backbone.blocks[0].attention.causal
+    diffusion = getattr(model, "mask_id", None) is not None and not model.backbone.causal
     save_remote_code(model.backbone, directory, dtype=dtype, eos_id=tokenizer.eos_token_id,
                      mask_id=model.mask_id if diffusion else None,
                      shift=diffusion and bool(getattr(model, "shift", False)))  # fmt: skip

@@ -13,8 +13,9 @@ The architecture is described component by component, each a small dict (``None`
   ``exclusive`` removes from each head's output its component along the token's own value vector; ``qk_norm`` is
   a norm dict applied per head to queries and keys; ``canon_b`` a Canon dict on the fused q/k/v projection.
 - ``ffn``: ``{"kind": "mlp", "hidden_dim", "bias", "approximate"}`` (GELU MLP), ``{"kind": "gated", "hidden_dim",
-  "activation", "bias", "canon_d"}`` (``down(act(gate) * up)``) or ``{"kind": "routed", "n_experts", "top_k",
-  "hidden_dim", "activation", "normalize_top_k"}`` (top-k mixture of gated experts).
+  "activation", "approximate", "bias", "canon_d"}`` (``down(act(gate) * up)``; ``silu``, ``relu`` or ``gelu``, the
+  latter exact or ``tanh``-approximated) or ``{"kind": "routed", "n_experts", "top_k", "hidden_dim", "activation",
+  "approximate", "normalize_top_k"}`` (top-k mixture of gated experts).
 - ``position``: ``{"kind": "rotary", "theta", "rotary_dim"}`` (rotate-half layout on the first ``rotary_dim``
   dimensions of each head), ``{"kind": "learned"}`` or ``{"kind": "none"}``.
 - ``canon_a`` / ``canon_c``: ``{"kernel_size", "residual"}``: a causal depthwise convolution (with the input added
@@ -62,8 +63,8 @@ class ZooConfig(PretrainedConfig):
             "n_heads": 4, "n_kv_heads": 4, "head_dim": hidden_size // 4, "bias": False, "causal": True,
             "exclusive": False, "qk_norm": None, "canon_b": None,
         }  # fmt: skip
-        self.ffn = ffn or {"kind": "gated", "hidden_dim": 4 * hidden_size, "activation": "silu", "bias": False,
-                           "canon_d": None}  # fmt: skip
+        self.ffn = ffn or {"kind": "gated", "hidden_dim": 4 * hidden_size, "activation": "silu", "approximate": "none",
+                           "bias": False, "canon_d": None}  # fmt: skip
         self.position = position or {"kind": "rotary", "theta": 10000.0, "rotary_dim": self.attention["head_dim"]}
         self.canon_a, self.canon_c = canon_a, canon_c
         self.scale_embeddings = scale_embeddings

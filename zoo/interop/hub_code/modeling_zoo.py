@@ -24,12 +24,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_zoo import ZooConfig
 
-ACTIVATIONS = {
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
+
+def activation(spec: dict):
+    """The gate activation: ``silu``, ``relu`` or ``gelu`` (``approximate``: ``none`` exact, ``tanh``)."""
+    if spec["activation"] == "gelu":
+        return lambda x: F.gelu(x, approximate=spec.get("approximate", "none"))
+    return {"silu": F.silu, "relu": F.relu}[spec["activation"]]
 
 
 # ---- leaf modules ------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class GatedFFN(nn.Module):
 
     def __init__(self, dim: int, spec: dict) -> None:
         super().__init__()
-        self.activation = ACTIVATIONS[spec["activation"]]
+        self.activation = activation(spec)
         self.gate_up = nn.Linear(dim, 2 * spec["hidden_dim"], bias=spec["bias"])
         self.canon = Canon(2 * spec["hidden_dim"], spec["canon_d"]) if spec.get("canon_d") else None
         self.down = nn.Linear(spec["hidden_dim"], dim, bias=spec["bias"])
@@ -162,7 +162,7 @@ class RoutedFFN(nn.Module):
     def __init__(self, dim: int, spec: dict) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.normalize = spec["n_experts"], spec["top_k"], spec["normalize_top_k"]
-        self.activation = ACTIVATIONS[spec["activation"]]
+        self.activation = activation(spec)
         self.router = nn.Linear(dim, self.n_experts, bias=False)
         self.gate_up = nn.Parameter(torch.zeros(self.n_experts, 2 * spec["hidden_dim"], dim))
         self.down = nn.Parameter(torch.zeros(self.n_experts, dim, spec["hidden_dim"]))
