@@ -341,10 +341,13 @@ def test_seed_exports_load_without_zoo_with_zoos_logits_and_tokenizer(seeds, nam
     checkpoints, jobs, results = seeds
     model, tokenizer, _ = _zoo(checkpoints[name])
     directory = Path(jobs[name]["dir"])
-    assert {"config.json", "configuration_zoo.py", "modeling_zoo.py", "model.safetensors", "tokenizer.json",
+    codes = ("configuration_zoo.py", "modeling_zoo.py", "diffusion_zoo.py")
+    assert {"config.json", *codes, "model.safetensors", "tokenizer.json",
             "generation_config.json"} <= {p.name for p in directory.iterdir()}  # fmt: skip
-    for code in ("configuration_zoo.py", "modeling_zoo.py"):
-        assert "zoo." not in (directory / code).read_text().replace("modeling_zoo", "").replace("configuration_zoo", "")
+    for code in codes:
+        imports = [line.split()[1] for line in (directory / code).read_text().splitlines()
+                   if line.startswith(("import ", "from "))]  # fmt: skip
+        assert {name.split(".")[0] for name in imports} <= {"__future__", "torch", "transformers", ""}, imports
     with torch.no_grad():
         assert_close(results[name]["logits"], model.backbone(jobs[name]["ids"]))
     assert results[name]["encoded"] == tokenizer.encode(PROMPT, add_special_tokens=False).ids

@@ -8,6 +8,7 @@ is written here as::
     DIR/config.json              ZooConfig: each component as a small dict, auto_map → the two files below
     DIR/configuration_zoo.py     } zoo/interop/hub_code/: import only torch and transformers, never zoo
     DIR/modeling_zoo.py          }
+    DIR/diffusion_zoo.py         }  (the masked-diffusion samplers, imported by modeling_zoo.py)
     DIR/model.safetensors        the backbone's own parameter names (embed, blocks.N.attention.qkv, ...)
     DIR/generation_config.json   eos/pad ids; for diffusion models the sampler's settings (steps, block_length, ...)
     DIR/tokenizer.json, tokenizer_config.json
@@ -218,7 +219,7 @@ def save_remote_code(
     )
     type(exported.config).register_for_auto_class()
     type(exported).register_for_auto_class("AutoModelForCausalLM")
-    exported.to(dtype).save_pretrained(directory)  # copies the two code files and writes auto_map
+    exported.to(dtype).save_pretrained(directory)  # copies the code files and writes auto_map
 
 
 def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) -> None:
