@@ -225,7 +225,11 @@ def save_remote_code(
 def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) -> None:
     """Write a checkpoint's ``LanguageModel`` (causal or masked diffusion) and its transformers tokenizer into
     ``directory`` (which exists)."""
-    diffusion = getattr(model, "mask_id", None) is not None and not model.backbone.causal
+    kind = getattr(model, "sampler_kind", None)
+    if kind not in ("autoregressive", "diffusion"):
+        raise ValueError(f"{type(model).__name__} samples as {kind!r}: the remote-code export carries autoregressive "
+                         "and masked-diffusion sampling only")  # fmt: skip
+    diffusion = kind == "diffusion"
     save_remote_code(model.backbone, directory, dtype=dtype, eos_id=tokenizer.eos_token_id,
                      mask_id=model.mask_id if diffusion else None,
                      shift=diffusion and bool(getattr(model, "shift", False)))  # fmt: skip
