@@ -256,7 +256,7 @@ def test_export_refuses_a_block_transformers_lacks(checkpoint, tmp_path, capsys)
     bad = tmp_path / "xgqa.ckpt"
     torch.save(state, bad)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--ckpt", str(bad), "--out", str(tmp_path / "out")])
+        main(["--ckpt", str(bad), "--out", str(tmp_path / "out"), "--format", "hf"])
     assert exit_info.value.code == 2 and "ExclusiveGroupedQueryAttention" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written
 

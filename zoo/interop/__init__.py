@@ -4,8 +4,10 @@
   :func:`hf_config_for`, :func:`to_hf_state_dict`, :func:`from_hf_state_dict` for the pieces.
 - :func:`load_hf_pretrained` and :class:`HFPretrained`: start from a local transformers directory (the
   latter from YAML, as ``backbone: {class_path: zoo.interop.HFPretrained, init_args: {path: DIR}}``).
-- ``python -m zoo export --ckpt CKPT --out DIR`` (:mod:`zoo.commands.export`): a checkpoint as a transformers
-  directory with its tokenizer.
+- :func:`zoo.interop.remote_code.save_remote_code`: any zoo backbone (autoregressive or masked diffusion) as a
+  self-contained transformers directory with its own modeling code, loaded with ``trust_remote_code=True``.
+- ``python -m zoo export --ckpt CKPT --out DIR [--format auto|hf|remote-code]`` (:func:`zoo.interop.export.export`,
+  :mod:`zoo.commands.export`): a checkpoint as a transformers directory with its tokenizer.
 """
 
 from zoo.interop.hf import (
