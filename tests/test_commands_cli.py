@@ -33,7 +33,7 @@ def zoo(*args, cache, check=True):
     env = {"ZOO_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "zoo", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check,
-        timeout=300,
+        timeout=900,
     )
 
 

@@ -122,7 +122,7 @@ def fit(tmp: Path, name: str, *, devices: int, batch_size: int, documents: int =
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "ZOO_CACHE": str(tmp), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "zoo", "fit", "--config", str(tmp / f"{name}.yaml")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return [tmp / f"{name}.rank{rank}" for rank in range(devices)]

@@ -95,7 +95,7 @@ def zoo_process(*args: str, cache: Path) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
-    out, _ = process.communicate(timeout=300)
+    out, _ = process.communicate(timeout=900)
     return process.returncode, out
 
 
