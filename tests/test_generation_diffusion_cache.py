@@ -210,3 +210,51 @@ def test_a_cache_is_refused_for_canon_backbones():
     with pytest.raises(ValueError, match="cache='dual' cannot rewind a Canon"):
         diffusion_generate(bidirectional(canon_a=lambda d: Canon(d)), [[1, 2]], mask_id=MASK, gen_length=4,
                            block_length=4, steps=4, cache="dual")  # fmt: skip
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A tiny AR checkpoint and its masked-diffusion conversion (2 steps each)."""
+    from tests.test_cli import TINY
+    from zoo.cli import ZooCLI
+
+    root = tmp_path_factory.mktemp("fit")
+    quiet = ["--data.tokenizer.init_args.cache_dir", str(root / "tok"), "--trainer.max_steps", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.logger", "false"]  # fmt: skip
+    ZooCLI(args=["fit", *TINY, *quiet, "--trainer.default_root_dir", str(root / "ar")])
+    ar = next((root / "ar").rglob("last.ckpt"))
+    diffusion = ["--config", "configs/diffusion-quickstart.yaml", *TINY[2:], "--model.backbone.vocab_size", "301",
+                 "--model.init_from", str(ar), "--model.conversion.init_args.anneal_steps", "1"]  # fmt: skip
+    ZooCLI(args=["fit", *diffusion, *quiet, "--trainer.default_root_dir", str(root / "diffusion")])
+    return ar, next((root / "diffusion").rglob("last.ckpt"))
+
+
+def test_generate_command_samples_a_batch_with_a_cache(checkpoints, capsys):
+    from zoo.generation.cli import main
+
+    common = ["--ckpt", str(checkpoints[1]), "--gen-length", "8", "--block-length", "4", "--steps", "4"]
+    main([*common, "--prompt", "def parse(", "--prompt", "import os, sys", "--cache", "dual", "--threshold", "0.9"])
+    out = capsys.readouterr()
+    assert out.out.startswith("def parse(") and "\nimport os, sys" in out.out
+    assert "[cache: dual (bidirectional model)]" in out.err and "forward passes" in out.err
+    main([*common, "--prompt", "import os, sys", "--cache", "dual", "--threshold", "0.9"])
+    assert out.out.split("\n", 1)[1] == capsys.readouterr().out  # the second row alone: the same answer
+
+
+def test_an_ar_checkpoint_refuses_diffusion_options(checkpoints, capsys):
+    from zoo.generation.cli import main
+
+    for flag in (["--cache", "dual"], ["--threshold", "0.9"], ["--steps", "8"], ["--block-length", "4"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--ckpt", str(checkpoints[0]), "--prompt", "x", *flag])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"{flag[0]}: options of masked-diffusion checkpoints" in err
+        assert "its options are --max-new-tokens, --top-k" in err
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(checkpoints[1]), "--prompt", "x", "--cache", "exact"])
+    assert "choose from 'none', 'prefix', 'dual'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ckpt", str(checkpoints[1]), "--prompt", "x", "--gen-length", "8", "--block-length", "4",
+              "--steps", "1"])  # fmt: skip
+    assert exit_info.value.code == 2 and "steps=1 is fewer than the 2 blocks" in capsys.readouterr().err
