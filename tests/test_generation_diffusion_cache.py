@@ -216,8 +216,8 @@ def test_a_cache_is_refused_for_canon_backbones():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A tiny AR checkpoint and its masked-diffusion conversion (2 steps each)."""
-    from tests.test_cli import TINY
-    from zoo.cli import ZooCLI
+    from tests.test_commands_cli import TINY
+    from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")
     quiet = ["--data.tokenizer.init_args.cache_dir", str(root / "tok"), "--trainer.max_steps", "2",
@@ -231,7 +231,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_generate_command_samples_a_batch_with_a_cache(checkpoints, capsys):
-    from zoo.generation.cli import main
+    from zoo.commands.generate import main
 
     common = ["--ckpt", str(checkpoints[1]), "--gen-length", "8", "--block-length", "4", "--steps", "4"]
     main([*common, "--prompt", "def parse(", "--prompt", "import os, sys", "--cache", "dual", "--threshold", "0.9"])
@@ -243,7 +243,7 @@ def test_generate_command_samples_a_batch_with_a_cache(checkpoints, capsys):
 
 
 def test_an_ar_checkpoint_refuses_diffusion_options(checkpoints, capsys):
-    from zoo.generation.cli import main
+    from zoo.commands.generate import main
 
     for flag in (["--cache", "dual"], ["--threshold", "0.9"], ["--steps", "8"], ["--block-length", "4"]):
         with pytest.raises(SystemExit) as exit_info:
