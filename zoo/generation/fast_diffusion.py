@@ -208,7 +208,7 @@ def diffusion_generate(
                     start, end = 0, S  # refresh: every position's keys and values
                 else:
                     start, end = lo - shift, (S if used == "prefix" else hi)
-                logits = _window_logits(backbone, x, kv, mask, start, end, lo - shift, hi - shift)
+                logits = _window_logits(backbone, x, kv, mask, start=start, end=end, lo=lo - shift, hi=hi - shift)
             choice, confidence = _choose(logits, **choose)  # (B, L_block) each
             passes += 1
             first = False
@@ -227,7 +227,7 @@ def diffusion_generate(
 
 
 def _window_logits(
-    backbone, x: Tensor, kv, mask: Tensor | None, start: int, end: int, lo: int, hi: int
+    backbone, x: Tensor, kv, mask: Tensor | None, *, start: int, end: int, lo: int, hi: int
 ) -> Tensor:  # (B, hi - lo, V)
     """Run positions ``start:end`` through the backbone, reading every other position from the cache ``kv`` and
     rewriting the window's keys and values; return the logits at positions ``lo:hi`` (inside the window)."""
