@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="prompts (the largest batch); batch 1 uses the first")
     p.add_argument("--prompt-tokens", type=int, default=16, help="prompt length")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens every setting generates per prompt")
-    p.add_argument("--block-length", type=int, default=16, help="diffusion block; divides --new-tokens")
+    p.add_argument("--block-length", type=int, default=8, help="diffusion block; divides --new-tokens")
     p.add_argument("--steps", default="64,32", help="diffusion step counts (multiples of the block count)")
     p.add_argument("--caches", default="prefix,dual", help="cached samplers at each step count")
     p.add_argument("--thresholds", default="0.9", help="thresholds for the dual-cache sampler at each step count")
