@@ -1,25 +1,33 @@
-"""Generation speed: masked-diffusion sampling against autoregressive decoding with a KV cache.
+"""Generation speed with quality beside it: masked-diffusion samplers against autoregressive decoding with a KV cache.
 
-Same model size, batch 1, the same number of new tokens (100 by default; EOS ignored, so every setting writes them
-all), the same machine, one process: after a warm-up, each round runs the AR baseline and then every diffusion
-setting once (alternating, so drifts in clock speed or load hit all settings alike); the median over ``--rounds``
-is reported. Each row shows tokens/s, the ratio to AR, the forward passes, and quality next to speed:
+One process, one machine, the same prompts for every setting (``--prompts`` of ``--prompt-tokens`` tokens cut from
+the validation split of the stdlib corpus, the quickstart's data; random ids with random weights), the same number
+of new tokens (EOS ignored, so every setting writes them all), at each batch size in ``--batches``. After a
+warm-up, each round runs every setting once in turn (so drifts in clock speed or load hit all alike); the median
+over ``--rounds`` is reported. Settings:
 
-* ``val loss``: the model's loss on the validation split of the stdlib corpus (``zoo.data.StdlibCorpus``, the
-  quickstart's data) with the checkpoint's tokenizer — the AR model's next-token NLL, the diffusion model's negative
-  ELBO per token (its ``val/loss``, an upper bound on the NLL, evaluated fully bidirectional as it is sampled).
-* ``judge NLL``: the generated tokens' NLL per token under the AR model ("generative perplexity", MDLM): how
-  plausible what each setting wrote is, so a fast setting that writes noise shows it.
+* ``AR, KV cache``: :func:`zoo.generation.generate`, greedy.
+* ``vanilla, N steps``: LLaDA's sampler, :func:`zoo.generation.low_confidence_remasking` (a full pass per step).
+* ``prefix|dual cache, N steps [, threshold T]``: :func:`zoo.generation.diffusion_generate` with Fast-dLLM's
+  block-wise KV cache refreshed once per block, optionally with confidence-threshold parallel decoding on top of
+  the same ``N`` steps (each step unmasks at least its share, and every position at least ``T`` confident).
+
+Columns: tokens/s (all rows' new tokens per second), the ratio to AR and to the vanilla sampler with the same steps
+(measured in the same run), forward passes per new token of a row, and quality:
+
+* ``judge NLL``: the new tokens' mean NLL under the AR model ("generative perplexity", MDLM);
+* ``= AR``: the fraction of new tokens equal to the AR model's greedy continuation at the same position;
+* ``= vanilla``: the fraction equal to the vanilla sampler's with the same steps (how far the cache moves it).
 
 ::
 
-    python benchmarks/generation_speed.py                                  # random weights, quickstart shape
+    python benchmarks/generation_speed.py --smoke                          # random tiny weights, seconds (CI)
     python benchmarks/generation_speed.py --ar-ckpt runs/quickstart/.../last.ckpt \\
         --diffusion-ckpt runs/diffusion-quickstart/.../last.ckpt
     python benchmarks/generation_speed.py --device cuda --dtype bf16 --dim 384 --layers 32 --heads 8 \\
-        --kv-heads 4 --ffn 1024 --vocab 50304 --context 1024                 # a Dhara-70M-like shape
+        --kv-heads 4 --ffn 1024 --vocab 50304 --context 1024                 # a Dhara-70M-like shape, random weights
 
-With random weights quality is "n/a (random weights)": only the speed is meaningful then.
+With random weights quality is "n/a": only the speed is meaningful then.
 """
 
 from __future__ import annotations
@@ -63,55 +71,6 @@ def random_backbone(args, *, causal: bool = True):
     )  # fmt: skip
 
 
-def random_pair(args):
-    """An AR and a diffusion backbone of one shape with random weights (the diffusion one bidirectional)."""
-    return {"ar": random_backbone(args), "diffusion": random_backbone(args, causal=False), "mask_id": args.vocab - 1,
-            "shift": False}  # fmt: skip
-
-
-def load_pair(args):
-    from zoo.data.tokenizer import tokenizer_from_checkpoint
-    from zoo.objectives import LanguageModel
-
-    ar = LanguageModel.from_checkpoint(args.ar_ckpt, map_location="cpu", weights_only=False)
-    diffusion = LanguageModel.from_checkpoint(args.diffusion_ckpt, map_location="cpu", weights_only=False)
-    tokenizer, eos = tokenizer_from_checkpoint(args.ar_ckpt)
-    return {"ar": ar.backbone, "diffusion": diffusion.backbone, "mask_id": diffusion.mask_id,
-            "shift": getattr(diffusion, "shift", False), "tokenizer": tokenizer, "eos": eos,
-            "models": (ar, diffusion)}  # fmt: skip
-
-
-@torch.no_grad()
-def val_loss(model, tokenizer, eos: str, args, device) -> float:
-    """Token-weighted mean of the objective's own loss over ``--val-batches`` validation batches."""
-    from zoo.data import PretrainedTokenizer, StdlibCorpus
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokenizer.json"
-        tokenizer.save(str(path))
-        data = StdlibCorpus(tokenizer=PretrainedTokenizer(path=str(path), eos_token=eos),
-                            seq_len=min(args.val_seq_len, model.backbone.max_seq_len), batch_size=8)  # fmt: skip
-        total = count = 0.0
-        for i, batch in enumerate(data.val_dataloader()):
-            if i == args.val_batches:
-                break
-            batch = {key: batch[key].to(device) for key in ("input_ids", "labels")}
-            if hasattr(model, "mask_id"):  # diffusion: seeded noise, as its validation_step
-                generator = torch.Generator(device=device).manual_seed(getattr(model, "val_seed", 0) + i)
-                loss, n = model.loss(batch, generator=generator)
-            else:
-                loss, n = model.loss(batch)
-            total, count = total + loss.item() * n.item(), count + n.item()
-    return total / count
-
-
-@torch.no_grad()
-def judge_nll(ar, prompt: list[int], new: list[int], device) -> float:
-    ids = torch.tensor([prompt + new], device=device)
-    logits = ar(ids)[0, len(prompt) - 1 : -1].float()
-    return torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :]).item()
-
-
 def timed(fn, device) -> tuple[float, object]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -136,94 +95,149 @@ def provenance(args, device) -> str:
     )
 
 
+def load_models(args) -> dict:
+    """AR and diffusion backbones, the mask id, the shift, and (checkpoints) the tokenizer."""
+    if not args.ar_ckpt:
+        return {"ar": random_backbone(args), "diffusion": random_backbone(args, causal=False),
+                "mask_id": args.vocab - 1, "shift": False, "block_causal": None}  # fmt: skip
+    from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.generation import block_causal_size
+    from zoo.objectives import LanguageModel
+
+    ar = LanguageModel.from_checkpoint(args.ar_ckpt, map_location="cpu", weights_only=False)
+    diffusion = LanguageModel.from_checkpoint(args.diffusion_ckpt, map_location="cpu", weights_only=False)
+    tokenizer, eos = tokenizer_from_checkpoint(args.ar_ckpt)
+    return {"ar": ar.backbone, "diffusion": diffusion.backbone, "mask_id": diffusion.mask_id,
+            "shift": getattr(diffusion, "shift", False), "block_causal": block_causal_size(diffusion),
+            "tokenizer": tokenizer, "eos": eos}  # fmt: skip
+
+
+def validation_prompts(tokenizer, eos: str, *, n: int, length: int) -> list[list[int]]:
+    """``n`` prompts of ``length`` tokens: the start of successive validation rows of the stdlib corpus."""
+    from zoo.data import PretrainedTokenizer, StdlibCorpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.json"
+        tokenizer.save(str(path))
+        data = StdlibCorpus(tokenizer=PretrainedTokenizer(path=str(path), eos_token=eos), seq_len=64, batch_size=n)
+        batch = next(iter(data.val_dataloader()))
+    return batch["input_ids"][:, :length].tolist()
+
+
+@torch.no_grad()
+def judge_nll(ar, prompts: torch.Tensor, new: torch.Tensor) -> float:
+    """Mean NLL per new token under the AR model. prompts (B, P), new (B, N)."""
+    ids = torch.cat([prompts, new], dim=1)
+    logits = ar(ids)[:, prompts.shape[1] - 1 : -1].float()  # (B, N, V)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), new.flatten()).item()
+
+
+def settings(args) -> list[tuple[str, dict | None]]:
+    out: list[tuple[str, dict | None]] = [("AR, KV cache", None)]
+    for steps in (int(s) for s in args.steps.split(",") if s):
+        out.append((f"vanilla, {steps} steps", {"steps": steps, "cache": "vanilla"}))
+        for cache in args.caches.split(","):
+            out.append((f"{cache} cache, {steps} steps", {"steps": steps, "cache": cache}))
+        for threshold in (float(t) for t in args.thresholds.split(",") if t):
+            out.append((f"dual cache, {steps} steps, thr {threshold}",
+                        {"steps": steps, "cache": "dual", "threshold": threshold}))  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ar-ckpt", help="AR checkpoint (python -m zoo fit); with --diffusion-ckpt")
     p.add_argument("--diffusion-ckpt", help="masked-diffusion checkpoint of the same size and tokenizer")
     add_shape_arguments(p, vocab_help="random weights: vocabulary (the last id is the mask)")
-    p.add_argument("--prompt-tokens", type=int, default=16, help="random weights: prompt length")
-    p.add_argument("--prompt", default="def read_config(path):\n    ", help="checkpoints: prompt text")
-    p.add_argument("--new-tokens", type=int, default=100, help="tokens every setting generates")
-    p.add_argument("--block-length", type=int, default=20, help="diffusion block; divides --new-tokens")
-    p.add_argument("--steps", default="100,50,20,10", help="diffusion step counts (multiples of the block count)")
-    p.add_argument("--thresholds", default="0.9,0.7,0.5", help="confidence thresholds")
+    p.add_argument("--prompts", type=int, default=8, help="prompts (the largest batch); batch 1 uses the first")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="prompt length")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens every setting generates per prompt")
+    p.add_argument("--block-length", type=int, default=8, help="diffusion block; divides --new-tokens")
+    p.add_argument("--steps", default="64,32", help="diffusion step counts (multiples of the block count)")
+    p.add_argument("--caches", default="prefix,dual", help="cached samplers at each step count")
+    p.add_argument("--thresholds", default="0.9", help="thresholds for the dual-cache sampler at each step count")
+    p.add_argument("--batches", default="1,8", help="batch sizes")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds; the median is reported")
-    p.add_argument("--val-batches", type=int, default=10, help="checkpoints: validation batches of 8 rows")
-    p.add_argument("--val-seq-len", type=int, default=256, help="checkpoints: validation row length")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: cuda only")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadiest on a shared machine")
-    p.add_argument("--show", action="store_true", help="checkpoints: print the start of each setting's text")
+    p.add_argument("--smoke", action="store_true", help="a tiny random model and few tokens: runs in seconds (CI)")
     args = p.parse_args()
     if bool(args.ar_ckpt) != bool(args.diffusion_ckpt):
         raise SystemExit("give both --ar-ckpt and --diffusion-ckpt, or neither (random weights)")
     if args.dtype == "bf16" and args.device != "cuda":
         raise SystemExit("--dtype bf16 is for --device cuda; on CPU measure fp32")
-
+    if args.smoke:
+        args.dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab, args.context = 32, 2, 4, 2, 64, 64, 64
+        args.prompts, args.prompt_tokens, args.new_tokens, args.block_length = 2, 4, 8, 4
+        args.steps, args.batches, args.rounds = "8", "1,2", 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    from zoo.generation import confidence_threshold, generate, low_confidence_remasking
+    from zoo.generation import diffusion_generate, generate, low_confidence_remasking
 
     device = torch.device(args.device)
-    pair = load_pair(args) if args.ar_ckpt else random_pair(args)
-    ar, diffusion, mask_id, shift = pair["ar"], pair["diffusion"], pair["mask_id"], pair["shift"]
-    tokenizer = pair.get("tokenizer")
-    quality: dict[str, str] = {}
-    if tokenizer is not None:  # fp32 quality first, then the timed models in the chosen dtype
-        ar_model, diffusion_model = (m.to(device).eval() for m in pair["models"])
-        diffusion_model.conversion = None  # evaluated fully bidirectional, as it is sampled
-        quality["ar"] = f"{val_loss(ar_model, tokenizer, pair['eos'], args, device):.3f}"
-        quality["diffusion"] = f"{val_loss(diffusion_model, tokenizer, pair['eos'], args, device):.3f}"
-        prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    models = load_models(args)
+    tokenizer = models.get("tokenizer")
+    if tokenizer is not None:
+        prompts = validation_prompts(tokenizer, models["eos"], n=args.prompts, length=args.prompt_tokens)
     else:
         g = torch.Generator().manual_seed(0)
-        prompt = torch.randint(0, args.vocab - 1, (args.prompt_tokens,), generator=g).tolist()
+        prompts = torch.randint(0, args.vocab - 1, (args.prompts, args.prompt_tokens), generator=g).tolist()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    ar, diffusion = ar.to(device, dtype).eval(), diffusion.to(device, dtype).eval()
-    n = args.new_tokens
-    settings = [("AR, KV cache", None)]
-    settings += [(f"diffusion, {s} steps", ("steps", int(s))) for s in args.steps.split(",") if s]
-    settings += [(f"diffusion, threshold {t}", ("threshold", float(t))) for t in args.thresholds.split(",") if t]
+    ar, diffusion = models["ar"].to(device, dtype).eval(), models["diffusion"].to(device, dtype).eval()
+    n, mask_id = args.new_tokens, models["mask_id"]
+    common = {"mask_id": mask_id, "gen_length": n, "block_length": args.block_length, "shift": models["shift"],
+              "stop_at_eos": False, "block_causal": models["block_causal"] is not None}  # fmt: skip
 
-    def run(setting):
+    def run(setting, batch: list[list[int]]) -> tuple[torch.Tensor, int, str]:  # new tokens (B, n), passes, cache
         if setting is None:
-            out = generate(ar, [prompt], max_new_tokens=n)
-            return out.tokens[0], out.forward_passes
-        common = {"mask_id": mask_id, "gen_length": n, "block_length": args.block_length, "shift": shift,
-                  "stop_at_eos": False}  # fmt: skip
-        x = torch.tensor([prompt], device=device)
-        if setting[0] == "steps":
-            out = low_confidence_remasking(diffusion, x, steps=setting[1], **common)
-        else:
-            out = confidence_threshold(diffusion, x, threshold=setting[1], **common)
-        return out.answer[0].tolist(), out.forward_passes
+            out = generate(ar, batch, max_new_tokens=n)
+            return torch.tensor(out.tokens, device=device), out.forward_passes, "KV"
+        x = torch.tensor(batch, device=device)
+        if setting["cache"] == "vanilla" and not common["block_causal"]:
+            out = low_confidence_remasking(diffusion, x, steps=setting["steps"],
+                                           **{k: v for k, v in common.items() if k != "block_causal"})  # fmt: skip
+        else:  # a block-causal model's vanilla sampler is the block-causal mask without a cache
+            cache = "none" if setting["cache"] == "vanilla" else setting["cache"]
+            out = diffusion_generate(diffusion, x, steps=setting["steps"], threshold=setting.get("threshold"),
+                                     cache=cache, **common)  # fmt: skip
+        return out.answer, out.forward_passes, out.cache
 
-    times: dict[str, list[float]] = {name: [] for name, _ in settings}
-    results = {}
-    for _, setting in settings:  # warm-up: allocations, kernel selection
-        run(setting)
-    for _ in range(args.rounds):
-        for name, setting in settings:
-            seconds, results[name] = timed(lambda setting=setting: run(setting), device)
-            times[name].append(seconds)
-    ar_speed = n / statistics.median(times["AR, KV cache"])
     print(provenance(args, device))
-    print(f"batch=1 new_tokens={n} prompt_tokens={len(prompt)} block_length={args.block_length} rounds={args.rounds} "
-          f"(median) shape: dim={ar.dim} layers={ar.n_layers} vocab={ar.vocab_size}")  # fmt: skip
-    if tokenizer is None:
-        print("quality: n/a (random weights)")
-    print(f"| {'setting':<26} | {'tokens/s':>9} | {'vs AR':>6} | {'passes':>6} | {'val loss':>8} | {'judge NLL':>9} |")
-    print(f"|{'-' * 28}|{'-' * 10}:|{'-' * 7}:|{'-' * 7}:|{'-' * 9}:|{'-' * 10}:|")
-    for name, setting in settings:
-        speed = n / statistics.median(times[name])
-        tokens, passes = results[name]
-        loss = quality.get("ar" if setting is None else "diffusion", "n/a")
-        judge = f"{judge_nll(ar.float(), prompt, tokens, device):.3f}" if tokenizer is not None else "n/a"
-        print(f"| {name:<26} | {speed:>9.1f} | {speed / ar_speed:>5.2f}x | {passes:>6} | {loss:>8} | {judge:>9} |")
-    if args.show and tokenizer is not None:
-        for name, _ in settings:
-            print(f"{name}: {tokenizer.decode(results[name][0])[:80]!r}")
+    print(f"new_tokens={n} prompt_tokens={args.prompt_tokens} block_length={args.block_length} rounds={args.rounds} "
+          f"(median) shape: dim={ar.dim} layers={ar.n_layers} vocab={ar.vocab_size}"
+          f"{'' if tokenizer is not None else ' random weights: quality n/a'}"
+          f"{'' if models['block_causal'] is None else ' block-causal diffusion model'}")  # fmt: skip
+    for batch_size in (int(b) for b in args.batches.split(",")):
+        batch = prompts[:batch_size]
+        plan = settings(args)
+        times: dict[str, list[float]] = {name: [] for name, _ in plan}
+        results = {}
+        for _, setting in plan:  # warm-up: allocations, kernel selection
+            run(setting, batch)
+        for _ in range(args.rounds):
+            for name, setting in plan:
+                seconds, results[name] = timed(lambda setting=setting, batch=batch: run(setting, batch), device)
+                times[name].append(seconds)
+        speed = {name: batch_size * n / statistics.median(times[name]) for name, _ in plan}
+        prompt_ids = torch.tensor(batch, device=device)
+        ar_tokens = results["AR, KV cache"][0]
+        print(f"\nbatch={batch_size}")
+        print("| setting | cache | tokens/s | vs AR | vs vanilla | passes/token | judge NLL | = AR | = vanilla |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, setting in plan:
+            tokens, passes, cache = results[name]
+            vanilla = f"vanilla, {setting['steps']} steps" if setting is not None else None
+            if tokenizer is not None:
+                judge = f"{judge_nll(ar.float(), prompt_ids, tokens):.3f}"
+                same_ar = f"{(tokens == ar_tokens).float().mean().item():.3f}"
+            else:
+                judge = same_ar = "n/a"
+            same_vanilla = f"{(tokens == results[vanilla][0]).float().mean().item():.3f}" if vanilla else "-"
+            ratio = f"{speed[name] / speed[vanilla]:.2f}x" if vanilla else "-"
+            print(f"| {name} | {cache} | {speed[name]:.1f} | {speed[name] / speed['AR, KV cache']:.2f}x | {ratio} | "
+                  f"{passes / n:.2f} | {judge} | {same_ar} | {same_vanilla} |")  # fmt: skip
 
 
 if __name__ == "__main__":

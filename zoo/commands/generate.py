@@ -2,13 +2,16 @@
 
 The objective recorded in the checkpoint decides the sampler: a causal LM decodes token by token with a KV cache
 (all prompts in one left-padded batch, or one by one with ``--stream``); a masked-diffusion LM unmasks a
-``--gen-length`` answer over ``--steps`` (LLaDA's low-confidence remasking) or by ``--threshold`` (parallel
-decoding). The tokenizer comes from the checkpoint. Each prompt is printed with its answer on stdout; the token
-count, forward passes and speed go to stderr. Examples::
+``--gen-length`` answer over ``--steps`` (LLaDA's low-confidence remasking) and/or by ``--threshold`` (parallel
+decoding), all prompts in one left-padded batch, with a block-wise KV cache under ``--cache prefix|dual``
+(approximate; exact for a block-causal model). The tokenizer comes from the checkpoint. Each prompt is printed with
+its answer on stdout; the token count, forward passes, speed and the diffusion cache used go to stderr. Examples::
 
     python -m zoo generate --ckpt runs/quickstart/.../last.ckpt --prompt "def read_config(" --temperature 0.8 \\
         --top-p 0.95 --stop "\\n\\n" --stream
     python -m zoo generate --ckpt runs/diffusion-quickstart/.../last.ckpt --prompt "import os" --steps 64
+    python -m zoo generate --ckpt runs/diffusion-quickstart/.../last.ckpt --prompt "import os" --steps 16 \\
+        --threshold 0.9 --cache dual
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 import torch
 
 from zoo.data.formats import FORMATS
+from zoo.generation.diffusion import REMASKING
+from zoo.generation.fast_diffusion import CACHES, REFRESH
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,13 +49,27 @@ def parser() -> argparse.ArgumentParser:
     ar.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeated n-grams (0 = off)")
     ar.add_argument("--stream", action="store_true", help="print tokens as they come (prompts one at a time)")
     dm = p.add_argument_group("masked-diffusion models")
-    dm.add_argument("--gen-length", type=int, default=64, help="answer length in tokens")
-    dm.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block; divides --gen-length")
-    dm.add_argument("--steps", type=int, default=64, help="unmasking steps; a multiple of the number of blocks")
-    dm.add_argument("--threshold", type=float, help="confidence-threshold decoding in (0, 1] instead of --steps")
-    dm.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
-                    help="which predictions a step keeps")  # fmt: skip
+    dm.add_argument("--gen-length", type=int, help="answer length in tokens (default: 64)")
+    dm.add_argument("--block-length", type=int,
+                    help="semi-autoregressive block; divides --gen-length (default: 32, or a block-causal model's "
+                    "decay_block)")  # fmt: skip
+    dm.add_argument(
+        "--steps",
+        type=int,
+        help="unmasking steps; a multiple of the number of blocks (default: 64, or none with --threshold)",
+    )
+    dm.add_argument(
+        "--threshold", type=float, help="parallel decoding: unmask every position at least this confident, in (0, 1]"
+    )
+    dm.add_argument("--cache", choices=CACHES, help="KV cache: none (default), prefix or dual (block-wise; exact "
+                    "for block-causal models)")  # fmt: skip
+    dm.add_argument("--refresh", choices=REFRESH, help="when the cache is refreshed: block (default) or step")
+    dm.add_argument("--remasking", choices=REMASKING, help="which predictions a step keeps (default: low_confidence)")
     return p
+
+
+DIFFUSION_OPTIONS = ("gen_length", "block_length", "steps", "threshold", "cache", "refresh", "remasking")
+AR_OPTIONS = ("--max-new-tokens", "--top-k", "--top-p", "--repetition-penalty", "--no-repeat-ngram-size", "--stream")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,6 +102,12 @@ def run(args: argparse.Namespace) -> None:
     prompts = [tokenizer.encode(text, add_special_tokens=False).ids or [eos_id] for text in texts]
     common = {"temperature": args.temperature, "eos_id": eos_id, "stop": args.stop, "tokenizer": tokenizer,
               "generator": torch.Generator(device=args.device).manual_seed(args.seed)}  # fmt: skip
+    given = [f"--{name.replace('_', '-')}" for name in DIFFUSION_OPTIONS if getattr(args, name) is not None]
+    if given and model.sampler_kind != "diffusion":
+        raise ValueError(
+            f"{', '.join(given)}: options of masked-diffusion checkpoints, but {args.ckpt} holds an "
+            f"autoregressive {type(model).__name__}; its options are {', '.join(AR_OPTIONS)}"
+        )
     options = diffusion_options(args) if model.sampler_kind == "diffusion" else autoregressive_options(args)
     start = time.perf_counter()
     n_tokens = passes = 0
@@ -100,6 +125,13 @@ def run(args: argparse.Namespace) -> None:
         n_tokens, passes = sum(len(t) for t in out.tokens), out.forward_passes
     seconds = time.perf_counter() - start
     print(f"[{n_tokens} tokens, {passes} forward passes, {n_tokens / seconds:.1f} tokens/s]", file=sys.stderr)
+    if model.sampler_kind == "diffusion":
+        from zoo.generation.fast_diffusion import block_causal_size, cache_used
+
+        block = block_causal_size(model)
+        kind = f"block-causal, blocks of {block}" if block is not None else "bidirectional"
+        used = cache_used(options.get("cache", "none"), block_causal=block is not None, refresh=args.refresh or "block")
+        print(f"[cache: {used} ({kind} model)]", file=sys.stderr)
 
 
 def autoregressive_options(args: argparse.Namespace) -> dict:
@@ -109,5 +141,8 @@ def autoregressive_options(args: argparse.Namespace) -> dict:
 
 
 def diffusion_options(args: argparse.Namespace) -> dict:
-    return {"max_new_tokens": args.gen_length, "block_length": args.block_length, "steps": args.steps,
-            "threshold": args.threshold, "remasking": args.remasking}  # fmt: skip
+    """The diffusion options given on the command line (the sampler's defaults for the others)."""
+    names = {"gen_length": "max_new_tokens", "block_length": "block_length", "steps": "steps",
+             "threshold": "threshold", "cache": "cache", "refresh": "refresh", "remasking": "remasking"}  # fmt: skip
+    options = {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+    return {"max_new_tokens": 64, **options}

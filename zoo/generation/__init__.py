@@ -1,5 +1,5 @@
 """Sampling: :func:`sample` asks an objective for its own sampler: autoregressive with a KV cache, or the
-masked-diffusion samplers."""
+masked-diffusion samplers (with a block-wise KV cache)."""
 
 from zoo.generation.autoregressive import (
     Generation,
@@ -13,6 +13,7 @@ from zoo.generation.autoregressive import (
     top_p_filter,
 )
 from zoo.generation.diffusion import DiffusionOutput, confidence_threshold, low_confidence_remasking
+from zoo.generation.fast_diffusion import block_causal_size, diffusion_generate
 from zoo.generation.sampling import answer_text, sample, sample_diffusion
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "Generation",
     "answer_text",
     "banned_ngram_tokens",
+    "block_causal_size",
     "confidence_threshold",
     "decoding_layout",
+    "diffusion_generate",
     "generate",
     "left_padding_is_exact",
     "low_confidence_remasking",

@@ -17,9 +17,10 @@ easy stretches are unmasked many tokens per forward pass and the number of passe
 Both take any ``backbone(ids (B, S)) -> logits (B, S, V)`` with bidirectional attention and the model's
 ``mask_id``, and return the ids and the number of forward passes.
 
-No prefix caching: with bidirectional attention the prompt's keys and values depend on the still-masked positions
-after it and change at every step, so a cached prefix would not be exact (Fast-dLLM's approximate cache trades
-that exactness for speed; it is not done here).
+These two run the whole sequence through the model at every step (no KV cache): with bidirectional attention the
+prompt's keys and values depend on the still-masked positions after it and change at every step.
+:func:`zoo.generation.fast_diffusion.diffusion_generate` adds Fast-dLLM's block-wise approximate KV cache, an exact
+cache for block-causal models, and batches of prompts of different lengths.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ REMASKING = ("low_confidence", "random")
 
 @dataclass
 class DiffusionOutput:
-    """``tokens`` (B, P + gen_length): the prompt followed by the answer; ``forward_passes``: backbone calls made."""
+    """``tokens`` (B, P + gen_length): the (left-padded) prompt followed by the answer; ``forward_passes``: backbone
+    calls made; ``cache``: which KV cache the sampler used."""
 
     tokens: Tensor
     forward_passes: int
     prompt_length: int
+    cache: str = "none"  # the KV cache used: none, prefix, dual (approximate) or exact (block-causal models)
 
     @property
     def answer(self) -> Tensor:  # (B, gen_length)
@@ -101,19 +104,32 @@ def _predict(
     end-of-text as its mask).
     """
     logits = backbone(x)  # (B, S, V)
+    # with shift, the logits at i predict token i + 1: the block's tokens are scored one position earlier
+    logits = logits[:, lo - 1 : hi - 1] if shift else logits[:, lo:hi]  # (B, L_block, V)
+    return _choose(logits, mask_id=mask_id, eos_id=eos_id, temperature=temperature, generator=generator)
+
+
+def _choose(
+    logits: Tensor,  # (B, L, V): the scores of the positions to predict
+    *,
+    mask_id: int,
+    eos_id: int | None,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The prediction at each position and its confidence, (B, L) each (see :func:`_predict`)."""
     if not 0 <= mask_id < logits.shape[-1]:
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary of {logits.shape[-1]}")
-    # with shift, the logits at i predict token i + 1: the block's tokens are scored one position earlier
-    logits = (logits[:, lo - 1 : hi - 1] if shift else logits[:, lo:hi]).double()  # (B, L_block, V)
+    logits = logits.double()
     if mask_id != eos_id:
         logits[..., mask_id] = float("-inf")
     if temperature > 0:
         u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-        choice = (logits / temperature + gumbel).argmax(dim=-1)  # (B, L_block)
+        choice = (logits / temperature + gumbel).argmax(dim=-1)  # (B, L)
     else:
-        choice = logits.argmax(dim=-1)  # (B, L_block)
-    confidence = logits.softmax(dim=-1).gather(-1, choice[..., None]).squeeze(-1)  # (B, L_block)
+        choice = logits.argmax(dim=-1)  # (B, L)
+    confidence = logits.softmax(dim=-1).gather(-1, choice[..., None]).squeeze(-1)  # (B, L)
     return choice, confidence
 
 

@@ -56,32 +56,36 @@ def sample_diffusion(
     steps: int | None = None,
     threshold: float | None = None,
     remasking: str = "low_confidence",
+    cache: str = "none",
+    refresh: str = "block",
 ) -> Generation:
-    """A masked-diffusion objective's answers of ``max_new_tokens`` tokens to each prompt: LLaDA's low-confidence
-    remasking over ``steps`` (default: one token per step), or confidence-threshold parallel decoding when
-    ``threshold`` is given, in semi-autoregressive blocks of ``block_length`` tokens (default: 32 where that
-    divides ``max_new_tokens``, else one block). Prompts of equal length run as one batch. ``tokens`` holds each
-    whole answer (after its first EOS everything is EOS); ``texts`` are cut at the EOS and the stop strings."""
-    from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
+    """A masked-diffusion objective's answers of ``max_new_tokens`` tokens to each prompt
+    (:func:`zoo.generation.diffusion_generate`): LLaDA's low-confidence remasking over ``steps`` (default: one token
+    per step), confidence-threshold parallel decoding when ``threshold`` is given (with ``steps`` too: at least each
+    step's share), in semi-autoregressive blocks of ``block_length`` tokens (default: a block-causal model's
+    ``decay_block``, else 32 where that divides ``max_new_tokens``, else one block), with a block-wise KV ``cache``
+    (``none``, ``prefix``, ``dual``; exact for a block-causal model). Prompts of different lengths run as one
+    left-padded batch (prompts of one length at a time where padding would change the answers). ``tokens`` holds
+    each whole answer (after its first EOS everything is EOS); ``texts`` are cut at the EOS and the stop strings."""
+    from zoo.generation.autoregressive import left_padding_is_exact
+    from zoo.generation.fast_diffusion import block_causal_size, diffusion_generate
 
-    device = model.backbone.embed.weight.device
+    block = block_causal_size(model)
     if block_length is None:
-        block_length = 32 if max_new_tokens % 32 == 0 else max_new_tokens
+        block_length = block or (32 if max_new_tokens % 32 == 0 else max_new_tokens)
+    if steps is None and threshold is None:
+        steps = max_new_tokens
     common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": max_new_tokens,
-              "block_length": block_length, "temperature": temperature, "eos_id": eos_id, "shift": model.shift,
-              "generator": generator}  # fmt: skip
+              "block_length": block_length, "steps": steps, "threshold": threshold, "remasking": remasking,
+              "cache": cache, "refresh": refresh, "block_causal": block is not None, "temperature": temperature,
+              "eos_id": eos_id, "shift": model.shift, "generator": generator}  # fmt: skip
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):  # one batch, or one per prompt length where padding is not exact
+        groups.setdefault(0 if left_padding_is_exact(model.backbone) else len(ids), []).append(i)
     tokens: list[list[int] | None] = [None] * len(prompts)
     passes = 0
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(prompts):
-        by_length.setdefault(len(ids), []).append(i)
-    for rows in by_length.values():  # the samplers take prompts of one length
-        prompt = torch.tensor([list(prompts[i]) for i in rows], device=device)
-        if threshold is not None:
-            out = confidence_threshold(model.backbone, prompt, threshold=threshold, **common)
-        else:
-            out = low_confidence_remasking(model.backbone, prompt, steps=max_new_tokens if steps is None else steps,
-                                           remasking=remasking, **common)  # fmt: skip
+    for rows in groups.values():
+        out = diffusion_generate(model.backbone, [list(prompts[i]) for i in rows], **common)
         passes += out.forward_passes
         for i, answer in zip(rows, out.answer.tolist()):
             tokens[i] = answer

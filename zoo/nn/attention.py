@@ -69,14 +69,20 @@ KERNELS: dict[str, AttentionKernel] = {"eager": eager_attention, "sdpa": sdpa_at
 class KVCache:
     """Keys and values of one attention layer, preallocated to ``max_len`` positions.
 
-    ``length`` is the number of positions already written; ``append`` writes the new ones and returns the
-    whole valid prefix.
+    ``length`` is where the next write starts; ``filled`` is how many positions hold keys and values. ``append``
+    writes the new ones from ``length`` on and returns every filled position. Decoding left to right only appends
+    (``filled == length``); :meth:`seek` moves the write position back so a pass re-encodes positions already
+    cached (a masked-diffusion block whose tokens changed) while attending to all of them::
+
+        cache  [ prefix | block | suffix ]    seek(start of block), pass over the block: the block's keys and
+                          ^^^^^               values are rewritten, the prefix's and suffix's are read as cached
     """
 
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, *, device, dtype) -> None:
         self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.filled = 0
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:  # (B, Hkv, T, D) -> (B, Hkv, S, D)
         end = self.length + k.shape[2]
@@ -84,8 +90,14 @@ class KVCache:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; writing up to {end} overflows it")
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        self.length, self.filled = end, max(self.filled, end)
+        return self.k[:, :, : self.filled], self.v[:, :, : self.filled]
+
+    def seek(self, position: int) -> None:
+        """Make the next :meth:`append` write from ``position`` (at most :attr:`filled`) on."""
+        if not 0 <= position <= self.filled:
+            raise ValueError(f"KV cache seek to position {position}: only positions 0..{self.filled} are filled")
+        self.length = position
 
 
 class GroupedQueryAttention(nn.Module):
@@ -167,14 +179,16 @@ class GroupedQueryAttention(nn.Module):
             qk = apply_rotary(qk, cos[:, None], sin[:, None])  # tables (T, 1, R/2): the same angles for every head
         q, k = qk.split((H, Hkv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D) × 2
+        own_v = v  # (B, Hkv, T, D): the queries' own values, wherever the cache writes them
         if cache is not None:
             k, v = cache["kv"].append(k, v)  # (B, Hkv, S, D)
         y = KERNELS[self.kernel](q, k, v, causal=self.causal, mask=mask, scale=self.head_dim**-0.5)  # (B, H, T, D)
-        y = self.combine_heads(y, v)
+        y = self.combine_heads(y, own_v)
         return self.out(y.transpose(1, 2).reshape(B, T, self.q_size))
 
     def combine_heads(self, y: Tensor, v: Tensor) -> Tensor:
-        """Hook between the kernel and the output projection; identity here. y: (B, H, T, D), v: (B, Hkv, S, D)."""
+        """Hook between the kernel and the output projection; identity here. y: (B, H, T, D); v: (B, Hkv, T, D), the
+        values at the queries' own positions."""
         return y
 
     @torch.no_grad()
@@ -208,8 +222,7 @@ class ExclusiveGroupedQueryAttention(GroupedQueryAttention):
 
     def combine_heads(self, y: Tensor, v: Tensor) -> Tensor:
         B, H, T, D = y.shape
-        own_v = v[:, :, v.shape[2] - T :]  # the values at the queries' own positions: (B, Hkv, T, D)
-        unit = F.normalize(own_v.float(), dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, D), broadcast over the group
+        unit = F.normalize(v.float(), dim=-1).unsqueeze(2)  # (B, Hkv, 1, T, D), broadcast over the group
         y32 = y.float().view(B, self.n_kv_heads, H // self.n_kv_heads, T, D)  # (B, Hkv, H/Hkv, T, D)
         y32 = y32 - (y32 * unit).sum(-1, keepdim=True) * unit
         return y32.view(B, H, T, D).to(y.dtype)

@@ -209,8 +209,29 @@ class Transformer(nn.Module):
 
 
 class DecodingCache:
-    """Per-layer decoding state (KV cache, Canon buffers) and the number of positions already processed."""
+    """Per-layer decoding state (KV cache, Canon buffers) and the position where the next pass starts (``length``:
+    the number of positions already processed, when decoding left to right)."""
 
     def __init__(self, layers: list[dict]) -> None:
         self.layers = layers
         self.length = 0
+
+    @property
+    def filled(self) -> int:
+        """Positions holding keys and values (past :attr:`length` after a :meth:`seek` back)."""
+        return max((layer["kv"].filled for layer in self.layers if "kv" in layer), default=self.length)
+
+    def seek(self, position: int) -> None:
+        """Start the next pass at ``position``: its tokens get positions ``position, position + 1, …`` and their keys
+        and values replace those cached there, while attention still reads every cached position (prefix and
+        suffix). Masked-diffusion samplers use it to re-encode a block between cache refreshes. Only keys and
+        values can be rewound; a layer with other state (a Canon convolution's buffer) is refused."""
+        for i, layer in enumerate(self.layers):
+            if set(layer) != {"kv"}:
+                raise ValueError(
+                    f"decoding state of layer {i} holds {sorted(set(layer) - {'kv'})} besides keys and values: it "
+                    "cannot be rewound (use the sampler without a KV cache for backbones with Canon layers)"
+                )
+        for layer in self.layers:
+            layer["kv"].seek(position)
+        self.length = position
