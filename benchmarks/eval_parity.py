@@ -15,8 +15,9 @@ arithmetic word problems, the harness's ``gsm8k`` prompt, stop sequences, filter
     python benchmarks/eval_parity.py --ckpt runs/quickstart/.../last.ckpt --data-dir /data/eval --limit 200
     python benchmarks/eval_parity.py --smoke        # seconds: a 2-step tiny model, tiny files, every engine
 
-Each side is timed end to end per task (loading the model, building the requests, scoring or generating); the
-harness's task index, shared by both harness sides, is built once before the clock starts. Prints one row per
+Each side loads its model once (timed as ``(load)``), then each task is timed end to end (reading the files,
+building the requests, scoring or generating, the metrics); the harness's task index, shared by both harness
+sides, is built once before the clock starts. Prints one row per
 task and metric and the wall-time ratios ``hf / zoo-harness`` and ``hf / native``.
 """
 
@@ -102,53 +103,50 @@ def smoke_setup(work: Path) -> tuple[str, str]:
     return str(next((work / "run").rglob("last.ckpt"))), str(data)
 
 
-def run_native(ckpt, name, *, data_dir, limit, batch_size):
+def load_native(ckpt, *, batch_size):
     from zoo.eval.cli import load_model, make_scorer
+
+    model, tokenizer, eos, _ = load_model(ckpt, device="cpu")
+    return make_scorer(model, tokenizer, eos, batch_size=batch_size)
+
+
+def run_native(scorer, name, *, data_dir, limit, **_):
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
     tasks, groups = resolve([name])
-    model, tokenizer, eos, _ = load_model(ckpt, device="cpu")
-    report = evaluate(tasks, make_scorer(model, tokenizer, eos, batch_size=batch_size), groups=groups,
-                      data_dir=data_dir, limit=limit)  # fmt: skip
-    return report["results"][name]
+    return evaluate(tasks, scorer, groups=groups, data_dir=data_dir, limit=limit)["results"][name]
 
 
-def harness_spec(name, *, data_dir, work, include_paths):
-    from zoo.eval.engines import local_task_yaml
-
-    local = local_task_yaml(name, data_dir=data_dir, work=work, include_paths=include_paths) if data_dir else None
-    return local or name
-
-
-def run_zoo_harness(ckpt, name, *, data_dir, work, include_paths, limit, batch_size):
-    from zoo.eval.engines import run_harness
+def load_zoo_harness(ckpt, *, batch_size):
     from zoo.eval.harness import ZooLM
 
-    lm = ZooLM(pretrained=ckpt, batch_size=batch_size)
+    return ZooLM(pretrained=ckpt, batch_size=batch_size)
+
+
+def load_hf(hf_dir, *, batch_size):
+    from lm_eval.api.registry import get_model
+
+    return get_model("hf").create_from_arg_obj({"pretrained": hf_dir, "dtype": "float32", "device": "cpu",
+                                                "batch_size": batch_size})  # fmt: skip
+
+
+def run_harness_side(lm, name, *, data_dir, work, include_paths, limit):
+    """One task through ``simple_evaluate`` on ``lm`` (ZooLM or the harness's HFLM), local files where zoo knows
+    them (:func:`zoo.eval.engines.run_harness`)."""
+    from zoo.eval.engines import run_harness
+
     out = run_harness(lm, [name], data_dir=data_dir, work=work, include_paths=include_paths, limit=limit,
                       bootstrap_iters=0)  # fmt: skip
     return out["results"][name]
-
-
-def run_hf(hf_dir, name, *, data_dir, work, include_paths, limit, batch_size):
-    import lm_eval
-
-    from zoo.eval.engines import harness_results, task_manager
-
-    spec = harness_spec(name, data_dir=data_dir, work=work, include_paths=include_paths)
-    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": hf_dir, "dtype": "float32", "device": "cpu"},
-                                  tasks=[spec], task_manager=task_manager(include_paths), limit=limit,
-                                  batch_size=batch_size, bootstrap_iters=0, log_samples=False)  # fmt: skip
-    return harness_results(out)[name]
 
 
 def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     try:
         return fn(*args, **kwargs), time.perf_counter() - start
-    except ValueError as err:  # a task without local files offline: reported, the others go on
-        print(f"  skipped: {err}", file=sys.stderr)
+    except Exception as err:  # e.g. a task without local files offline: reported, the others go on
+        print(f"  skipped: {type(err).__name__}: {err}", file=sys.stderr)
         return None, None
 
 
@@ -188,20 +186,23 @@ def main() -> None:
         task_manager(include)  # the index both harness sides share, built before the clock
         hf_dir = str(export(ckpt, str(work / "hf"))) if "hf" in engines else None
         native = native_names()
-        rows, seconds = [], {e: {} for e in engines}
+        loaders = {"native": (load_native, ckpt), "zoo-harness": (load_zoo_harness, ckpt), "hf": (load_hf, hf_dir)}
+        runners = {"native": run_native, "zoo-harness": run_harness_side, "hf": run_harness_side}
+        models, seconds = {}, {e: {} for e in engines}
+        for engine in engines:  # once per engine, as one `zoo eval` or `lm_eval` run loads its model once
+            load, source = loaders[engine]
+            models[engine], seconds[engine]["(load)"] = timed(load, source, batch_size=args.batch_size)
+        rows = []
         for name in names:
             limit = limits.get(name, args.limit)
             print(f"{name} (limit {limit})", file=sys.stderr)
-            common = {"data_dir": data_dir, "work": work / name, "include_paths": include, "limit": limit,
-                      "batch_size": args.batch_size}  # fmt: skip
             got = {}
-            if "native" in engines and name in native and data_dir:
-                got["native"], seconds["native"][name] = timed(run_native, ckpt, name, data_dir=data_dir, limit=limit,
-                                                               batch_size=args.batch_size)  # fmt: skip
-            if "zoo-harness" in engines:
-                got["zoo-harness"], seconds["zoo-harness"][name] = timed(run_zoo_harness, ckpt, name, **common)
-            if "hf" in engines:
-                got["hf"], seconds["hf"][name] = timed(run_hf, hf_dir, name, **common)
+            for engine in engines:
+                if engine == "native" and (name not in native or not data_dir):
+                    continue
+                got[engine], seconds[engine][name] = timed(runners[engine], models[engine], name, data_dir=data_dir,
+                                                           work=work / engine / name, include_paths=include,
+                                                           limit=limit)  # fmt: skip
             reference = got.get("hf") or got.get("zoo-harness") or got.get("native")  # the harness's metric names
             if reference is None:
                 continue
@@ -234,8 +235,8 @@ def print_report(rows, seconds, engines, ckpt) -> None:
     print(f"| task | {' | '.join(f'{e} (s)' for e in engines)} | hf / zoo-harness | hf / native |")
     print(f"|---|{'---:|' * (len(engines) + 2)}")
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    for task in [*tasks, "total"]:
-        chosen = tasks if task == "total" else [task]
+    for task in ["(load)", *tasks, "total"]:
+        chosen = ["(load)", *tasks] if task == "total" else [task]
         times = {e: sum(seconds[e].get(t) or 0 for t in chosen) for e in engines}
         ratios = []
         for e in ("zoo-harness", "native"):  # over the tasks both sides ran

@@ -191,12 +191,8 @@ def run_harness(lm, names: Sequence[str], *, data_dir: str | None = None, work: 
             model=lm, tasks=specs, task_manager=task_manager(include_paths), limit=limit, num_fewshot=num_fewshot,
             apply_chat_template=apply_chat_template, bootstrap_iters=bootstrap_iters, log_samples=False,
         )  # fmt: skip
-    except (ConnectionError, OSError) as err:
+    except Exception as err:  # the hub client raises many types offline (ConnectionError, its own errors, ...)
         if not needs_hub:
-            raise
-        raise ValueError(offline_message(needs_hub, f"{type(err).__name__}: {err}")) from err
-    except Exception as err:  # datasets/huggingface_hub raise their own types for an offline hub
-        if not needs_hub or type(err).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "requests"):
             raise
         raise ValueError(offline_message(needs_hub, f"{type(err).__name__}: {err}")) from err
     kept = {k: out.get(k) for k in ("versions", "n-shot", "higher_is_better")}
