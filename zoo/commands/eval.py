@@ -113,7 +113,7 @@ def parse_task_files(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from zoo.eval.engines import split_by_engine
+    from zoo.eval.engines import evaluate_with_harness, split_by_engine
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
@@ -148,7 +148,14 @@ def run(args: argparse.Namespace) -> dict:
         report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
     report["engines"] = {name: "native" for name in report["results"]}
     if harness_names:
-        report = merge_harness(report, model, tokenizer, eos, harness_names, args)
+        out = evaluate_with_harness(model, tokenizer, eos, harness_names, batch_size=args.batch_size,
+                                    mc_num=args.mc_num, seed=args.seed, chat_format=args.chat_format,
+                                    data_dir=args.data_dir, include_paths=args.include_path, limit=args.limit,
+                                    num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template,
+                                    log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+        report["results"].update(out["results"])
+        report["engines"].update({name: "harness" for name in out["results"]})
+        report["harness"] = out["harness"]
     report.update({"checkpoint": args.ckpt, "global_step": step, "limit": args.limit,
                    "mc_num": args.mc_num if scorer.elbo else None})  # fmt: skip
     if args.output:

@@ -117,13 +117,8 @@ class EvalCallback(L.Callback):
         return report
 
     def run_harness(self, pl_module: L.LightningModule, tokenizer, eos: str) -> dict:
-        import tempfile
+        from zoo.eval.engines import evaluate_with_harness
 
-        from zoo.eval.engines import run_harness
-        from zoo.eval.harness import ZooLM
-
-        lm = ZooLM(pretrained=pl_module, tokenizer=tokenizer, eos_token=eos, batch_size=self.batch_size,
-                   mc_num=self.mc_num)  # fmt: skip
-        with tempfile.TemporaryDirectory() as work:
-            return run_harness(lm, self.harness_tasks, data_dir=self.data_dir, work=work,
-                               include_paths=self.include_path, limit=self.limit, num_fewshot=self.num_fewshot)
+        return evaluate_with_harness(pl_module, tokenizer, eos, self.harness_tasks, batch_size=self.batch_size,
+                                     mc_num=self.mc_num, data_dir=self.data_dir, include_paths=self.include_path,
+                                     limit=self.limit, num_fewshot=self.num_fewshot)  # fmt: skip

@@ -199,6 +199,23 @@ def run_harness(lm, names: Sequence[str], *, data_dir: str | None = None, work: 
     return {"results": harness_results(out), "harness": kept}
 
 
+def evaluate_with_harness(model, tokenizer, eos: str, names: Sequence[str], *, batch_size: int = 32,
+                          mc_num: int = 128, seed: int = 0, chat_format: str | None = None,
+                          data_dir: str | None = None, include_paths: Sequence[str] = (), limit: int | None = None,
+                          num_fewshot: int | None = None, apply_chat_template: bool = False,
+                          log: Callable[[str], None] = lambda m: None) -> dict:  # fmt: skip
+    """Harness tasks on a loaded zoo model (:class:`zoo.eval.harness.ZooLM` around it); see :func:`run_harness`."""
+    import tempfile
+
+    from zoo.eval.harness import ZooLM
+
+    lm = ZooLM(pretrained=model, tokenizer=tokenizer, eos_token=eos, batch_size=batch_size, mc_num=mc_num, seed=seed,
+               chat_format=chat_format)  # fmt: skip
+    with tempfile.TemporaryDirectory() as work:
+        return run_harness(lm, names, data_dir=data_dir, work=work, include_paths=include_paths, limit=limit,
+                           num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, log=log)  # fmt: skip
+
+
 def harness_results(out: dict) -> dict:
     """The harness's ``results`` (tasks and groups) as ``{task: {"n", metric: {"value", "stderr"}}}``; a metric
     under a filter other than ``none`` is named ``metric/filter`` (``exact_match/strict-match``)."""
