@@ -18,7 +18,9 @@ arithmetic word problems, the harness's ``gsm8k`` prompt, stop sequences, filter
 Each side loads its model once (timed as ``(load)``), then each task is timed end to end (reading the files,
 building the requests, scoring or generating, the metrics); the harness's task index, shared by both harness
 sides, is built once before the clock starts. Prints one row per
-task and metric and the wall-time ratios ``hf / zoo-harness`` and ``hf / native``.
+task and metric, the wall-time ratios ``hf / zoo-harness`` and ``hf / native``, and the time spent inside each
+harness side's model calls (the rest of a harness run, reading files and building requests and metrics, is the
+same work on both sides).
 """
 
 from __future__ import annotations
@@ -121,14 +123,33 @@ def run_native(scorer, name, *, data_dir, limit, **_):
 def load_zoo_harness(ckpt, *, batch_size):
     from zoo.eval.harness import ZooLM
 
-    return ZooLM(pretrained=ckpt, batch_size=batch_size)
+    return instrument(ZooLM(pretrained=ckpt, batch_size=batch_size))
 
 
 def load_hf(hf_dir, *, batch_size):
     from lm_eval.api.registry import get_model
 
-    return get_model("hf").create_from_arg_obj({"pretrained": hf_dir, "dtype": "float32", "device": "cpu",
-                                                "batch_size": batch_size})  # fmt: skip
+    return instrument(get_model("hf").create_from_arg_obj({"pretrained": hf_dir, "dtype": "float32", "device": "cpu",
+                                                           "batch_size": batch_size}))  # fmt: skip
+
+
+def instrument(lm):
+    """Time the model's own calls (the three request types) on top of the harness's work around them."""
+    lm.model_seconds = 0.0
+
+    def timer(call):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                lm.model_seconds += time.perf_counter() - start
+
+        return timed_call
+
+    for method in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, method, timer(getattr(lm, method)))
+    return lm
 
 
 def run_harness_side(lm, name, *, data_dir, work, include_paths, limit):
@@ -136,9 +157,10 @@ def run_harness_side(lm, name, *, data_dir, work, include_paths, limit):
     them (:func:`zoo.eval.engines.run_harness`)."""
     from zoo.eval.engines import run_harness
 
+    before = lm.model_seconds
     out = run_harness(lm, [name], data_dir=data_dir, work=work, include_paths=include_paths, limit=limit,
                       bootstrap_iters=0)  # fmt: skip
-    return out["results"][name]
+    return {**out["results"][name], "model_seconds": lm.model_seconds - before}
 
 
 def timed(fn, *args, **kwargs):
@@ -188,7 +210,7 @@ def main() -> None:
         native = native_names()
         loaders = {"native": (load_native, ckpt), "zoo-harness": (load_zoo_harness, ckpt), "hf": (load_hf, hf_dir)}
         runners = {"native": run_native, "zoo-harness": run_harness_side, "hf": run_harness_side}
-        models, seconds = {}, {e: {} for e in engines}
+        models, seconds, model_seconds = {}, {e: {} for e in engines}, {e: {} for e in engines}
         for engine in engines:  # once per engine, as one `zoo eval` or `lm_eval` run loads its model once
             load, source = loaders[engine]
             models[engine], seconds[engine]["(load)"] = timed(load, source, batch_size=args.batch_size)
@@ -206,8 +228,11 @@ def main() -> None:
             reference = got.get("hf") or got.get("zoo-harness") or got.get("native")  # the harness's metric names
             if reference is None:
                 continue
+            for engine, result in got.items():
+                if result and "model_seconds" in result:
+                    model_seconds[engine][name] = result["model_seconds"]
             for metric in reference:
-                if metric == "n":
+                if metric in ("n", "model_seconds"):
                     continue
                 row = {"task": name, "metric": metric, "n": reference.get("n")}
                 for engine, result in got.items():
@@ -218,8 +243,18 @@ def main() -> None:
             print(f"  {', '.join(f'{e} {s:.1f} s' for e, s in ((e, seconds[e].get(name)) for e in engines) if s)}",
                   file=sys.stderr)  # fmt: skip
     print_report(rows, seconds, engines, ckpt)
+    harness_sides = [e for e in ("zoo-harness", "hf") if e in engines]
+    if harness_sides:
+        print("\ntime inside the model's calls (loglikelihood, loglikelihood_rolling, generate_until), seconds:")
+        print(f"| task | {' | '.join(harness_sides)} | ratio |\n|---|{'---:|' * (len(harness_sides) + 1)}")
+        for task in [*model_seconds[harness_sides[0]], "total"]:
+            values = [sum(model_seconds[e].values()) if task == "total" else model_seconds[e].get(task)
+                      for e in harness_sides]  # fmt: skip
+            ratio = f"{values[-1] / values[0]:.2f}x" if len(values) == 2 and all(values) else "—"
+            print(f"| {task} | {' | '.join('—' if v is None else f'{v:.1f}' for v in values)} | {ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "seconds": seconds, "ckpt": ckpt}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "seconds": seconds, "model_seconds": model_seconds,
+                                               "ckpt": ckpt}, indent=2))  # fmt: skip
 
 
 def print_report(rows, seconds, engines, ckpt) -> None:
