@@ -106,7 +106,7 @@ def smoke_setup(work: Path) -> tuple[str, str]:
 
 
 def load_native(ckpt, *, batch_size):
-    from zoo.eval.cli import load_model, make_scorer
+    from zoo.eval.checkpoint import load_model, make_scorer
 
     model, tokenizer, eos, _ = load_model(ckpt, device="cpu")
     return make_scorer(model, tokenizer, eos, batch_size=batch_size)

@@ -73,7 +73,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(checkpoint):
-    from zoo.eval.cli import load_model
+    from zoo.eval.checkpoint import load_model
 
     model, tokenizer, eos, _ = load_model(checkpoint, device="cpu")
     return model, tokenizer, eos
@@ -85,7 +85,7 @@ def harness(lm, names, files, tmp_path, **kwargs):
 
 
 def native(loaded, names, files, batch_size=32):
-    from zoo.eval.cli import make_scorer
+    from zoo.eval.checkpoint import make_scorer
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
@@ -257,7 +257,7 @@ def test_a_prompt_longer_than_the_context_says_how_it_was_cut(loaded, caplog):
 
 
 def test_eval_command_runs_both_engines_into_one_table_and_json(checkpoint, files, tmp_path, capsys):
-    from zoo.eval.cli import main
+    from zoo.commands.eval import main
 
     data, tasks = files
     out = tmp_path / "r.json"

@@ -90,7 +90,7 @@ class ZooLM(LM):
         chat_format: str | None = None,
     ) -> None:
         super().__init__()
-        from zoo.eval.cli import load_model, make_scorer
+        from zoo.eval.checkpoint import load_model, make_scorer
         from zoo.objectives.masked_diffusion import MaskedDiffusionLM
 
         if pretrained is None:
