@@ -16,11 +16,11 @@ The three request types go to zoo's own code:
   bounds (:class:`zoo.eval.scoring.ElboScorer`): ``mc_num`` samples per request, the number of masked answer tokens
   stratified over ``1..L`` across the samples, and every request drawn from the same seeded stream, so the choices
   of a question are compared under common random numbers (both reduce the variance of the comparison).
-- ``generate_until``: :func:`zoo.generation.generate` (KV cache, batched, left-padded) for causal models, the
-  diffusion samplers (:mod:`zoo.generation.diffusion`) for masked-diffusion ones; ``gen_kwargs`` are normalised
-  by the harness's own helpers (``until``, ``max_gen_toks``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``),
-  the context is cut from the left to leave room for ``max_gen_toks``, and the answer ends before the first stop
-  sequence, as the harness's HF model does.
+- ``generate_until``: the objective's own sampler through :func:`zoo.generation.sample`: KV-cache decoding
+  (batched, left-padded) for causal models, the diffusion samplers for masked-diffusion ones; ``gen_kwargs`` are
+  normalised by the harness's own helpers (``until``, ``max_gen_toks``, ``do_sample``, ``temperature``, ``top_k``,
+  ``top_p``), the context is cut from the left to leave room for ``max_gen_toks``, and the answer ends before the
+  first stop sequence, as the harness's HF model does.
 - ``apply_chat_template``: the SFT prompt formats of :mod:`zoo.data.formats` (``alpaca``, ``user_assistant``,
   ``chat``), chosen with ``chat_format``, so ``--apply_chat_template`` renders the format the model was tuned on.
 """
@@ -38,6 +38,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tokenizers import Tokenizer
 
 from zoo.data.formats import FORMATS, Chat, PromptFormat
+from zoo.generation.sampling import sample
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,6 @@ class ZooLM(LM):
     ) -> None:
         super().__init__()
         from zoo.eval.checkpoint import load_model, make_scorer
-        from zoo.objectives.masked_diffusion import MaskedDiffusionLM
 
         if pretrained is None:
             raise ValueError("ZooLM needs pretrained=: a checkpoint path or a live LanguageModel")
@@ -122,7 +122,7 @@ class ZooLM(LM):
         self._device = next(model.parameters()).device
         self.batch_size, self.seed = batch_size, int(seed)
         self.max_gen_toks = int(max_gen_toks) if max_gen_toks is not None else min(256, self.max_length // 2)
-        self.diffusion = isinstance(model, MaskedDiffusionLM)
+        self.diffusion = getattr(model, "sampler_kind", None) == "diffusion"
         self.sampler, self.block_length, self.steps, self.threshold = sampler, block_length, steps, threshold
         self.scorer = make_scorer(model, tok, eos, batch_size=batch_size, mc_num=int(mc_num), seed=self.seed)
         self.format: PromptFormat | None = FORMATS[chat_format]() if chat_format else None
@@ -192,58 +192,31 @@ class ZooLM(LM):
         prompts = [p[-room:] for p in prompts]
         generator = torch.Generator(device=self._device).manual_seed(self.seed)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        options = self._sample_options(max_gen_toks=max_gen_toks, until=until, kwargs=kwargs, generator=generator)
         texts: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = [prompts[i] for i in chunk]
-            if self.diffusion:
-                answers = self._diffuse(batch, max_gen_toks=max_gen_toks, kwargs=kwargs, generator=generator)
-            else:
-                answers = self._decode(batch, max_gen_toks=max_gen_toks, until=until, kwargs=kwargs,
-                                       generator=generator)  # fmt: skip
-            for i, text in zip(chunk, answers):
-                texts[i] = postprocess_generated_text(generation=text, stop=until, think_end_token=None)
+        with self.model.sampling_context():  # e.g. decoding's weight layout, entered once for all batches
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                answers = sample(self.model, [prompts[i] for i in chunk], **options).texts
+                for i, text in zip(chunk, answers):
+                    texts[i] = postprocess_generated_text(generation=text, stop=until, think_end_token=None)
         return texts
 
-    def _decode(self, prompts, *, max_gen_toks: int, until: list[str], kwargs: dict, generator) -> list[str]:
-        from zoo.generation.autoregressive import generate
-
+    def _sample_options(self, *, max_gen_toks: int, until: list[str], kwargs: dict, generator) -> dict:
+        """The options of the objective's own sampler (:func:`zoo.generation.sample`) for these ``gen_kwargs``."""
+        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+        options = {"max_new_tokens": max_gen_toks, "temperature": temperature, "eos_id": self.eos_id,
+                   "stop": [s for s in until if s], "tokenizer": self.tokenizer, "generator": generator}  # fmt: skip
+        if self.diffusion:
+            threshold = self.threshold if self.sampler == "threshold" else None
+            return {**options, "block_length": min(self.block_length, max_gen_toks), "threshold": threshold,
+                    "steps": max_gen_toks * self.steps}  # fmt: skip
         ignored = sorted(set(kwargs) - set(AR_KWARGS))
         if ignored:
             log.warning("gen_kwargs %s are not used by zoo's decoding and were ignored", ignored)
-        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-        result = generate(
-            self.model.backbone, prompts, max_new_tokens=max_gen_toks, temperature=temperature,
-            top_k=int(kwargs.get("top_k") or 0), top_p=float(kwargs.get("top_p") or 1.0),
-            repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
-            no_repeat_ngram_size=int(kwargs.get("no_repeat_ngram_size") or 0), eos_id=self.eos_id,
-            stop=[s for s in until if s], tokenizer=self.tokenizer, generator=generator,
-        )  # fmt: skip
-        return result.texts
-
-    def _diffuse(self, prompts, *, max_gen_toks: int, kwargs: dict, generator) -> list[str]:
-        """Masked-diffusion sampling; prompts of one length per sampler call (the samplers take no padding)."""
-        from zoo.generation.diffusion import confidence_threshold, low_confidence_remasking
-
-        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-        block = min(self.block_length, max_gen_toks)
-        common = {"mask_id": self.model.mask_id, "gen_length": max_gen_toks, "block_length": block,
-                  "temperature": temperature, "eos_id": self.eos_id, "shift": bool(getattr(self.model, "shift", False)),
-                  "generator": generator}  # fmt: skip
-        texts: list[str] = [""] * len(prompts)
-        by_length: dict[int, list[int]] = {}
-        for i, p in enumerate(prompts):
-            by_length.setdefault(len(p), []).append(i)
-        for members in by_length.values():
-            ids = torch.tensor([prompts[i] for i in members], device=self._device)  # (B, P)
-            if self.sampler == "threshold":
-                out = confidence_threshold(self.model.backbone, ids, threshold=self.threshold, **common)
-            else:
-                out = low_confidence_remasking(self.model.backbone, ids, steps=max_gen_toks * self.steps, **common)
-            for i, answer in zip(members, out.answer.tolist()):
-                end = answer.index(self.eos_id) if self.eos_id in answer else len(answer)
-                texts[i] = self.tokenizer.decode(answer[:end])
-        return texts
+        return {**options, "top_k": int(kwargs.get("top_k") or 0), "top_p": float(kwargs.get("top_p") or 1.0),
+                "repetition_penalty": float(kwargs.get("repetition_penalty") or 1.0),
+                "no_repeat_ngram_size": int(kwargs.get("no_repeat_ngram_size") or 0)}  # fmt: skip
 
     # ---- chat templates ----------------------------------------------------------------------------------------
     @property
