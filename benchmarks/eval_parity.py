@@ -80,7 +80,7 @@ def smoke_setup(work: Path) -> tuple[str, str]:
     """A 2-step tiny checkpoint and a --data-dir with two ARC questions and a two-article WikiText file."""
     from unittest.mock import patch
 
-    from zoo.cli import ZooCLI
+    from zoo.cli import main as zoo
 
     tiny = ["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps", "2",
             "--model.schedule.init_args.warmup_steps", "1", "--trainer.limit_val_batches", "0",
@@ -92,7 +92,7 @@ def smoke_setup(work: Path) -> tuple[str, str]:
             "--data.seq_len", "32", "--data.batch_size", "2",
             "--trainer.default_root_dir", str(work / "run")]  # fmt: skip
     with patch.object(sys, "argv", ["zoo"]):
-        ZooCLI(args=["fit", *tiny])
+        zoo(["fit", *tiny])
     data = work / "data"
     (data / "arc").mkdir(parents=True)
     (data / "wikitext").mkdir()
