@@ -12,20 +12,24 @@ files in their release formats: ``--data-dir DIR`` with this layout (the harness
     DIR/hellaswag/hellaswag_val.jsonl, DIR/sciq/test.json, DIR/winogrande/dev.jsonl,
     DIR/lambada/lambada_test.jsonl                                  (release files with the hub's fields)
 
-or one file per task with ``--task-file arc_easy=path.jsonl``. A new multiple-choice task is a YAML file
+or one file per task with ``--task-file arc_easy=path.jsonl``. With lm-evaluation-harness installed
+(``pip install "zoo[eval]"``) any task, group or tag of its registry runs too, through :class:`zoo.eval.harness.ZooLM`
+(``--engine auto``: zoo's own task where it has one, else the harness's; ``--include-path DIR`` adds task folders in
+the harness's format; ``--data-dir`` points the harness's copies of zoo's tasks at the same local files).
+A new multiple-choice task is a YAML file
 (``--include my_task.yaml``; fields in :mod:`zoo.eval.tasks`). ``humaneval`` and ``mbpp`` generate code and run
 its tests (:mod:`zoo.eval.code`). Masked-diffusion checkpoints are scored with Monte-Carlo ELBO lower bounds
 (``--mc-num``). Examples::
 
     python -m zoo eval --ckpt runs/quickstart/.../last.ckpt --tasks arc_easy,piqa,blimp --data-dir /data/eval
     python -m zoo eval --ckpt last.ckpt --tasks wikitext --limit 10 --output results.json --tensorboard runs/eval
+    python -m zoo eval --ckpt last.ckpt --tasks arc_easy,gsm8k --engine harness --include-path my_tasks/
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import torch
@@ -49,6 +53,15 @@ def parser() -> argparse.ArgumentParser:
                    help="cpu or cuda (default: cuda when available)")  # fmt: skip
     p.add_argument("--tokenizer", help="tokenizer.json, for a checkpoint that carries no tokenizer")
     p.add_argument("--eos-token", default=None, help="end-of-text token of --tokenizer (default: <|endoftext|>)")
+    p.add_argument("--engine", default="auto", choices=("native", "harness", "auto"),
+                   help="native: zoo's tasks; harness: lm-eval's registry; auto (default): native where zoo has it")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="folder of task YAMLs in lm-eval's format (repeatable; harness engine)")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (harness engine; default: the task's)")
+    p.add_argument("--apply-chat-template", action="store_true",
+                   help="render prompts in the model's SFT format (--chat-format; harness engine)")
+    p.add_argument("--chat-format", help="SFT format of the model for --apply-chat-template: alpaca, user_assistant, "
+                   "chat, none")
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--tensorboard", help="also log eval/<task>/<metric> scalars to this TensorBoard folder")
     dm = p.add_argument_group("masked-diffusion checkpoints")
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as err:
         print(f"zoo eval: {err}", file=sys.stderr)
         sys.exit(2)
+    from zoo.eval.engines import format_table
+
     print(format_table(report))
 
 
@@ -98,10 +113,13 @@ def parse_task_files(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from zoo.eval.engines import evaluate_with_harness, split_by_engine
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    names, harness_names = split_by_engine(names, engine=args.engine, include_paths=args.include_path,
+                                           extra_files=args.include)  # fmt: skip
     code_names = [n for n in names if n in CODE_TASKS]
     ks = parse_k(args.k)
     if code_names and args.n_samples > 1 and args.temperature == 0:
@@ -128,11 +146,21 @@ def run(args: argparse.Namespace) -> dict:
                                log=lambda m: print(m, file=sys.stderr))  # fmt: skip
         n = scores.pop("n")
         report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
+    report["engines"] = {name: "native" for name in report["results"]}
+    if harness_names:
+        out = evaluate_with_harness(model, tokenizer, eos, harness_names, batch_size=args.batch_size,
+                                    mc_num=args.mc_num, seed=args.seed, chat_format=args.chat_format,
+                                    data_dir=args.data_dir, include_paths=args.include_path, limit=args.limit,
+                                    num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template,
+                                    log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+        report["results"].update(out["results"])
+        report["engines"].update({name: "harness" for name in out["results"]})
+        report["harness"] = out["harness"]
     report.update({"checkpoint": args.ckpt, "global_step": step, "limit": args.limit,
                    "mc_num": args.mc_num if scorer.elbo else None})  # fmt: skip
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(report, f, indent=2, default=str)
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -140,21 +168,3 @@ def run(args: argparse.Namespace) -> dict:
             for name, value in scalars(report["results"]).items():
                 writer.add_scalar(name, value, step)
     return report
-
-
-def format_table(report: dict) -> str:
-    rows = [("task", "metric", "value", "stderr", "n")]
-    for task, metrics in report["results"].items():
-        for metric, entry in metrics.items():
-            if metric == "n":
-                continue
-            se = entry["stderr"]
-            rows.append((task, metric, f"{entry['value']:.4f}", "" if se is None or math.isnan(se) else f"{se:.4f}",
-                         str(metrics.get("n", ""))))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    if report.get("elbo"):
-        lines.insert(0, f"masked-diffusion checkpoint: log-likelihoods are Monte-Carlo ELBO lower bounds "
-                        f"(mc_num={report.get('mc_num')}), not exact")  # fmt: skip
-    return "\n".join(lines)

@@ -22,13 +22,17 @@ class EvalCallback(L.Callback):
     """Run zero-shot tasks every ``every_n_steps`` optimizer steps and log their metrics to the trainer's logger.
 
     Args:
-        tasks: task or group names (``python -m zoo eval``'s; code tasks are not run during training).
+        tasks: task or group names (``python -m zoo eval``'s, lm-eval's registry included; code tasks are not run
+            during training).
         every_n_steps: evaluate after every this many optimizer steps.
         limit: first N documents of each task (``None`` = all); small values keep training fast.
         data_dir: folder of local task files (the layout of ``python -m zoo eval --data-dir``); ``None`` = the hub.
         batch_size: sequences per forward pass.
         mc_num: Monte-Carlo samples per ELBO for masked-diffusion models.
         on_train_end: also evaluate once when training ends.
+        engine: ``auto`` (zoo's own task where it has one, else lm-eval's), ``native`` or ``harness``.
+        include_path: folders of task YAMLs in lm-eval's format (harness tasks).
+        num_fewshot: few-shot examples per prompt of harness tasks (``None``: each task's own).
     """
 
     def __init__(
@@ -41,7 +45,11 @@ class EvalCallback(L.Callback):
         batch_size: int = 32,
         mc_num: int = 32,
         on_train_end: bool = False,
+        engine: str = "auto",
+        include_path: list[str] | None = None,
+        num_fewshot: int | None = None,
     ) -> None:
+        from zoo.eval.engines import split_by_engine
         from zoo.eval.tasks import CODE_TASKS, resolve
 
         if every_n_steps < 1:
@@ -49,7 +57,10 @@ class EvalCallback(L.Callback):
         code = [t for t in tasks if t in CODE_TASKS]
         if code:
             raise ValueError(f"EvalCallback tasks={code}: code tasks run with `python -m zoo eval`, not in training")
-        self.tasks, self.groups = resolve(list(tasks))  # unknown names fail here, before training starts
+        # unknown names fail here, before training starts
+        self.include_path, self.num_fewshot = list(include_path or []), num_fewshot
+        native, self.harness_tasks = split_by_engine(list(tasks), engine=engine, include_paths=self.include_path)
+        self.tasks, self.groups = resolve(native)
         self.every_n_steps, self.limit, self.data_dir = every_n_steps, limit, data_dir
         self.batch_size, self.mc_num, self.final = batch_size, mc_num, on_train_end
         self.documents: dict[str, list[dict]] = {}
@@ -91,8 +102,12 @@ class EvalCallback(L.Callback):
         pl_module.eval()
         try:
             with torch.no_grad():
-                report = evaluate(self.tasks, scorer, groups=self.groups, data_dir=self.data_dir, limit=self.limit,
-                                  documents=self.documents)  # fmt: skip
+                report = {"results": {}}
+                if self.tasks:
+                    report = evaluate(self.tasks, scorer, groups=self.groups, data_dir=self.data_dir,
+                                      limit=self.limit, documents=self.documents)  # fmt: skip
+                if self.harness_tasks:
+                    report["results"].update(self.run_harness(pl_module, tokenizer, eos)["results"])
         finally:
             pl_module.train(was_training)
         self.last_results = report["results"]
@@ -100,3 +115,10 @@ class EvalCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return report
+
+    def run_harness(self, pl_module: L.LightningModule, tokenizer, eos: str) -> dict:
+        from zoo.eval.engines import evaluate_with_harness
+
+        return evaluate_with_harness(pl_module, tokenizer, eos, self.harness_tasks, batch_size=self.batch_size,
+                                     mc_num=self.mc_num, data_dir=self.data_dir, include_paths=self.include_path,
+                                     limit=self.limit, num_fewshot=self.num_fewshot)  # fmt: skip
