@@ -144,9 +144,9 @@ def test_code_task_from_the_command_line(fitted, tmp_path, capsys):
 
 
 def test_eval_callback_refuses_fsdp_on_every_rank():
-    from zoo.eval import EvalCallback
-
     from lightning.pytorch.strategies import FSDPStrategy
+
+    from zoo.eval import EvalCallback
 
     class Trainer:
         strategy = FSDPStrategy.__new__(FSDPStrategy)  # the type is what the callback checks; nothing is set up
