@@ -234,7 +234,7 @@ def test_a_hub_task_offline_names_its_dataset_and_the_local_recipe(loaded, files
     model, tokenizer, eos = loaded
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(zoo.eval.tasks, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(zoo.eval.datasets, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(ValueError) as info:
         run_harness(ZooLM(pretrained=model, tokenizer=tokenizer, eos_token=eos), ["gsm8k"], work=tmp_path,
                     include_paths=[str(files[1])])

@@ -7,9 +7,10 @@ import re
 
 import pytest
 
+from zoo.eval.datasets import wikitext_detokenize
 from zoo.eval.metrics import evaluate
 from zoo.eval.scoring import Scorer
-from zoo.eval.tasks import builtin_tasks, resolve, tasks_from_yaml, wikitext_detokenize
+from zoo.eval.tasks import builtin_tasks, resolve, tasks_from_yaml
 
 TASKS = builtin_tasks()
 QA_PROMPT_START = "Q: What is human life expectancy in the United States?\nA: Human life expectancy"
@@ -210,7 +211,7 @@ metrics: [acc]
 
 
 def test_no_network_and_no_local_file_says_where_it_looked(monkeypatch):
-    import zoo.eval.tasks as tasks_module
+    import zoo.eval.datasets as tasks_module
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

@@ -156,7 +156,7 @@ def _hint(task: str) -> str:
 
 
 def _load_hub(task: str) -> list[dict]:
-    from zoo.eval.tasks import hub_offline, hub_reachable
+    from zoo.eval.datasets import hub_offline, hub_reachable
 
     path, name = HUB[task]
     splits = ["test", "prompt"] if task == "mbpp" else ["test"]  # MBPP's shots are in its prompt split

@@ -105,7 +105,8 @@ def local_task_yaml(name: str, *, data_dir: str, work: str | os.PathLike, includ
     layout (rows in the hub's schema, so the harness's own prompts and processing apply), or ``None`` when zoo
     knows no local file for it or the file is absent. The YAML ``include``-s the registered task and replaces
     its dataset by ``dataset_path: json`` + ``data_files``; the evaluated split is the one the task names."""
-    from zoo.eval.tasks import builtin_tasks, read_local
+    from zoo.eval.datasets import read_local
+    from zoo.eval.tasks import builtin_tasks
 
     task = builtin_tasks().get(name)
     entry = task_manager(include_paths).task_index.get(name)
@@ -173,7 +174,7 @@ def run_harness(lm, names: Sequence[str], *, data_dir: str | None = None, work: 
     own output under ``"harness"`` (task versions, n-shot, higher_is_better)."""
     import lm_eval
 
-    from zoo.eval.tasks import hub_offline, hub_reachable
+    from zoo.eval.datasets import hub_offline, hub_reachable
 
     specs, remote = [], []
     for name in names:
