@@ -142,13 +142,15 @@ def test_zoo_checkpoints_load_weights_only(trained):
 # ---- an older checkpoint: refused, trusted on request, converted once -------------------------------------------
 
 
-def old_style(checkpoint: dict) -> dict:
-    """``checkpoint`` as an older zoo (or a model built in Python with save_hyperparameters) wrote it: the optimizer
-    a functools.partial, the backbone config a Namespace, NumPy's RNG state its legacy tuple, a NumPy scalar."""
+def old_style(checkpoint: dict, *, hyperparameters: bool = True) -> dict:
+    """``checkpoint`` with Python objects where zoo now writes plain data: NumPy's RNG state as its own tuple, the
+    epoch a NumPy scalar, and with ``hyperparameters`` the optimizer a functools.partial and the backbone config a
+    Namespace (as save_hyperparameters records a model built in Python)."""
     old = {**checkpoint, "hyper_parameters": dict(checkpoint["hyper_parameters"])}
     hp = old["hyper_parameters"]
-    hp["optimizer"] = functools.partial(torch.optim.AdamW, **hp["optimizer"]["init_args"])
-    hp["backbone"] = Namespace(**hp["backbone"])
+    if hyperparameters:
+        hp["optimizer"] = functools.partial(torch.optim.AdamW, **hp["optimizer"]["init_args"])
+        hp["backbone"] = Namespace(**hp["backbone"])
     rng = dict(checkpoint["callbacks"]["RandomState"])
     n = rng["numpy"]
     rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), np.int64(n["pos"]), n["has_gauss"], n["gauss"])
@@ -190,6 +192,28 @@ def test_an_older_checkpoint_is_refused_trusted_on_request_and_converted(trained
     assert sorted(losses(tmp_path / "converted.txt")) == [3]
 
 
+def test_an_older_checkpoint_loads_as_it_is_with_the_opt_in(trained, tmp_path, cache, monkeypatch, capsys):
+    """--trust-checkpoint on a subcommand, --trust_checkpoint true on fit: the old file is unpickled and used."""
+    from zoo.cli import main
+
+    old = tmp_path / "old.ckpt"  # Lightning rebuilds the objective from its hyperparameters: those stay plain here
+    torch.save(old_style(torch.load(trained, map_location="cpu", weights_only=True), hyperparameters=False), old)
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(old), "--out", str(tmp_path / "refused")])
+    assert "was refused" in capsys.readouterr().err
+    main(["export", "--ckpt", str(old), "--out", str(tmp_path / "hf"), "--trust-checkpoint"])
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+    monkeypatch.setenv("ZOO_TRUST_CHECKPOINTS", "")  # restored after the test: the flag sets it for the run
+    with pytest.warns(UserWarning, match="trusted but not weights-only: its hyperparameters are not read"):
+        cli = fit(tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(old), "--trust_checkpoint",
+                  "true", callback("LossLog", path=str(tmp_path / "old.txt")), monkeypatch=monkeypatch)  # fmt: skip
+    assert cli.trainer.global_step == 3
+    fit(tmp_path / "new", cache, "--trainer.max_steps", "3", "--ckpt_path", str(trained),
+        callback("LossLog", path=str(tmp_path / "new.txt")), monkeypatch=monkeypatch)  # fmt: skip
+    assert losses(tmp_path / "old.txt") == losses(tmp_path / "new.txt")  # the same state, RNG included
+
+
 def assert_same(a, b, where=""):
     assert type(a) is type(b) or {type(a), type(b)} <= {list, tuple}, f"{where}: {type(a)} vs {type(b)}"
     if isinstance(a, dict):
@@ -214,3 +238,33 @@ def test_convert_refuses_an_object_it_cannot_make_plain(tmp_path):
     with pytest.raises(ValueError, match="cannot convert /hyper_parameters/buffer: a _io.BytesIO is not plain"):
         convert_checkpoint(old, tmp_path / "new.ckpt")
     assert not (tmp_path / "new.ckpt").exists()
+
+
+def test_a_bare_pickle_payload_is_refused_as_not_a_checkpoint(tmp_path):
+    import pickle
+
+    from zoo.objectives import LanguageModel
+
+    marker, path = tmp_path / "marker", tmp_path / "bare.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}))
+    for read in (lambda: read_checkpoint(path), lambda: LanguageModel.from_checkpoint(str(path))):
+        with pytest.raises(ValueError, match=f"checkpoint {path} is truncated or not a checkpoint"):
+            read()
+    assert not marker.exists()
+
+
+def test_a_model_built_in_python_keeps_only_plain_hyperparameters(tmp_path):
+    """save_hyperparameters records every __init__ argument; objects (the backbone, the optimizer factory, a
+    conversion schedule) are dropped so that the checkpoint still loads weights-only."""
+    from tests.conftest import tiny_backbone
+    from zoo.objectives import MaskedDiffusionLM
+    from zoo.objectives.conversion import AttentionAnnealing
+
+    model = MaskedDiffusionLM(backbone=tiny_backbone(vocab_size=300), mask_id=299,
+                              conversion=AttentionAnnealing(anneal_steps=4), optimizer=functools.partial(
+                                  torch.optim.SGD, lr=0.1))  # fmt: skip
+    assert "conversion" not in model.hparams and "optimizer" not in model.hparams
+    assert model.hparams["mask_id"] == 299
+    path = tmp_path / "h.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []

@@ -33,6 +33,15 @@ from zoo.training.checkpoints import (
 )
 
 
+def _plain(value) -> bool:
+    """Whether ``value`` is what weights-only loading accepts without tensors: numbers, strings, plain containers."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(_plain, value))
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
+
+
 class LanguageModel(L.LightningModule):
     """Base objective around a :class:`zoo.nn.Transformer` backbone.
 
@@ -66,7 +75,9 @@ class LanguageModel(L.LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
         if isinstance(self.hparams.get("backbone"), torch.nn.Module):
-            self.remove_ignored_hparams(["backbone", "optimizer", "schedule"])
+            # built in Python: objects (the backbone, factories, schedules, a subclass's conversion schedule) are not
+            # kept, since checkpoints hold plain data only and load weights-only; pass them to load_from_checkpoint
+            self.remove_ignored_hparams([k for k, v in self.hparams.items() if not _plain(v)])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.schedule = schedule if schedule is not None else Constant()

@@ -201,7 +201,7 @@ def untrusted(path, err: BaseException) -> UntrustedCheckpointError:
     reason = next((a for a, b in zip(paragraphs, paragraphs[1:]) if b.startswith("Check the doc")), paragraphs[-1])
     try:  # every offending global, from torch's own scan of the pickle (the error names the first one only)
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint (a bare pickle): torch's reason alone
+    except (ValueError, RuntimeError, OSError):  # a file-like object rather than a path: torch's reason alone
         names = []
     offending = f"{', '.join(names[:8])}{', …' if len(names) > 8 else ''}; " if names else ""
     return UntrustedCheckpointError(
@@ -222,7 +222,7 @@ def unreadable(path, err: BaseException) -> BaseException:
     """The error for a checkpoint file that ``torch.load`` could not read: :class:`UntrustedCheckpointError` for a
     refusal by weights-only loading (a question of trust, not of damage); a missing or forbidden file's error is
     returned unchanged."""
-    if _is_refusal(err):
+    if _is_refusal(err) and zipfile.is_zipfile(path):  # a whole torch.save file: a question of trust, not damage
         return untrusted(path, err)
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):  # not the file's content
         return err
