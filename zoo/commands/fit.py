@@ -147,6 +147,8 @@ class ZooCLI(LightningCLI):
         else ``<logger log_dir>/checkpoints`` (the first logger's), else ``<default_root_dir>/checkpoints``."""
         dirs = []
         for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "save_top_k", None) == 0 and not getattr(cb, "save_last", True):
+                continue  # writes nothing
             if getattr(cb, "dirpath", None):
                 dirs.append(Path(cb.dirpath))
             elif self.trainer.loggers:  # as ModelCheckpoint resolves it
