@@ -110,7 +110,7 @@ def test_subcommands_refuse_the_payload(payload, command, capsys):
     from zoo.cli import main
 
     path, _ = payload
-    argv = {"eval": ["--tasks", "arc_easy"], "generate": ["--prompt", "x"], "export": ["--out", str(path.parent)]}
+    argv = {"eval": ["--tasks", "arc_easy"], "generate": ["--prompt", "x"], "export": ["--out", str(path.parent / "o")]}
     with pytest.raises(SystemExit) as exit_:
         main([command, "--ckpt", str(path), *argv[command]])
     assert exit_.value.code == 2
