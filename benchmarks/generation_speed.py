@@ -104,8 +104,8 @@ def load_models(args) -> dict:
     from zoo.generation import block_causal_size
     from zoo.objectives import LanguageModel
 
-    ar = LanguageModel.from_checkpoint(args.ar_ckpt, map_location="cpu", weights_only=False)
-    diffusion = LanguageModel.from_checkpoint(args.diffusion_ckpt, map_location="cpu", weights_only=False)
+    ar = LanguageModel.from_checkpoint(args.ar_ckpt, map_location="cpu")
+    diffusion = LanguageModel.from_checkpoint(args.diffusion_ckpt, map_location="cpu")
     tokenizer, eos = tokenizer_from_checkpoint(args.ar_ckpt)
     return {"ar": ar.backbone, "diffusion": diffusion.backbone, "mask_id": diffusion.mask_id,
             "shift": getattr(diffusion, "shift", False), "block_causal": block_causal_size(diffusion),

@@ -72,7 +72,7 @@ def main() -> None:
     if args.ckpt:
         from zoo.objectives import LanguageModel
 
-        backbone = LanguageModel.from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).backbone
+        backbone = LanguageModel.from_checkpoint(args.ckpt, map_location="cpu").backbone
         all_prompts = checkpoint_prompts(args.ckpt, max(batch_sizes), args.prompt_tokens)
     else:
         backbone = random_backbone(args)

@@ -64,7 +64,7 @@ def test_the_commands_run_a_new_objective_through_its_own_sampler_and_scorer(che
     from zoo.cli import main
     from zoo.objectives.base import LanguageModel as Base
 
-    model = Base.from_checkpoint(str(checkpoint), weights_only=False)
+    model = Base.from_checkpoint(str(checkpoint))
     assert type(model).__name__ == "RecomputingLM"
 
     before = RecomputingLM.samples_drawn

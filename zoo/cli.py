@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zero-shot task scores of a checkpoint, as lm-evaluation-harness computes them",
              "zoo.commands.eval:main"),
     "tokenizer": ("train a byte-level BPE tokenizer on a data config", "zoo.commands.tokenizer:main"),
+    "checkpoint": ("convert a checkpoint of an older zoo so that it loads weights-only",
+                   "zoo.commands.checkpoint:main"),
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

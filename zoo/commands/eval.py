@@ -36,12 +36,14 @@ import torch
 
 from zoo.eval.checkpoint import load_model, make_scorer, scalars
 from zoo.eval.tasks import CODE_TASKS
+from zoo.training.checkpoints import TRUST_HELP
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None, help=TRUST_HELP)
     p.add_argument("--tasks", required=True, help="comma-separated task or group names (e.g. arc_easy,piqa,blimp)")
     p.add_argument("--limit", type=int, help="first N documents of each task (default: all)")
     p.add_argument("--data-dir", help="folder of local task files (layout above); default: the hub")
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=args.include)
     task_files = parse_task_files(args.task_file)
     model, tokenizer, eos, step = load_model(args.ckpt, device=args.device, tokenizer_path=args.tokenizer,
-                                             eos_token=args.eos_token)  # fmt: skip
+                                             eos_token=args.eos_token, trust=args.trust_checkpoint)  # fmt: skip
     scorer = make_scorer(model, tokenizer, eos, batch_size=args.batch_size, mc_num=args.mc_num, seed=args.seed)
     report = {"results": {}, "elbo": scorer.elbo}
     if tasks:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from zoo.interop import export as library
 from zoo.interop.export import DTYPES, FORMATS, export
+from zoo.training.checkpoints import TRUST_HELP
 
 
 def main(argv: list[str]) -> None:
@@ -23,6 +24,7 @@ def main(argv: list[str]) -> None:
         "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the exported weights (default float32)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    parser.add_argument("--trust-checkpoint", action="store_true", default=None, help=TRUST_HELP)
     args = parser.parse_args(argv)
 
     def fail(message: str) -> None:
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> None:
         fail(f"--ckpt {args.ckpt} is not a file: give the path of a checkpoint written by `python -m zoo fit`")
     try:
         directory = export(args.ckpt, args.out, format=args.format, dtype=DTYPES[args.dtype],
-                           overwrite=args.overwrite)  # fmt: skip
+                           overwrite=args.overwrite, trust=args.trust_checkpoint)  # fmt: skip
     except (ValueError, OSError) as err:
         fail(str(err))
     remote = (directory / "modeling_zoo.py").exists()

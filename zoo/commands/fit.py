@@ -8,6 +8,7 @@ backbone.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
@@ -22,7 +23,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from zoo.data.base import TextDataModule
 from zoo.objectives.base import LanguageModel
-from zoo.training.checkpoints import AtomicCheckpointIO, read_checkpoint
+from zoo.training.checkpoints import (
+    TRUST_ENV,
+    AtomicCheckpointIO,
+    check_writable,
+    read_checkpoint,
+    remove_torn_files,
+    trust_checkpoints,
+)
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
 from zoo.training.random_state import RandomState
@@ -35,7 +43,12 @@ class ZooCLI(LightningCLI):
     ``checkpoint:``, ``throughput:`` and ``nonfinite:`` in YAML (``--checkpoint.every_n_train_steps 500``,
     ``--nonfinite.policy stop``). Every run also writes its checkpoint files atomically
     (:class:`zoo.training.AtomicCheckpointIO`), saves its random state in them, and ``--ckpt_path last`` resumes from
-    the newest checkpoint of the run folder that reads (:func:`zoo.training.newest_good_checkpoint`)."""
+    the newest checkpoint of the run folder that reads (:func:`zoo.training.newest_good_checkpoint`).
+
+    Every checkpoint the run reads (``--ckpt_path``, ``model.init_from``, a ``CheckpointTokenizer``) is read
+    weights-only; ``--trust_checkpoint true`` (or ``ZOO_TRUST_CHECKPOINTS=1``) unpickles files of an older zoo in
+    full. Before training, the checkpoint folder must take a file (:func:`zoo.training.check_writable`), and
+    temporary files of a save cut short by a kill are removed."""
 
     def __init__(self, args=None, **kwargs) -> None:
         quiet_dependency_warnings()
@@ -58,6 +71,11 @@ class ZooCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_argument(
+            "--trust_checkpoint", type=bool, default=False,
+            help="read checkpoints that hold pickled Python objects (written by an older zoo) by unpickling them, "
+            f"which runs any code they name: only files you trust (also: {TRUST_ENV}=1). Default: weights-only",
+        )  # fmt: skip
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -76,16 +94,43 @@ class ZooCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
-        # LightningCLI reads the hyperparameters of a --ckpt_path file right after parsing; a truncated or foreign
-        # file would fail there with torch's bare unpickling error, so it is named here first.
-        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        if config.get("trust_checkpoint"):
+            # the flag covers every read of the run (init_from, CheckpointTokenizer, the trainer's checkpoint_io,
+            # DDP's re-launched ranks), which all consult the environment variable
+            os.environ[TRUST_ENV] = "1"
+        # LightningCLI reads the hyperparameters of a --ckpt_path file right after parsing; a truncated, foreign or
+        # untrusted file would fail there with torch's bare unpickling error, so it is named here first.
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and os.path.isfile(ckpt_path):
             read_checkpoint(ckpt_path, mmap=True)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI's reading of the --ckpt_path file's hyperparameters (torch.load, weights-only). A trusted file
+        # of an older zoo holds its hyperparameters as Python objects, which that read refuses; it is skipped for
+        # such a file (the model comes from the config) with a warning. LightningCLI offers no public hook here.
+        if not trust_checkpoints():
+            return super()._parse_ckpt_path()
+        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        try:
+            read_checkpoint(ckpt_path, mmap=True, trust=False) if ckpt_path and os.path.isfile(ckpt_path) else None
+        except ValueError:
+            rank_zero_warn(f"--ckpt_path {ckpt_path} is trusted but not weights-only: its hyperparameters are not "
+                           "read, the model is built from the config")  # fmt: skip
+            return None
+        return super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet
         # (it would silently start over): look through the whole run folder, skipping unreadable files.
         config = self.config_init[self.subcommand]
+        if self.trainer.is_global_zero:  # rank 0 writes the checkpoints
+            for directory in self._checkpoint_dirs():
+                check_writable(directory)
+            for directory in checkpoint_dirs(self.trainer):
+                for path in remove_torn_files(directory):
+                    rank_zero_warn(f"removed {path}: a checkpoint save cut short by a crash (the file before it is "
+                                   "intact)")  # fmt: skip
         if config.get("ckpt_path") == "last":
             dirs = checkpoint_dirs(self.trainer)
             found = newest_good_checkpoint(dirs)
@@ -96,3 +141,21 @@ class ZooCLI(LightningCLI):
             # Lightning runs setup() (which applies init_from) before restoring the checkpoint: a resumed stage
             # needs neither the previous stage's weights nor that file to still exist.
             self.model.init_from = None
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        """The folders this run's ModelCheckpoints will write to, as Lightning resolves them at setup: ``dirpath``,
+        else ``<logger log_dir>/checkpoints`` (the first logger's), else ``<default_root_dir>/checkpoints``."""
+        dirs = []
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "save_top_k", None) == 0 and not getattr(cb, "save_last", True):
+                continue  # writes nothing
+            if getattr(cb, "dirpath", None):
+                dirs.append(Path(cb.dirpath))
+            elif self.trainer.loggers:  # as ModelCheckpoint resolves it
+                logger = self.trainer.loggers[0]
+                version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+                root = Path(logger.save_dir or self.trainer.default_root_dir)
+                dirs.append(root / str(logger.name) / version / "checkpoints")
+            else:
+                dirs.append(Path(self.trainer.default_root_dir) / "checkpoints")
+        return dirs

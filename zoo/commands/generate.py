@@ -25,12 +25,14 @@ import torch
 from zoo.data.formats import FORMATS
 from zoo.generation.diffusion import REMASKING
 from zoo.generation.fast_diffusion import CACHES, REFRESH
+from zoo.training.checkpoints import TRUST_HELP
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None, help=TRUST_HELP)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
     p.add_argument("--input", default="", help="context for every prompt (the alpaca format's '### Input:')")
     p.add_argument("--format", default="none", choices=sorted(FORMATS), help="prompt template (default: none)")
@@ -92,10 +94,8 @@ def run(args: argparse.Namespace) -> None:
     from zoo.generation.sampling import sample
     from zoo.objectives.base import LanguageModel
 
-    # weights_only=False: from_checkpoint has already unpickled this file to read its class, and Lightning's
-    # weights-only unpickler is many times slower on the tokenizer and loop state a zoo checkpoint carries
-    model = LanguageModel.from_checkpoint(args.ckpt, map_location=args.device, weights_only=False).eval()
-    tokenizer, eos = tokenizer_from_checkpoint(args.ckpt)
+    model = LanguageModel.from_checkpoint(args.ckpt, map_location=args.device, trust=args.trust_checkpoint).eval()
+    tokenizer, eos = tokenizer_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     eos_id = tokenizer.token_to_id(eos)
     template = FORMATS[args.format]()
     texts = [template.prompt(text, args.input) for text in args.prompt]

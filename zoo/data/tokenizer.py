@@ -119,7 +119,8 @@ class PretrainedTokenizer(TokenizerSource):
 
 class CheckpointTokenizer(TokenizerSource):
     """The tokenizer a ``python -m zoo fit`` checkpoint was trained with (zoo saves it in every checkpoint):
-    fine-tuning and later curriculum stages keep the base model's tokenizer.
+    fine-tuning and later curriculum stages keep the base model's tokenizer. The file is read weights-only (an
+    older file holding Python objects needs ``$ZOO_TRUST_CHECKPOINTS=1`` or ``python -m zoo checkpoint convert``).
 
     Args:
         path: the checkpoint (``.ckpt``).
@@ -160,16 +161,20 @@ def train_bpe(
     return tokenizer
 
 
-def tokenizer_from_checkpoint(checkpoint: dict | str | os.PathLike) -> tuple[Tokenizer, str]:
+def tokenizer_from_checkpoint(
+    checkpoint: dict | str | os.PathLike, *, trust: bool | None = None
+) -> tuple[Tokenizer, str]:
     """The tokenizer and end-of-text token a ``python -m zoo fit`` checkpoint was trained with.
 
     Lightning saves the data module's ``state_dict`` under the module's class name; zoo's data modules put the
-    tokenizer's JSON there, so a checkpoint alone is enough to sample from, evaluate or export a model.
+    tokenizer's JSON there (a string), so a checkpoint alone is enough to sample from, evaluate or export a model.
+    A path is read weights-only, its tensors mapped rather than read (``trust``: see
+    :func:`zoo.training.checkpoints.trust_checkpoints`).
     """
     if not isinstance(checkpoint, dict):
-        import torch  # only here: this module is otherwise torch-free
+        from zoo.training.checkpoints import read_checkpoint  # only here: this module is otherwise torch-free
 
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(checkpoint, mmap=True, trust=trust)
     for value in checkpoint.values():
         if isinstance(value, dict) and isinstance(value.get("tokenizer"), str):
             return Tokenizer.from_str(value["tokenizer"]), value.get("eos_token", EOS)

@@ -6,20 +6,24 @@ Shared by ``python -m zoo eval`` (:mod:`zoo.commands.eval`), :class:`zoo.eval.Ev
 from __future__ import annotations
 
 
-def load_model(ckpt: str, *, device: str, tokenizer_path: str | None = None, eos_token: str | None = None):
-    """(objective in eval mode, tokenizer, eos token, global step) of a zoo checkpoint."""
+def load_model(
+    ckpt: str, *, device: str, tokenizer_path: str | None = None, eos_token: str | None = None,
+    trust: bool | None = None,
+):
+    """(objective in eval mode, tokenizer, eos token, global step) of a zoo checkpoint, read weights-only
+    (``trust``: see :func:`zoo.training.checkpoints.trust_checkpoints`)."""
     from tokenizers import Tokenizer
 
     from zoo.data.tokenizer import EOS, tokenizer_from_checkpoint
     from zoo.objectives.base import LanguageModel
     from zoo.training.checkpoints import read_checkpoint
 
-    checkpoint = read_checkpoint(ckpt)  # a missing or foreign file is named in a ValueError
+    checkpoint = read_checkpoint(ckpt, mmap=True, trust=trust)  # a missing, foreign or untrusted file is named
     if tokenizer_path is not None:
         tokenizer, eos = Tokenizer.from_file(tokenizer_path), eos_token or EOS
     else:
         tokenizer, eos = tokenizer_from_checkpoint(checkpoint)
-    model = LanguageModel.from_checkpoint(ckpt, map_location=device, weights_only=False).eval()
+    model = LanguageModel.from_checkpoint(ckpt, map_location=device, trust=trust).eval()
     if tokenizer.token_to_id(eos) is None:
         raise ValueError(f"the tokenizer has no end-of-text token {eos!r}: pass --eos-token")
     return model, tokenizer, eos, int(checkpoint.get("global_step", 0))

@@ -63,12 +63,12 @@ def auto_format(model) -> str:
     return "hf"
 
 
-def _tokenizer(ckpt: str, max_len: int):
+def _tokenizer(ckpt: str, max_len: int, *, trust: bool | None = None):
     from transformers import PreTrainedTokenizerFast
 
     from zoo.data.tokenizer import tokenizer_from_checkpoint
 
-    tokenizer, eos = tokenizer_from_checkpoint(ckpt)
+    tokenizer, eos = tokenizer_from_checkpoint(ckpt, trust=trust)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos,
                                    model_max_length=max_len)  # fmt: skip
     eos_id = fast.convert_tokens_to_ids(eos)
@@ -78,10 +78,12 @@ def _tokenizer(ckpt: str, max_len: int):
 
 
 def export(
-    ckpt: str, out: str, *, format: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = False
+    ckpt: str, out: str, *, format: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = False,
+    trust: bool | None = None,
 ) -> Path:
     """Write the checkpoint's model and tokenizer to ``out`` in the given format (see :data:`FORMATS`; ``auto``
-    picks one); returns the directory."""
+    picks one); returns the directory. The checkpoint is read weights-only (``trust``: see
+    :func:`zoo.training.checkpoints.trust_checkpoints`)."""
     from zoo.objectives.base import LanguageModel
 
     if format != "auto" and format not in FORMATS:
@@ -91,8 +93,8 @@ def export(
         raise ValueError(f"--out {out} is a file: give a directory")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise ValueError(f"--out {out} exists and is not empty: choose another directory or pass --overwrite")
-    model = LanguageModel.from_checkpoint(ckpt, map_location="cpu").eval()  # a foreign file: a ValueError naming it
-    tokenizer = _tokenizer(ckpt, model.backbone.max_seq_len)
+    model = LanguageModel.from_checkpoint(ckpt, map_location="cpu", trust=trust).eval()  # foreign, untrusted: named
+    tokenizer = _tokenizer(ckpt, model.backbone.max_seq_len, trust=trust)
     writer = FORMATS[auto_format(model) if format == "auto" else format]
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))

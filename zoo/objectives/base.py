@@ -25,7 +25,21 @@ from zoo.nn.transformer import Transformer
 from zoo.optim.fused import prefer_fused
 from zoo.optim.muon import optimizer_groups
 from zoo.optim.schedules import Constant, Schedule
-from zoo.training.checkpoints import CheckpointMismatchError, check_state_dict_fits, read_checkpoint
+from zoo.training.checkpoints import (
+    CheckpointMismatchError,
+    check_state_dict_fits,
+    read_checkpoint,
+    trust_checkpoints,
+)
+
+
+def _plain(value) -> bool:
+    """Whether ``value`` is what weights-only loading accepts without tensors: numbers, strings, plain containers."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(_plain, value))
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
 class LanguageModel(L.LightningModule):
@@ -61,7 +75,9 @@ class LanguageModel(L.LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
         if isinstance(self.hparams.get("backbone"), torch.nn.Module):
-            self.remove_ignored_hparams(["backbone", "optimizer", "schedule"])
+            # built in Python: objects (the backbone, factories, schedules, a subclass's conversion schedule) are not
+            # kept, since checkpoints hold plain data only and load weights-only; pass them to load_from_checkpoint
+            self.remove_ignored_hparams([k for k, v in self.hparams.items() if not _plain(v)])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.schedule = schedule if schedule is not None else Constant()
@@ -84,11 +100,13 @@ class LanguageModel(L.LightningModule):
         self.init_from = None  # the checkpoint holds the weights; the run it started from is not needed
 
     @classmethod
-    def from_checkpoint(cls, path: str, **kwargs) -> LanguageModel:
+    def from_checkpoint(cls, path: str, *, trust: bool | None = None, **kwargs) -> LanguageModel:
         """Load a checkpoint written by ``python -m zoo fit`` as the objective class it was trained with
-        (``LanguageModel.from_checkpoint`` returns a ``CausalLM`` for a causal-LM run). ``kwargs`` go to
-        Lightning's ``load_from_checkpoint`` (e.g. ``map_location``)."""
-        checkpoint = read_checkpoint(path)  # a missing, truncated or foreign file is named in a ValueError
+        (``LanguageModel.from_checkpoint`` returns a ``CausalLM`` for a causal-LM run). The file is read
+        weights-only: a file holding pickled Python objects is refused (``UntrustedCheckpointError``) unless
+        ``trust`` (``None`` = ``$ZOO_TRUST_CHECKPOINTS``). ``kwargs`` go to Lightning's ``load_from_checkpoint``
+        (e.g. ``map_location``)."""
+        checkpoint = read_checkpoint(path, mmap=True, trust=trust)  # missing, truncated, foreign, untrusted: named
         class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
         if class_path is None:
             raise ValueError(
@@ -99,6 +117,7 @@ class LanguageModel(L.LightningModule):
         target = getattr(importlib.import_module(module_name), name)
         if not (isinstance(target, type) and issubclass(target, cls)):
             raise ValueError(f"checkpoint {path} holds a {class_path}, which is not a {cls.__name__}")
+        kwargs["weights_only"] = not trust_checkpoints(trust)  # Lightning's own read of the file, weights-only too
         try:
             return target.load_from_checkpoint(path, **kwargs)
         except CheckpointMismatchError as err:
@@ -147,7 +166,7 @@ class LanguageModel(L.LightningModule):
                 f"init_from={path} is not a file: train the previous stage first, or point init_from at its "
                 "checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
             )
-        checkpoint = read_checkpoint(path)  # a truncated or foreign file is named
+        checkpoint = read_checkpoint(path)  # a truncated, foreign or untrusted file is named (weights-only)
         if "state_dict" not in checkpoint:
             raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")
         source = {k[len("backbone.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}

@@ -3,15 +3,24 @@
 ::
 
     crash (SIGKILL, OOM, node loss) ──▶ last.ckpt is the previous complete file (written to a temporary file,
-                                         fsynced, then renamed over the old one)
+                                         fsynced, then renamed over the old one); the torn temporary file is
+                                         removed by the next run (remove_torn_files)
+    full disk during a save ──▶ the previous file intact; CheckpointWriteError naming the path and the free space
+    a checkpoint folder that cannot be written ──▶ CheckpointWriteError before training starts (check_writable)
     a truncated or foreign file ──▶ ValueError naming the file and the fix
+    a file holding pickled Python objects ──▶ UntrustedCheckpointError (weights-only loading: nothing in a
+                                         checkpoint is imported or called unless trusted, see trust_checkpoints)
     another architecture or vocabulary ──▶ CheckpointMismatchError listing the differing parameters
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,8 +46,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and nothing is fsynced. Remote paths (``s3://``…) keep Lightning's behaviour: object stores replace whole
     objects.
 
-    Loading a file that is truncated or not a checkpoint raises a ``ValueError`` naming the file and the fix.
+    Loading is weights-only (tensors, plain containers, strings, numbers: nothing in the file is imported or
+    called), whatever ``weights_only`` Lightning passes, unless checkpoints are trusted (``trust``, else
+    ``$ZOO_TRUST_CHECKPOINTS``; see :func:`trust_checkpoints`). A file that weights-only loading refuses raises
+    :class:`UntrustedCheckpointError`; one that is truncated or not a checkpoint a ``ValueError`` naming the file
+    and the fix.
+
+    Args:
+        trust: load files that hold pickled Python objects (old zoo checkpoints) by unpickling them, which runs
+            whatever code they name; ``None`` = ``$ZOO_TRUST_CHECKPOINTS``.
     """
+
+    def __init__(self, *, trust: bool | None = None) -> None:
+        super().__init__()
+        self.trust = trust
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -47,7 +68,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return super().load_checkpoint(path, map_location=map_location,
+                                           weights_only=not trust_checkpoints(self.trust))  # fmt: skip
         except FileNotFoundError:
             raise
         except _UNREADABLE as err:
@@ -58,8 +80,13 @@ def _is_local(path) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, read-only or missing folder); the previous file is intact."""
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial ``path`` behind (see :class:`AtomicCheckpointIO`)."""
+    """``torch.save(obj, path)`` that never leaves a partial ``path`` behind (see :class:`AtomicCheckpointIO`).
+    A full disk raises :class:`CheckpointWriteError` naming the path and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename stays on one file system
     try:
@@ -68,8 +95,17 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} exists"
+            raise CheckpointWriteError(
+                err.errno,
+                f"could not write checkpoint {path}: no space left on the device ({_size(free)} free in "
+                f"{path.parent}; {kept}). Free space or point checkpoint.dirpath at a larger disk, then resume "
+                "with --ckpt_path last",
+            ) from err
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX; Windows has no directory handles)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -79,15 +115,115 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.close(fd)
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and write and remove a probe file in it, so that a run whose checkpoints
+    could never be saved (a read-only mount, a path under a regular file, no permission) stops before training
+    rather than at its first save; :class:`CheckpointWriteError` names the folder, the reason and the fix."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-", suffix=".tmp") as f:
+            f.write(b"0")
+            f.flush()
+    except OSError as err:
+        raise CheckpointWriteError(
+            err.errno,
+            f"checkpoint folder {directory} is not writable ({err.strerror or err}): no checkpoint of this run "
+            "could be saved. Point --checkpoint.dirpath (or --trainer.default_root_dir) at a writable folder",
+        ) from err
+
+
+_TORN = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")  # atomic_save's temporary files
+
+
+def remove_torn_files(directory: Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_save` left in ``directory`` when its process was killed while
+    writing (their process is gone); returns them. Files of a process still running are left alone."""
+    removed = []
+    for path in directory.glob(".*.ckpt.*.tmp") if directory.is_dir() else ():
+        match = _TORN.match(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+# ---- reading -----------------------------------------------------------------------------------------------------
+
+TRUST_ENV = "ZOO_TRUST_CHECKPOINTS"
+TRUST_HELP = (  # the --trust-checkpoint flag of the subcommands that read checkpoints
+    "load a checkpoint that holds pickled Python objects (written by an older zoo) by unpickling it, which runs any "
+    f"code it names: only for a file you trust (also: {TRUST_ENV}=1). Default: weights-only loading"
+)
+
+
+def trust_checkpoints(trust: bool | None = None) -> bool:
+    """Whether checkpoint files may be unpickled in full (running any code a file names): ``trust`` when given (a
+    ``--trust-checkpoint`` flag), else ``$ZOO_TRUST_CHECKPOINTS`` set to 1/true/yes. Off by default: zoo writes
+    checkpoints that weights-only loading reads; only files written before that need trust, or
+    ``python -m zoo checkpoint convert``."""
+    if trust is not None:
+        return trust
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint that weights-only loading refuses: it holds pickled Python objects, whose loading imports and
+    calls whatever the file names."""
+
+
+def _is_refusal(err: BaseException) -> bool:
+    return isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower()
+
+
+def untrusted(path, err: BaseException) -> UntrustedCheckpointError:
+    """The refusal of ``path`` by weights-only loading: the file, the Python objects it would import (torch's own
+    scan of the pickle, or its error), how to convert it and how to trust it."""
+    paragraphs = [p.strip() for p in str(err).split("\n\n")]  # torch's reason comes before "Check the documentation"
+    reason = next((a for a, b in zip(paragraphs, paragraphs[1:]) if b.startswith("Check the doc")), paragraphs[-1])
+    try:  # every offending global, from torch's own scan of the pickle (the error names the first one only)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError):  # a file-like object rather than a path: torch's reason alone
+        names = []
+    offending = f"{', '.join(names[:8])}{', …' if len(names) > 8 else ''}; " if names else ""
+    return UntrustedCheckpointError(
+        f"checkpoint {path} was refused: it holds pickled Python objects ({offending}torch: {reason[:300]}) that "
+        "loading would import and call, which can run any code. zoo loads checkpoints weights-only (tensors, plain "
+        "containers, "
+        "strings, numbers). If the file is your own, written by an older zoo, convert it once with "
+        f"`python -m zoo checkpoint convert {path} NEW.ckpt`; or load it as it is with --trust-checkpoint "
+        f"(fit: --trust_checkpoint true) or {TRUST_ENV}=1. Do either only for a file you trust"
+    )
+
+
 # the errors torch.load raises for a truncated file or one that is not a checkpoint
 _UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, OSError)
 
 
 def unreadable(path, err: BaseException) -> BaseException:
-    """The error for a checkpoint file that ``torch.load`` could not read; a refusal by ``weights_only`` loading
-    of a complete file, or a missing or forbidden file, is returned unchanged."""
-    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err) and zipfile.is_zipfile(path):
-        return err  # a whole file that weights_only loading refuses: a question of trust, not of damage
+    """The error for a checkpoint file that ``torch.load`` could not read: :class:`UntrustedCheckpointError` for a
+    refusal by weights-only loading (a question of trust, not of damage); a missing or forbidden file's error is
+    returned unchanged."""
+    if _is_refusal(err) and zipfile.is_zipfile(path):  # a whole torch.save file: a question of trust, not damage
+        return untrusted(path, err)
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):  # not the file's content
         return err
     return ValueError(
@@ -97,17 +233,18 @@ def unreadable(path, err: BaseException) -> BaseException:
     )
 
 
-def read_checkpoint(path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
-    """``torch.load`` of a trusted checkpoint file (``weights_only=False``: zoo checkpoints hold their objective's
-    class path and the data position), with a ``ValueError`` naming the file when it is missing, truncated or not a
-    checkpoint. ``mmap``: map tensor storages instead of reading them (a cheap check that a file is complete)."""
+def read_checkpoint(path, *, map_location: Any = "cpu", mmap: bool = False, trust: bool | None = None) -> dict:
+    """Weights-only ``torch.load`` of a checkpoint file, with a ``ValueError`` naming the file when it is missing,
+    truncated or not a checkpoint, and :class:`UntrustedCheckpointError` when it holds pickled Python objects.
+    ``mmap``: map tensor storages instead of reading them (a cheap check that a file is complete). ``trust``:
+    unpickle in full (see :func:`trust_checkpoints`; ``None`` = ``$ZOO_TRUST_CHECKPOINTS``)."""
     if not os.path.isfile(path):
         raise ValueError(
             f"checkpoint {path} does not exist: check the path (runs keep theirs in "
             "<default_root_dir>/lightning_logs/version_N/checkpoints/)"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=not trust_checkpoints(trust), mmap=mmap)
     except _UNREADABLE as err:
         raise unreadable(path, err) from err
     if not isinstance(checkpoint, dict):

@@ -50,7 +50,10 @@ class RandomState(Callback):
         version, internal, gauss = state["python"]  # a checkpoint round trip may turn tuples into lists
         random.setstate((version, tuple(internal), gauss))
         saved = state["numpy"]
-        keys = saved["keys"].numpy().astype(np.uint32)
-        np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
+        if isinstance(saved, dict):
+            keys = saved["keys"].numpy().astype(np.uint32)
+            np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
+        else:  # NumPy's own tuple, in a trusted checkpoint that is not weights-only
+            np.random.set_state(saved)
         if isinstance(state.get("cuda"), Tensor) and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])  # into the current device

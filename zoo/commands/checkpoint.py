@@ -1,0 +1,33 @@
+"""``python -m zoo checkpoint convert OLD NEW``: a checkpoint written by an older zoo, rewritten so that it loads
+weights-only (the hyperparameters, data position and random state as plain data; see :mod:`zoo.training.convert`).
+
+Converting unpickles OLD in full, which runs any code the file names: convert only your own or otherwise trusted
+files. NEW then loads everywhere without ``--trust-checkpoint``; OLD is left as it is. Example::
+
+    python -m zoo checkpoint convert runs/old/lightning_logs/version_0/checkpoints/last.ckpt last-converted.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zoo.training.convert import convert_checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m zoo checkpoint", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="action", required=True)
+    convert = sub.add_parser("convert", help="rewrite an older, trusted checkpoint so that it loads weights-only")
+    convert.add_argument("old", help="checkpoint to convert (unpickled in full: only a file you trust)")
+    convert.add_argument("new", help="where to write the converted checkpoint")
+    args = p.parse_args(argv)
+    try:
+        changes = convert_checkpoint(args.old, args.new)
+    except (ValueError, OSError) as err:
+        print(f"zoo checkpoint: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for change in changes:
+        print(f"  {change}")
+    print(f"wrote {args.new} ({len(changes)} entries made plain); it loads weights-only")
