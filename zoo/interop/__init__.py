@@ -6,8 +6,10 @@
   latter from YAML, as ``backbone: {class_path: zoo.interop.HFPretrained, init_args: {path: DIR}}``).
 - :func:`zoo.interop.remote_code.save_remote_code`: any zoo backbone (autoregressive or masked diffusion) as a
   self-contained transformers directory with its own modeling code, loaded with ``trust_remote_code=True``.
-- ``python -m zoo export --ckpt CKPT --out DIR [--format auto|hf|remote-code]`` (:func:`zoo.interop.export.export`,
-  :mod:`zoo.commands.export`): a checkpoint as a transformers directory with its tokenizer.
+- ``python -m zoo export --ckpt CKPT --out DIR [--format auto|hf|remote-code|gguf]``
+  (:func:`zoo.interop.export.export`, :mod:`zoo.commands.export`): a checkpoint as a transformers directory with
+  its tokenizer, or one GGUF file for llama.cpp (:mod:`zoo.interop.gguf`); every export writes a Hub model card
+  (:mod:`zoo.interop.card`).
 """
 
 from zoo.interop.hf import (

@@ -10,8 +10,12 @@
 - ``remote-code``: any zoo architecture, autoregressive or masked diffusion, with its modeling code in the directory
   (:mod:`zoo.interop.remote_code`); load it with ``from_pretrained(DIR, trust_remote_code=True)``.
 - ``auto`` (default): ``hf`` where a stock family expresses the model, else ``remote-code``.
+- ``gguf``: one GGUF file for llama.cpp (:mod:`zoo.interop.gguf`; ``outtype`` f32, f16 or q8_0) with the tokenizer
+  inside it, for Llama-shaped models (``qwen3`` with QK-norm, ``llada`` for masked diffusion).
 
-Every format also writes the run's tokenizer (``tokenizer.json`` with its end-of-text token as eos, bos and pad).
+The transformers formats also write the run's tokenizer (``tokenizer.json`` with its end-of-text token as eos, bos
+and pad). Every format writes a ``README.md`` model card (:mod:`zoo.interop.card`: ``license``, the scores of
+``eval_results``).
 The directory is written under a temporary name beside DIR and renamed into place when complete, so a refused or
 failed export leaves nothing behind; an existing non-empty DIR is replaced only with ``overwrite``.
 """
@@ -48,8 +52,18 @@ def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) 
     write_remote_code(model, tokenizer, directory, dtype=dtype)
 
 
+def write_gguf(model, tokenizer, directory: Path, *, dtype: torch.dtype, outtype: str | None = None) -> dict:
+    """One GGUF file for llama.cpp; refuses what llama.cpp's Llama-shaped architectures cannot express."""
+    from zoo.interop.gguf import export_gguf
+
+    return export_gguf(model, tokenizer.backend_tokenizer, tokenizer.eos_token, directory, dtype=dtype,
+                       outtype=outtype)  # fmt: skip
+
+
 # format name -> writer(model: LanguageModel, tokenizer: PreTrainedTokenizerFast, directory (exists, empty), *, dtype)
-FORMATS: dict[str, Callable[..., None]] = {"hf": write_hf, "remote-code": write_remote_code}
+# returning None (a transformers directory) or the facts of its model card (see zoo.interop.card.render_card)
+FORMATS: dict[str, Callable[..., dict | None]] = {"hf": write_hf, "remote-code": write_remote_code,
+                                                  "gguf": write_gguf}  # fmt: skip
 
 
 def auto_format(model) -> str:
@@ -63,12 +77,25 @@ def auto_format(model) -> str:
     return "hf"
 
 
-def _tokenizer(ckpt: str, max_len: int, *, trust: bool | None = None):
+def _tokenizer(checkpoint: dict, ckpt: str, max_len: int, *, path: str | None = None, eos_token: str | None = None):
+    """The run's tokenizer (or the ``tokenizer.json`` at ``path``) as a transformers fast tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
-    from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.data.tokenizer import EOS, PretrainedTokenizer, tokenizer_from_checkpoint
 
-    tokenizer, eos = tokenizer_from_checkpoint(ckpt, trust=trust)
+    if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"--tokenizer {path} is not a file: give the model's tokenizer.json")
+        source = PretrainedTokenizer(path=path, eos_token=eos_token or EOS)
+        tokenizer, eos = source.load(lambda: iter(()), ""), source.eos_token
+    else:
+        try:
+            tokenizer, eos = tokenizer_from_checkpoint(checkpoint)
+        except ValueError as err:
+            raise ValueError(
+                f"checkpoint {ckpt} carries no tokenizer (it was not trained through a zoo data module): pass the "
+                "tokenizer.json it was trained with as --tokenizer"
+            ) from err
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos,
                                    model_max_length=max_len)  # fmt: skip
     eos_id = fast.convert_tokens_to_ids(eos)
@@ -79,12 +106,29 @@ def _tokenizer(ckpt: str, max_len: int, *, trust: bool | None = None):
 
 def export(
     ckpt: str, out: str, *, format: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = False,
-    trust: bool | None = None,
-) -> Path:
-    """Write the checkpoint's model and tokenizer to ``out`` in the given format (see :data:`FORMATS`; ``auto``
-    picks one); returns the directory. The checkpoint is read weights-only (``trust``: see
-    :func:`zoo.training.checkpoints.trust_checkpoints`)."""
+    outtype: str | None = None, license: str | None = None, eval_results: str | None = None,
+    tokenizer: str | None = None, eos_token: str | None = None, trust: bool | None = None,
+) -> Path:  # fmt: skip
+    """Write the checkpoint's model, tokenizer and model card to ``out`` in the given format (see :data:`FORMATS`;
+    ``auto`` picks one); returns the directory.
+
+    Args:
+        ckpt: a checkpoint written by ``python -m zoo fit``.
+        out: the directory to write (created; an existing non-empty one only with ``overwrite``).
+        format: ``auto`` or a key of :data:`FORMATS`.
+        dtype: dtype of the exported weights (for GGUF, float16 means ``outtype='f16'``).
+        overwrite: replace an existing non-empty ``out``.
+        outtype: GGUF tensor type: ``f32``, ``f16`` or ``q8_0`` (``gguf`` only).
+        license: the model card's license id (e.g. ``apache-2.0``).
+        eval_results: a ``zoo eval --output`` JSON file whose scores go into the model card.
+        tokenizer: a ``tokenizer.json`` to export instead of the checkpoint's own (for checkpoints that carry none).
+        eos_token: its end-of-text token (default ``<|endoftext|>``).
+        trust: read the checkpoint in full rather than weights-only (see
+            :func:`zoo.training.checkpoints.trust_checkpoints`; ``None`` = ``$ZOO_TRUST_CHECKPOINTS``).
+    """
+    from zoo.interop.card import card_facts, read_eval_results, render_card, transformers_card
     from zoo.objectives.base import LanguageModel
+    from zoo.training.checkpoints import read_checkpoint
 
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format={format!r} is unknown: choose auto or one of {sorted(FORMATS)}")
@@ -93,13 +137,26 @@ def export(
         raise ValueError(f"--out {out} is a file: give a directory")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise ValueError(f"--out {out} exists and is not empty: choose another directory or pass --overwrite")
+    if outtype is not None and format != "gguf":
+        raise ValueError(f"--outtype {outtype} is for --format gguf; the transformers formats take --dtype")
+    report = read_eval_results(eval_results) if eval_results else None
     model = LanguageModel.from_checkpoint(ckpt, map_location="cpu", trust=trust).eval()  # foreign, untrusted: named
-    tokenizer = _tokenizer(ckpt, model.backbone.max_seq_len, trust=trust)
-    writer = FORMATS[auto_format(model) if format == "auto" else format]
+    checkpoint = read_checkpoint(ckpt, trust=trust)  # steps and tokens for the model card
+    fast = _tokenizer(checkpoint, ckpt, model.backbone.max_seq_len, path=tokenizer, eos_token=eos_token)
+    format = auto_format(model) if format == "auto" else format
+    options = {"outtype": outtype} if format == "gguf" else {}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        writer(model, tokenizer, staging, dtype=dtype)
+        card = FORMATS[format](model, fast, staging, dtype=dtype, **options)
+        if card is None:  # a transformers directory
+            card = transformers_card(model, remote=format == "remote-code")
+        facts = card_facts(checkpoint, ckpt, name=directory.name, license=license, eval_results=report)
+        facts.extra_tags = card["tags"]
+        text = render_card(model.backbone, facts, library_name=card["library_name"], usage=card["usage"],
+                           files=card["files"])  # fmt: skip
+        (staging / "README.md").write_text(text, encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp's folders are private; the export is an ordinary directory
         _publish(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
