@@ -17,6 +17,7 @@ from zoo.commands.export import main
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 from zoo.generation import generate
 from zoo.interop.card import usage_snippet
+from zoo.interop.gguf import tensor_types
 from zoo.objectives import LanguageModel
 
 try:
@@ -57,10 +58,21 @@ def _run_snippet(directory: Path) -> str:
     return result.stdout
 
 
+@pytest.fixture(scope="module")
+def untied_mha_checkpoint(tmp_path_factory):
+    """SmallCoder's shape in miniature: multi-head attention (4 key/value heads) and an untied head."""
+    return tiny_fit(tmp_path_factory.mktemp("fit-mha"), tmp_path_factory.mktemp("tok"),
+                    "--model.backbone.tie_embeddings", "false",
+                    "--model.backbone.block.init_args.attention.init_args.n_kv_heads", "4")  # fmt: skip
+
+
 @needs_llama_cpp
-def test_fit_then_gguf_export_generates_zoos_greedy_tokens_in_llama_cpp(checkpoint, tmp_path):
+@pytest.mark.parametrize("style", ["checkpoint", "untied_mha_checkpoint"])  # Supra-50M- and SmallCoder-like
+def test_fit_then_gguf_export_generates_zoos_greedy_tokens_in_llama_cpp(style, request, tmp_path):
+    checkpoint = request.getfixturevalue(style)
     out = _export(checkpoint, tmp_path / "gguf", "--format", "gguf")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "model-f32.gguf"]
+    assert ("output.weight" in tensor_types(out / "model-f32.gguf")) == (style == "untied_mha_checkpoint")
     backbone = LanguageModel.from_checkpoint(str(checkpoint), map_location="cpu").backbone.eval()
     tokenizer, _ = tokenizer_from_checkpoint(str(checkpoint))
     llm = llama_cpp.Llama(model_path=str(out / "model-f32.gguf"), n_ctx=64, n_threads=1, verbose=False)
