@@ -133,8 +133,10 @@ def test_the_card_carries_the_hub_front_matter_architecture_training_and_scores(
     assert "| arc_easy | acc_norm | 0.3250 | 0.0740 | 40 |" in card
 
 
-def test_the_transformers_cards_usage_snippet_runs_without_zoo(checkpoint, tmp_path):
-    out = _export(checkpoint, tmp_path / "hf")
+@pytest.mark.parametrize("format", ["hf", "remote-code"])
+def test_the_transformers_cards_usage_snippet_runs_without_zoo(format, checkpoint, tmp_path):
+    out = _export(checkpoint, tmp_path / format, "--format", format)
+    assert ("trust_remote_code=True" in (out / "README.md").read_text()) == (format == "remote-code")
     _run_snippet(out)
 
 
