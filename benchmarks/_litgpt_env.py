@@ -8,8 +8,8 @@ with the Python of a separate virtual environment holding the same torch release
 
     python benchmarks/_litgpt_env.py          # create it now (else the first benchmark run does) and print its Python
 
-The environment is keyed by both versions, so a torch upgrade makes a new one; a half-made one (a failed
-install) is made again.
+The environment is keyed by both versions, so a torch upgrade makes a new one; a half-made one (an
+interrupted install) is completed by the next call.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def litgpt_python() -> Path:
     if ready.exists():
         return python
     print(f"creating LitGPT's environment in {root} (once) ...", file=sys.stderr, flush=True)
-    venv.create(root, with_pip=True, clear=True)
+    if not python.exists():
+        venv.create(root, with_pip=True)
     packages = [f"torch=={_torch_version()}", f"litgpt=={LITGPT}"]
     result = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],

@@ -133,7 +133,7 @@ def fsdp(args, report: list[str]) -> None:
                 "--trainer.enable_progress_bar=false", "--checkpoint.every_n_train_steps=10",
                 "--checkpoint.save_top_k=-1", "--checkpoint.save_last=false", "--checkpoint.filename={step}",
                 f"--checkpoint.dirpath={tmp / 'checkpoints'}",
-                "--trainer.callbacks+=gpu_suite.LossLog", f"--trainer.callbacks.init_args.path={log}", *extra,
+                "--trainer.callbacks+=gpu_suite.LossLog", f"--trainer.callbacks.path={log}", *extra,
             ]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
             start = time.perf_counter()
