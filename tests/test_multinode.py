@@ -94,7 +94,7 @@ def launch(tmp: Path, name: str, *, nodes: int, batch_size: int, extra: tuple[st
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=600)[0])
+            outputs.append(proc.communicate(timeout=900)[0])
     finally:
         for proc in procs:  # one node failing leaves the other waiting at a collective: end it
             if proc.poll() is None:
