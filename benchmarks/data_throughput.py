@@ -12,6 +12,7 @@ forward, backward and its AdamW step on random tokens (so data loading plays no 
 
     python benchmarks/data_throughput.py                # about 2 minutes on 2 CPU cores
     python benchmarks/data_throughput.py --batches 200 --train-steps 30
+    python benchmarks/data_throughput.py --smoke        # every code path in seconds (CI; figures mean nothing)
 """
 
 from __future__ import annotations
@@ -105,12 +106,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=20, help="training steps timed (after 3 warm-up steps)")
     p.add_argument("--cache", default=None, help="tokenizer cache (default: $ZOO_CACHE or a temporary folder)")
+    p.add_argument("--smoke", action="store_true", help="a few batches and one step: seconds (for CI)")
     args = p.parse_args()
+    if args.smoke:
+        args.batches, args.warmup, args.train_steps = 3, 1, 1
     cache = args.cache or os.environ.get("ZOO_CACHE") or tempfile.mkdtemp()
     data = quickstart()["data"]["init_args"]
     seq_len, batch_size = data["seq_len"], data["batch_size"]
     torch.manual_seed(0)
-    train = training_tokens_per_second(seq_len, batch_size, args.train_steps, warmup=3)
+    train = training_tokens_per_second(seq_len, batch_size, args.train_steps, warmup=1 if args.smoke else 3)
     rows = []
     for name, datamodule in pipelines(cache, seq_len, batch_size).items():
         delivered = pipeline_tokens_per_second(datamodule, args.batches, args.warmup)

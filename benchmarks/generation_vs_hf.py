@@ -14,6 +14,7 @@ ties, a check that the two runs did the same work.
     python benchmarks/generation_vs_hf.py                                        # random weights, quickstart shape
     python benchmarks/generation_vs_hf.py --ckpt runs/quickstart/.../last.ckpt   # a trained checkpoint
     python benchmarks/generation_vs_hf.py --device cuda --batch-sizes 1,8,32
+    python benchmarks/generation_vs_hf.py --smoke      # a tiny model, every code path in seconds (CI)
 
 Prompts: ``--batch-sizes`` rows of ``--prompt-tokens`` tokens (random ids from a seeded generator, or, with a
 checkpoint, the tokens of stdlib source lines), all of one length so no padding enters either side.
@@ -55,7 +56,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: cuda only")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--smoke", action="store_true", help="a tiny random model, one round: seconds (for CI)")
     args = p.parse_args()
+    if args.smoke:
+        args.dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab, args.context = 32, 2, 4, 2, 64, 128, 64
+        args.prompt_tokens, args.new_tokens, args.batch_sizes, args.rounds, args.ckpt = 4, 4, "1,2", 1, None
     if args.dtype == "bf16" and args.device != "cuda":
         raise SystemExit("--dtype bf16 is for --device cuda; on CPU measure fp32")
     if args.threads is not None:

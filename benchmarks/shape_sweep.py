@@ -8,6 +8,7 @@ time) and a plot to ``--out``.
     python benchmarks/shape_sweep.py                                  # the depth-vs-width shapes, stdlib corpus
     python benchmarks/shape_sweep.py --models configs/models/arch/*.yaml --name arch-sweep   # architectures
     python benchmarks/shape_sweep.py --tokens 2e6 --trainer.accelerator gpu ...             # extra flags go to fit
+    python benchmarks/shape_sweep.py --smoke                          # every code path in seconds (CI)
 
 Defaults are scaled for a 2-core CPU (about an hour for the seven depth-vs-width shapes): the embedded corpus
 with its 4096-token tokenizer, so every model's vocabulary is set to 4096 (non-embedding parameters are those
@@ -176,7 +177,12 @@ def main() -> None:
     p.add_argument("--val-batches", type=int, default=40, help="held-out batches scored at the end")
     p.add_argument("--name", default="shape-sweep", help="result file stem")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--smoke", action="store_true",
+                   help="two shapes, two steps of 2 × 32 tokens, results to a temporary folder: seconds (for CI)")
     args, extra = p.parse_known_args()  # anything else is passed to `python -m zoo fit`
+    if args.smoke:
+        args.models, args.tokens, args.seq_len, args.batch_size = SHAPES[:2], 128, 32, 2
+        args.warmup, args.val_batches, args.out = 1, 1, tempfile.mkdtemp()
     if not args.models:
         raise SystemExit("no model configs: give --models FILE [FILE ...]")
 

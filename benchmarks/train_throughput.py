@@ -14,6 +14,18 @@ figures, the medians and the ratios zoo / HF and LitGPT / HF (> 1 means faster t
 ``gpt2-124m`` is GPT-2 small's shape (12 × 768, 12 heads, vocabulary 50,257) in the same Llama block on all
 sides (LitGPT has no learned absolute positions); its SwiGLU width 2048 matches GELU-3072's parameters.
 
+The roofline is measured in the same run, in its own subprocess before each shape's rounds: the sustained
+FLOP/s of the training step's own matrix products at this shape (for every linear layer of the model and the LM
+head: the forward product and both backward ones, rows = batch × sequence length), weighted by how often the
+step runs each, in fp32 and in bf16. Each side's achieved FLOP/s is its tokens/s × ``Transformer.flops_per_token``
+(the same architecture on every side), printed with its fraction of the roofline of the --dtype it trains in.
+
+``--smoke`` runs every code path at a tiny shape in seconds (for CI; its figures mean nothing).
+
+LitGPT cannot share an environment with transformers 5 / datasets 5 (its releases pin numpy < 2 or
+huggingface-hub < 1.4), so its side runs in an environment of its own that ``benchmarks/_litgpt_env.py`` creates
+on first use (the same torch, LitGPT pinned), under ``$ZOO_CACHE``; ``--litgpt-python`` points at another one.
+
 Peak memory is the training step's high-water mark above the built model: ``torch.cuda.max_memory_allocated``
 on a GPU; on a CPU the process's peak resident set (``ru_maxrss``) minus its resident set before the first step.
 """
@@ -34,6 +46,8 @@ SHAPES = {
     "gpt-s-5m": (9, 192, 6, 2, 672, 4096, 2500.0),
     "supra-50m": (12, 512, 8, 4, 1408, 32000, 10000.0),
     "gpt2-124m": (12, 768, 12, 12, 2048, 50257, 10000.0),
+    "quickstart": (6, 192, 6, 2, 512, 4096, 10000.0),  # configs/quickstart.yaml (batch 8 × 256)
+    "tiny": (2, 64, 4, 2, 128, 256, 10000.0),  # --smoke
 }
 IMPLS = ("zoo", "hf", "litgpt")
 
@@ -99,9 +113,59 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def linear_products(shape, rows: int) -> list[tuple[int, int, int, int]]:
+    """The training step's matrix products as ``(count, M, K, N)`` (an (M, K) @ (K, N) product run ``count``
+    times per step): each linear layer's forward ``x W^T`` and its two backward products (input gradient
+    ``dy W``, weight gradient ``dy^T x``), for every layer and the LM head."""
+    layers, dim, heads, kv, hidden, vocab, _ = shape
+    head_dim = dim // heads
+    linears = [  # (count, in, out)
+        (2 * layers, dim, heads * head_dim),  # query, output projections
+        (2 * layers, dim, kv * head_dim),  # key, value
+        (2 * layers, dim, hidden),  # SwiGLU gate, up
+        (layers, hidden, dim),  # SwiGLU down
+        (1, dim, vocab),  # LM head
+    ]
+    products = []
+    for count, k, n in linears:
+        products += [(count, rows, k, n), (count, rows, n, k), (count, n, rows, k)]
+    return products
+
+
+def roofline(args) -> dict[str, float]:
+    """Sustained matmul FLOP/s over :func:`linear_products`: total FLOPs / total time of one step's products."""
+    import torch
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = {}
+    for name in args.roofline_dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        flops = seconds = 0.0
+        for count, m, k, n in linear_products(SHAPES[args.shape], args.batch_size * args.seq_len):
+            a = torch.randn(m, k, device=device, dtype=dtype)
+            b = torch.randn(k, n, device=device, dtype=dtype)
+            torch.mm(a, b)  # warm-up: kernel selection, first-touch allocation
+            sync()
+            reps, elapsed = 0, 0.0
+            start = time.perf_counter()
+            while elapsed < args.roofline_seconds or reps < 2:
+                torch.mm(a, b)
+                sync()
+                reps += 1
+                elapsed = time.perf_counter() - start
+            flops += count * 2.0 * m * k * n
+            seconds += count * elapsed / reps
+        out[name] = flops / seconds
+    return out
+
+
 def worker(args) -> None:
     import torch
 
+    if args.impl == "roofline":
+        print(json.dumps(roofline(args)))
+        return
     torch.manual_seed(0)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -145,9 +209,19 @@ def worker(args) -> None:
     print(json.dumps({"tokens_per_s": tokens / elapsed, "peak_mb": peak, "warmup_s": first_steps}))
 
 
-def main() -> None:
+def flops_per_token(shape, seq_len: int) -> float:
+    """zoo's ``Transformer.flops_per_token`` for this shape (built on the meta device: no memory, no time)."""
+    import torch
+
+    with torch.device("meta"):
+        model, _ = build_zoo(shape, seq_len)
+    return model.backbone.flops_per_token(seq_len)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, from: " + ", ".join(SHAPES))
+    p.add_argument("--shapes", default="gpt-s-5m,supra-50m,gpt2-124m",
+                   help="comma-separated, from: " + ", ".join(SHAPES))
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from: " + ", ".join(IMPLS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -156,30 +230,66 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="zoo/HF/LitGPT alternations per shape")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--roofline-dtypes", default="fp32,bf16", help="comma-separated, from: fp32, bf16")
+    p.add_argument("--roofline-seconds", type=float, default=0.3, help="timing per matrix product of the roofline")
+    p.add_argument("--litgpt-python", help="a Python with LitGPT and torch (default: benchmarks/_litgpt_env.py's)")
+    p.add_argument("--json", help="also write the medians, rooflines and FLOPs per token to this file")
+    p.add_argument("--smoke", action="store_true", help="every code path at a tiny shape, in seconds (for CI)")
+    p.add_argument("--impl", choices=(*IMPLS, "roofline"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.shapes, args.batch_size, args.seq_len, args.steps, args.warmup, args.rounds = "tiny", 2, 32, 1, 1, 1
+        args.roofline_seconds = 0.0
+    for name in args.shapes.split(","):
+        if name not in SHAPES:
+            p.error(f"--shapes: unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    for name in args.impls.split(","):
+        if name not in IMPLS:
+            p.error(f"--impls: unknown side {name!r}; choose from {', '.join(IMPLS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.impl:
         return worker(args)
 
     root = Path(__file__).resolve().parents[1]
     common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--batch-size={args.batch_size}",
-              f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+              f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+              f"--roofline-dtypes={args.roofline_dtypes}", f"--roofline-seconds={args.roofline_seconds}"]
     common += ["--compile"] if args.compile else []
+    impls = args.impls.split(",")
+    python = {impl: sys.executable for impl in impls}
+    if "litgpt" in impls:
+        from _litgpt_env import litgpt_python
+
+        python["litgpt"] = args.litgpt_python or str(litgpt_python())
     print(f"device={args.device} dtype={args.dtype} batch={args.batch_size}x{args.seq_len} steps={args.steps} "
           f"rounds={args.rounds} compile={args.compile} torch={_version('torch')} "
-          f"transformers={_version('transformers')} litgpt={_version('litgpt')}")
-    impls = args.impls.split(",")
+          f"transformers={_version('transformers')} litgpt={_version('litgpt', python.get('litgpt'))}")
+
+    def run(impl: str, name: str) -> dict:
+        out = subprocess.run(
+            [python.get(impl, sys.executable), __file__, f"--impl={impl}", f"--shape={name}", *common],
+            cwd=root, capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"the {impl} measurement at {name} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    summary = {}
     for name in args.shapes.split(","):
+        roof = run("roofline", name)
+        print(f"  {name} roofline (matmul at this shape): "
+              + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in roof.items()), flush=True)
+        per_token = flops_per_token(SHAPES[name], args.seq_len)
         results = {impl: [] for impl in impls}
         for r in range(args.rounds):
             for impl in impls:
-                out = subprocess.run(
-                    [sys.executable, __file__, f"--impl={impl}", f"--shape={name}", *common],
-                    cwd=root, capture_output=True, text=True, check=True,
-                )
-                results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                results[impl].append(run(impl, name))
                 print(f"  {name} round {r + 1} {impl:>6}: {results[impl][-1]['tokens_per_s']:9.0f} tok/s "
                       f"peak {results[impl][-1]['peak_mb']:8.1f} MB  first {args.warmup} steps "
                       f"{results[impl][-1]['warmup_s']:.1f} s", flush=True)
@@ -194,9 +304,22 @@ def main() -> None:
                 f"{k}/HF {v['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}" for k, v in med.items() if k != "hf"
             )
         print(f"{name}: {line}", flush=True)
+        ceiling = roof.get(args.dtype)
+        print(f"{name}: {per_token / 1e6:.1f} MFLOP/token; achieved " + ", ".join(
+            f"{k} {v['tokens_per_s'] * per_token / 1e9:.1f} GFLOP/s"
+            + (f" = {v['tokens_per_s'] * per_token / ceiling:.0%} of the {args.dtype} roofline" if ceiling else "")
+            for k, v in med.items()), flush=True)
+        summary[name] = {"roofline": roof, "flops_per_token": per_token, "median": med}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
 
 
-def _version(package: str) -> str:
+def _version(package: str, python: str | None = None) -> str:
+    """The installed version of ``package`` here, or in the environment of ``python``."""
+    if python and python != sys.executable:
+        code = f"from importlib.metadata import version; print(version({package!r}))"
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else "not installed"
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -206,5 +329,5 @@ def _version(package: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path[1:1] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
     main()

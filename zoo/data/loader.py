@@ -7,7 +7,8 @@ Lightning's training loop fetches one batch *ahead* of the step it runs, so at c
 already handed out a batch that was never trained on. Saving the loader's own state would skip that batch after
 a restart, so this loader also saves the last ``lag`` batches it handed out and serves them again first on resume.
 Keeping a reference to a batch costs nothing per step; the loader's state itself is computed only when a
-checkpoint asks for it.
+checkpoint asks for it. Under DDP (one node or many) the checkpoint holds every rank's state, and each rank
+resumes from its own.
 
 With ``stall_timeout``, the loader never hangs silently: waiting that long for a batch, or a pass over the stream
 that gives no batch at all (an empty training stream would otherwise start empty epochs forever), raises a
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+import torch.distributed as dist
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from zoo.data.health import StallWatch
@@ -76,12 +78,15 @@ class ResumableDataLoader(StatefulDataLoader):
             raise self._watch.stalled("the training data stream ended without giving one batch (it holds no row)")
 
     def state_dict(self) -> dict:
-        return {
-            "loader": super().state_dict(),
-            "pending": list(self._recent),
-            "world_size": self.world_size,
-            "num_workers": self.num_workers,
-        }
+        own = {"loader": super().state_dict(), "pending": list(self._recent)}
+        ranks = [own]
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Each rank's position is its own (its shard of the stream, its packer's buffers, its prefetched
+            # batch), but rank 0 alone writes the checkpoint: it carries every rank's state, and each rank takes
+            # its own back. Lightning builds a checkpoint's contents on every rank, so all of them meet here.
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, own)
+        return {"ranks": ranks, "world_size": self.world_size, "num_workers": self.num_workers}
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = {key: state_dict.get(key) for key in ("world_size", "num_workers")}
@@ -92,5 +97,7 @@ class ResumableDataLoader(StatefulDataLoader):
                 "split differently, so resuming would repeat or skip data. Resume with the same number of devices "
                 "(trainer.devices × trainer.num_nodes) and data.num_workers"
             )
-        self._replay = list(state_dict["pending"])
-        super().load_state_dict(state_dict["loader"])
+        ranks = state_dict.get("ranks", [state_dict])  # without "ranks": a checkpoint of one process
+        rank = dist.get_rank() if len(ranks) > 1 and dist.is_available() and dist.is_initialized() else 0
+        self._replay = list(ranks[rank]["pending"])
+        super().load_state_dict(ranks[rank]["loader"])
