@@ -36,12 +36,36 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def tiny_checkpoint() -> str:
+    """The checkpoint of a 2-step fit of a width-32 quickstart model, in a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    from zoo.commands.fit import ZooCLI
+
+    root = Path(tempfile.mkdtemp())
+    tiny = ["--model.backbone.dim", "32", "--model.backbone.n_layers", "2", "--model.backbone.vocab_size", "300",
+            "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
+            "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
+            "--model.schedule.init_args.warmup_steps", "1", "--data.tokenizer.init_args.vocab_size", "300",
+            "--data.seq_len", "32", "--data.batch_size", "2", "--data.limit_files", "30"]  # fmt: skip
+    ZooCLI(args=["fit", "--config", str(Path(__file__).parents[1] / "configs" / "quickstart.yaml"), *tiny,
+                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
+                 "false", "--trainer.default_root_dir", str(root)])  # fmt: skip
+    return str(next(root.rglob("last.ckpt")))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ckpt", help="a checkpoint written by `python -m zoo fit`")
+    p.add_argument("ckpt", nargs="?", help="a checkpoint written by `python -m zoo fit`")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--smoke", action="store_true", help="a 2-step tiny run's checkpoint, one repeat: the code paths")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    if args.smoke:
+        args.ckpt, args.repeats = tiny_checkpoint(), 1
+    elif args.ckpt is None:
+        p.error("give a checkpoint (or --smoke)")
     from zoo.data.tokenizer import tokenizer_from_checkpoint
     from zoo.objectives.base import LanguageModel
 

@@ -38,7 +38,10 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=100, help="programs per mode and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both modes")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
+    parser.add_argument("--smoke", action="store_true", help="4 programs, one round, one worker: the code paths")
     args = parser.parse_args()
+    if args.smoke:
+        args.programs, args.rounds, args.workers = 4, 1, 1
     from zoo.eval.sandbox import namespaces_available
 
     if not namespaces_available():
