@@ -17,6 +17,7 @@ from zoo.cli import main as zoo_main
 from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import train_bpe
 from zoo.info import backbone_config
+from zoo.training.precision import choose_precision
 
 RECIPES = [
     *sorted((CONFIGS / "recipes").glob("*.yaml")),
@@ -69,7 +70,8 @@ def shrunken_data(recipe: dict, tokenizer: Path) -> dict:
             **{k: v for k, v in init.items() if k in ("format", "pack", "truncation")},
             "sources": [{"path": "stdlib", "name": "functions"}], **common,
         }}  # fmt: skip
-    return {"class_path": "zoo.data.StdlibCorpus", "init_args": {**common, "limit_files": LIMIT_FILES, "val_fraction": 0.2}}
+    corpus = {"limit_files": LIMIT_FILES, "val_fraction": 0.2}  # a few files, some of them for validation
+    return {"class_path": "zoo.data.StdlibCorpus", "init_args": {**common, **corpus}}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=rel)
@@ -94,7 +96,10 @@ def test_recipe_trains_two_steps(recipe, tokenizer_file, tmp_path, monkeypatch):
     ])  # fmt: skip
     run = tmp_path / "run" / "lightning_logs" / "version_0"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["trainer"]["precision"] == (trainer.get("precision") or saved["trainer"]["precision"])
+    if trainer.get("precision") is None:  # the device's fastest, noted at the top of config.yaml
+        chosen = choose_precision(trainer.get("accelerator", "auto")).precision
+        assert (run / "config.yaml").read_text().startswith(f"# trainer.precision={chosen}, chosen automatically")
+    assert saved["trainer"]["precision"] == (trainer.get("precision") or chosen)
     assert saved["trainer"]["gradient_clip_val"] == trainer.get("gradient_clip_val")
     assert saved["trainer"]["accumulate_grad_batches"] == accumulate
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False, mmap=True)

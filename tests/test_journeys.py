@@ -1,0 +1,202 @@
+"""Each seed model's whole chain, end to end, at a mini scale (its recipe's blocks, trainer, optimizer and schedule;
+a backbone of a few hundred thousand parameters) on the embedded corpus, every stage started the way its recipe
+and the README start it. Each stage is one step function returning its artefact (a checkpoint, a results file, an
+export folder), so a journey reads as the sequence a user runs and later stages can be appended."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_eval_cli import ARC, BLIMP, write_jsonl
+from zoo.cli import main as zoo
+from zoo.data.tokenizer import tokenizer_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "configs" / "recipes"
+VOCAB = 512
+SEQ_LEN = 64
+
+
+def corpus(**extra) -> dict:
+    """The embedded corpus, a few files of it, with a small BPE trained on them."""
+    return {"class_path": "zoo.data.StdlibCorpus", "init_args": {
+        "tokenizer": {"class_path": "zoo.data.TrainedBPE", "init_args": {"vocab_size": VOCAB}},
+        "seq_len": SEQ_LEN, "batch_size": 2, "num_workers": 0, "limit_files": 30, "val_fraction": 0.2, **extra,
+    }}  # fmt: skip
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` written over it, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def mini(model: str, *, dim: int, **attention) -> dict:
+    """The seed's backbone (configs/models/<model>.yaml) at a mini scale: the same blocks and attention pattern,
+    2 layers, ``dim`` wide, the embedded tokenizer's vocabulary."""
+    backbone = yaml.safe_load((ROOT / "configs" / "models" / f"{model}.yaml").read_text())
+    block = {"attention": {"init_args": attention}, "ffn": {"init_args": {"hidden_dim": 2 * dim}}}
+    shape = {"vocab_size": VOCAB, "dim": dim, "n_layers": 2, "max_seq_len": SEQ_LEN, "block": {"init_args": block}}
+    return merged(backbone, {"init_args": shape})
+
+
+def fit(folder: Path, *configs: dict | Path, steps: int) -> Path:
+    """``python -m zoo fit --config ...`` (recipe files and override mappings, later ones winning) for ``steps``
+    optimizer steps, validating and checkpointing at the end; returns the run's ``last.ckpt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = ["fit"]
+    for i, config in enumerate(configs):
+        if isinstance(config, dict):
+            path = folder / f"override-{i}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            config = path
+        args += ["--config", str(config)]
+    zoo([*args, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+         "--trainer.limit_val_batches", "2", "--checkpoint.every_n_train_steps", str(steps),
+         "--trainer.default_root_dir", str(folder), "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    return folder / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def backbone_weights(path: Path) -> dict:
+    return {k: v for k, v in checkpoint(path)["state_dict"].items() if k.startswith("backbone.")}
+
+
+def evaluate(ckpt: Path, folder: Path, tasks: str) -> dict:
+    """``python -m zoo eval`` on tiny local fixtures of the card's tasks; returns the results JSON."""
+    data = folder / "eval-data"
+    write_jsonl(data / "arc" / "ARC-Easy-test.jsonl", ARC)
+    write_jsonl(data / "blimp" / "adjunct_island.jsonl", BLIMP)
+    out = folder / "results.json"
+    zoo(["eval", "--ckpt", str(ckpt), "--tasks", tasks, "--data-dir", str(data), "--output", str(out),
+         "--batch-size", "2"])  # fmt: skip
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+
+
+# ---- GPT-S-5M: exclusive GQA + WSD pre-training → eval → zoo generate with the card's sampling ------------------
+def test_gpt_s_5m_journey(tmp_path, capsys):
+    recipe = yaml.safe_load((RECIPES / "gpt-s-5m.yaml").read_text())
+    steps = 6
+    override = {
+        "model": {"init_args": {
+            "backbone": mini("gpt-s-5m", dim=48, n_heads=6, n_kv_heads=2),
+            "schedule": {"init_args": {"warmup_steps": 2}},  # WSD: warm up, hold, decay from 70% of the run to 0
+        }},
+        "data": corpus(),
+    }  # fmt: skip
+    pretrained = fit(tmp_path / "pretrain", RECIPES / "gpt-s-5m.yaml", override, steps=steps)
+    state = checkpoint(pretrained)
+    assert state["global_step"] == steps
+    assert state["hyper_parameters"]["backbone"]["init_args"]["block"]["init_args"]["attention"]["class_path"] == (
+        "zoo.nn.ExclusiveGroupedQueryAttention"
+    )
+    peak = recipe["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+    assert state["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # decayed to min_lr 0
+    assert max(state["lr_schedulers"][0]["base_lrs"]) == pytest.approx(peak)
+
+    results = evaluate(pretrained, tmp_path, "arc_easy,blimp_adjunct_island")
+    assert results["global_step"] == steps and results["results"]["arc_easy"]["n"] == len(ARC)
+
+    capsys.readouterr()
+    zoo(["generate", "--ckpt", str(pretrained), "--prompt", "def read(path):", "--max-new-tokens", "24",
+         "--temperature", "0.8", "--top-p", "0.95", "--repetition-penalty", "1.1", "--no-repeat-ngram-size", "4",
+         "--seed", "0"])  # fmt: skip
+    text = capsys.readouterr().out
+    tokenizer, _ = tokenizer_from_checkpoint(pretrained)
+    ids = tokenizer.encode(text.strip()).ids
+    assert len(ids) > 8
+    grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
+    assert len(set(grams)) >= len(grams) - 2  # no repeated 4-gram (re-tokenizing may merge at the seams)
+
+
+# ---- Supra-50M: GQA 8/4 pre-training → Alpaca SFT → eval → export → the card's pipeline usage ------------------
+ALPACA_USAGE = """
+import sys
+from transformers import pipeline
+
+
+def build_prompt(instruction: str) -> str:
+    return (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        f"request.\\n\\n### Instruction:\\n{instruction}\\n\\n### Response:\\n"
+    )
+
+
+generator = pipeline("text-generation", model=sys.argv[1])
+out = generator(build_prompt("Write a Python function `add(a, b)`."), max_new_tokens=16, do_sample=True,
+                temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+print(out[0]["generated_text"])
+assert "zoo" not in sys.modules
+"""
+
+
+def test_supra_50m_journey(tmp_path):
+    shape = {"backbone": mini("supra-50m", dim=64, n_heads=8, n_kv_heads=4)}
+    pretrain = {"model": {"init_args": {**shape, "compile": False, "schedule": {"init_args": {"warmup_steps": 1}}}},
+                "data": corpus()}  # fmt: skip
+    base = fit(tmp_path / "pretrain", RECIPES / "supra-50m.yaml", pretrain, steps=4)
+    assert checkpoint(base)["hyper_parameters"]["backbone"]["init_args"]["block"]["init_args"]["attention"][
+        "init_args"]["n_kv_heads"] == 4  # fmt: skip
+
+    sft = {
+        "model": {"init_args": {**shape, "init_from": str(base)}},
+        "data": {"init_args": {"tokenizer": {"init_args": {"path": str(base)}}, "seq_len": SEQ_LEN, "batch_size": 4}},
+    }
+    tuned = fit(tmp_path / "sft", ROOT / "configs" / "sft-quickstart.yaml", sft, steps=8)
+    before, after = backbone_weights(base), backbone_weights(tuned)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert sft_loss(tuned) < sft_loss(base) - 0.1  # the SFT model has learned the Alpaca format
+
+    results = evaluate(tuned, tmp_path, "arc_easy,blimp_adjunct_island")
+    assert results["global_step"] == 8 and results["results"]["blimp_adjunct_island"]["n"] == len(BLIMP)
+
+    exported = tmp_path / "export"
+    zoo(["export", "--ckpt", str(tuned), "--out", str(exported)])
+    assert logits_match(tuned, exported)
+
+    usage = subprocess.run([sys.executable, "-c", ALPACA_USAGE, str(exported)], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert "### Response:" in usage.stdout
+
+
+def sft_loss(ckpt: Path) -> float:
+    """Mean loss of ``ckpt``'s model on the responses of a few Alpaca-format examples of the embedded set."""
+    from zoo.data import Alpaca, CheckpointTokenizer, SFTDataModule, SFTSource
+    from zoo.objectives import LanguageModel
+
+    tokenizer = CheckpointTokenizer(path=str(ckpt))
+    source = SFTSource(path="stdlib", name="functions")
+    data = SFTDataModule(sources=[source], format=Alpaca(), tokenizer=tokenizer, seq_len=SEQ_LEN, batch_size=4)
+    data.setup("validate")
+    model = LanguageModel.from_checkpoint(str(ckpt)).eval()
+    with torch.no_grad():
+        losses = [model.loss(batch)[0] for batch, _ in zip(data.val_dataloader(), range(4))]
+    return float(torch.stack(losses).mean())
+
+
+def logits_match(ckpt: Path, exported: Path) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    from zoo.objectives import LanguageModel
+
+    ids = torch.arange(1, 33)[None]  # (1, 32)
+    ours = LanguageModel.from_checkpoint(str(ckpt)).eval()(ids)
+    theirs = AutoModelForCausalLM.from_pretrained(exported).eval()(ids).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+    return True
