@@ -154,7 +154,7 @@ def test_supra_50m_journey(tmp_path):
         "init_args"]["n_kv_heads"] == 4  # fmt: skip
 
     sft = {
-        "model": {"init_args": {**shape, "init_from": str(base)}},
+        "model": {"init_args": {**shape, "init_from": str(base), "schedule": {"init_args": {"warmup_steps": 2}}}},
         "data": {"init_args": {"tokenizer": {"init_args": {"path": str(base)}}, "seq_len": SEQ_LEN, "batch_size": 4}},
     }
     tuned = fit(tmp_path / "sft", ROOT / "configs" / "sft-quickstart.yaml", sft, steps=8)
