@@ -105,3 +105,27 @@ def test_recipe_trains_two_steps(recipe, tokenizer_file, tmp_path, monkeypatch):
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False, mmap=True)
     assert last["global_step"] == 2
     assert last["state_dict"]["tokens_seen"].item() == 2 * accumulate * SEQ_LEN
+
+
+@pytest.mark.parametrize(
+    ("recipe", "named"),
+    [
+        ("gpt-s-5m.yaml", r"path='HuggingFaceFW/fineweb-edu'.*point the source at them"),  # its data
+        ("smallcoder-303m.yaml", r"path='bigcode/starcoder'.*give its local path"),  # its tokenizer
+    ],
+)
+def test_unreachable_recipe_data_fail_fast_saying_how_to_go_local(recipe, named, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ZOO_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(CONFIGS.parent)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo", "fit", "--config", str(CONFIGS / "recipes" / recipe),
+         "--trainer.default_root_dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,  # nothing waits on the network
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(named, result.stderr, flags=re.S), result.stderr[-3000:]
+    assert not list(tmp_path.glob("run/**/*.ckpt"))
