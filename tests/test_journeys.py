@@ -175,14 +175,16 @@ def test_supra_50m_journey(tmp_path):
     assert "### Response:" in usage.stdout
 
 
-def sft_loss(ckpt: Path) -> float:
-    """Mean loss of ``ckpt``'s model on the responses of a few Alpaca-format examples of the embedded set."""
+def sft_loss(ckpt: Path, prompt_format=None) -> float:
+    """Mean loss of ``ckpt``'s model on the responses of a few examples of the embedded instruction set, in
+    ``prompt_format`` (default: Alpaca)."""
     from zoo.data import Alpaca, CheckpointTokenizer, SFTDataModule, SFTSource
     from zoo.objectives import LanguageModel
 
     tokenizer = CheckpointTokenizer(path=str(ckpt))
     source = SFTSource(path="stdlib", name="functions")
-    data = SFTDataModule(sources=[source], format=Alpaca(), tokenizer=tokenizer, seq_len=SEQ_LEN, batch_size=4)
+    data = SFTDataModule(sources=[source], format=prompt_format or Alpaca(), tokenizer=tokenizer, seq_len=SEQ_LEN,
+                         batch_size=4)  # fmt: skip
     data.setup("validate")
     model = LanguageModel.from_checkpoint(str(ckpt)).eval()
     with torch.no_grad():
@@ -251,3 +253,79 @@ def test_dhara_70m_journey(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["elbo"] is True and results["global_step"] == 8
     assert results["results"]["truthfulqa_mc1"]["n"] == len(TRUTHFULQA)
+
+
+# ---- SmallCoder-303M: four stages through init_from (stage 4: User/Assistant SFT) → pass@k → export → usage ----
+HUMANEVAL = {"task_id": "HumanEval/0", "prompt": 'def add(a, b):\n    """Return a + b."""\n', "entry_point": "add",
+             "canonical_solution": "    return a + b\n",
+             "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}  # fmt: skip
+MBPP = {"task_id": 11, "text": "Write a function to return the larger of two numbers.", "code":
+        "def larger(a, b):\n    return max(a, b)", "test_list": ["assert larger(1, 2) == 2"]}  # fmt: skip
+SMALLCODER_USAGE = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+prompt = "User: Write a Python function that adds two numbers.\\nAssistant:"
+inputs = tokenizer(prompt, return_tensors="pt")
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+print(tokenizer.decode(out[0], skip_special_tokens=True))
+assert "zoo" not in sys.modules
+"""
+
+
+def smallcoder_stage(folder: Path, stage: int, previous: Path | None, shape: dict) -> Path:
+    """One curriculum stage of configs/recipes/smallcoder-303m[-stageN].yaml at the mini shape, from ``previous``'s
+    weights (init_from) with a fresh optimizer and schedule."""
+    name = "smallcoder-303m.yaml" if stage == 1 else f"smallcoder-303m-stage{stage}.yaml"
+    model = {**shape, "schedule": {"init_args": {"warmup_steps": 1}}}
+    if previous is not None:
+        model["init_from"] = str(previous)
+    if stage < 4:
+        data = corpus()
+    else:  # the recipe's SFT module and User/Assistant format, on the embedded instruction set
+        tokenizer = {"class_path": "zoo.data.CheckpointTokenizer", "init_args": {"path": str(previous)}}
+        data = {"init_args": {"sources": [{"path": "stdlib", "name": "functions"}], "tokenizer": tokenizer,
+                              "seq_len": SEQ_LEN, "batch_size": 4, "num_workers": 0}}  # fmt: skip
+    return fit(folder / f"stage{stage}", RECIPES / name, {"model": {"init_args": model}, "data": data},
+               steps=8 if stage == 4 else 2)  # fmt: skip
+
+
+def test_smallcoder_303m_journey(tmp_path, capsys):
+    from zoo.data import UserAssistant
+
+    shape = {"backbone": mini("smallcoder-303m", dim=64, n_heads=4, n_kv_heads=4)}
+    stages = [None]
+    for stage in (1, 2, 3, 4):
+        stages.append(smallcoder_stage(tmp_path, stage, stages[-1], shape))
+        if stage > 1:  # each stage starts from the previous one's weights and moves them
+            before, after = backbone_weights(stages[-2]), backbone_weights(stages[-1])
+            assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    final = stages[-1]
+    assert sft_loss(final, UserAssistant()) < sft_loss(stages[3], UserAssistant()) - 0.1  # the SFT format is learnt
+
+    write_jsonl(tmp_path / "code" / "humaneval" / "HumanEval.jsonl", [HUMANEVAL])
+    write_jsonl(tmp_path / "code" / "mbpp" / "mbpp.jsonl", [MBPP])
+    out = tmp_path / "code.json"
+    zoo(["eval", "--ckpt", str(final), "--tasks", "humaneval,mbpp", "--data-dir", str(tmp_path / "code"),
+         "--format", "user_assistant", "--n-samples", "2", "--k", "1,2", "--temperature", "0.8",
+         "--max-new-tokens", "16", "--workers", "1", "--output", str(out)])  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    for task in ("humaneval", "mbpp"):  # run in the sandbox: a mini model writes no passing code
+        assert results[task]["n"] == 1 and results[task]["pass@2"]["value"] == 0.0
+
+    exported = tmp_path / "export"
+    zoo(["export", "--ckpt", str(final), "--out", str(exported)])
+    assert logits_match(final, exported)
+    usage = subprocess.run([sys.executable, "-c", SMALLCODER_USAGE, str(exported)], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    assert usage.stdout.startswith("User: Write a Python function that adds two numbers.\nAssistant:")
+
+    capsys.readouterr()
+    zoo(["generate", "--ckpt", str(final), "--format", "user_assistant", "--prompt",
+         "Write a Python function that adds two numbers.", "--max-new-tokens", "16"])  # fmt: skip
+    assert capsys.readouterr().out.strip()

@@ -11,7 +11,9 @@ from zoo.cli import ZooCLI
 from zoo.training import precision as zp
 
 
-@pytest.mark.parametrize(("units", "expected"), [("AVX512-BF16", "bf16-mixed"), ("AMX", "bf16-mixed"), (None, "32-true")])
+@pytest.mark.parametrize(
+    ("units", "expected"), [("AVX512-BF16", "bf16-mixed"), ("AMX", "bf16-mixed"), (None, "32-true")]
+)
 def test_cpu_choice_follows_the_bf16_units(monkeypatch, units, expected):
     monkeypatch.setattr(zp, "cpu_bf16_units", lambda: units)
     choice = zp.choose_precision("cpu")
