@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_eval_cli import ARC, BLIMP, write_jsonl
+from tests.test_commands_eval import ARC, BLIMP, write_jsonl
 from zoo.cli import main as zoo
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 

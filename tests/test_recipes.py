@@ -14,9 +14,9 @@ import yaml
 
 from tests.test_configs import CONFIGS, rel
 from zoo.cli import main as zoo_main
+from zoo.commands.info import backbone_config
 from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import train_bpe
-from zoo.info import backbone_config
 from zoo.training.precision import choose_precision
 
 RECIPES = [

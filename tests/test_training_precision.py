@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.test_cli import TINY
-from zoo.cli import ZooCLI
+from tests.test_commands_cli import TINY
+from zoo.commands.fit import ZooCLI
 from zoo.training import precision as zp
 
 
