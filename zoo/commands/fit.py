@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from zoo.data.base import TextDataModule
 from zoo.objectives.base import LanguageModel
@@ -33,6 +33,7 @@ from zoo.training.checkpoints import (
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
+from zoo.training.precision import SaveConfigWithNotes, choose_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
@@ -60,6 +61,7 @@ class ZooCLI(LightningCLI):
             TextDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveConfigWithNotes,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=defaults,
             args=args,
@@ -76,6 +78,15 @@ class ZooCLI(LightningCLI):
             help="read checkpoints that hold pickled Python objects (written by an older zoo) by unpickling them, "
             f"which runs any code they name: only files you trust (also: {TRUST_ENV}=1). Default: weights-only",
         )  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.precision is None:
+            choice = choose_precision(config.trainer.accelerator)
+            config.trainer.precision = choice.precision  # what config.yaml records, with the note on top
+            rank_zero_info(choice.note())
+            self.save_config_kwargs["notes"] = [choice.note()]
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -1,0 +1,131 @@
+"""Every recipe under configs/recipes/ (and the three quickstarts) trains as its users run it: ``python -m zoo fit
+--config <recipe>`` for 2 optimizer steps with the recipe's own trainer (precision, clipping, accumulation,
+checkpoint callback), optimizer, schedule (over the recipe's whole run length), objective and real model shape.
+Only the data are swapped for the embedded corpus (or its instruction set), the batch and sequence shrunk, and
+``init_from`` pointed at a checkpoint of the right shape that the test writes. A new recipe is covered by being
+added to the folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_configs import CONFIGS, rel
+from zoo.cli import main as zoo_main
+from zoo.commands.info import backbone_config
+from zoo.data.corpus import stdlib_documents, stdlib_shards
+from zoo.data.tokenizer import train_bpe
+from zoo.training.precision import choose_precision
+
+RECIPES = [
+    *sorted((CONFIGS / "recipes").glob("*.yaml")),
+    *(CONFIGS / name for name in ("quickstart.yaml", "sft-quickstart.yaml", "diffusion-quickstart.yaml")),
+]
+SEQ_LEN = 128
+LIMIT_FILES = 30  # stdlib files the shrunken corpus reads
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory) -> Path:
+    """One small byte-level BPE on the embedded corpus, shared by every recipe (its 512 ids fit every vocabulary)."""
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    texts = (doc["text"] for kind in ("prose", "code") for doc in stdlib_documents(kind, stdlib_shards(kind, 20)))
+    train_bpe(texts, vocab_size=512).save(str(path))
+    return path
+
+
+def init_checkpoint(recipe: Path, folder: Path) -> Path:
+    """A checkpoint holding freshly initialised weights of ``recipe``'s backbone, for its ``init_from``; one per
+    model shape."""
+    from jsonargparse import ArgumentParser
+
+    from zoo.nn import Transformer
+
+    config = backbone_config(recipe)
+    path = folder / f"init-{abs(hash(json.dumps(config, sort_keys=True)))}.ckpt"
+    if not path.exists():
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--backbone", type=Transformer)
+        backbone = parser.instantiate(parser.parse_args(["--backbone", json.dumps(config)])).backbone
+        torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, path)
+    return path
+
+
+def shrunken_data(recipe: dict, tokenizer: Path) -> dict:
+    """The recipe's ``data`` section on the embedded corpus: instruction data stay instruction data (the stdlib's
+    functions, the recipe's own prompt format); pre-training data become the stdlib corpus."""
+    data = recipe["data"]
+    init = dict(data.get("init_args") or {})
+    common = {
+        "tokenizer": {"class_path": "zoo.data.PretrainedTokenizer", "init_args": {"path": str(tokenizer)}},
+        "seq_len": SEQ_LEN,
+        "batch_size": 1,
+        "num_workers": 0,
+    }
+    if data["class_path"] == "zoo.data.SFTDataModule":
+        init.pop("sources")
+        return {"class_path": data["class_path"], "init_args": {
+            **{k: v for k, v in init.items() if k in ("format", "pack", "truncation")},
+            "sources": [{"path": "stdlib", "name": "functions"}], **common,
+        }}  # fmt: skip
+    corpus = {"limit_files": LIMIT_FILES, "val_fraction": 0.2}  # a few files, some of them for validation
+    return {"class_path": "zoo.data.StdlibCorpus", "init_args": {**common, **corpus}}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=rel)
+def test_recipe_trains_two_steps(recipe, tokenizer_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    config = yaml.safe_load(recipe.read_text())
+    trainer = config["trainer"]
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    override = {"data": shrunken_data(config, tokenizer_file)}
+    model = config["model"]["init_args"]
+    if model.get("init_from"):
+        override["model"] = {"init_args": {"init_from": str(init_checkpoint(recipe, tmp_path.parent))}}
+    if model.get("compile"):
+        override.setdefault("model", {}).setdefault("init_args", {})["compile"] = False  # no compiler here
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    zoo_main([
+        "fit", "--config", str(recipe), "--config", str(tmp_path / "override.yaml"),
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+        # the recipe's max_steps stays, so the schedule is the real one; the run stops after 2 optimizer steps
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(2 * accumulate),
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    if trainer.get("precision") is None:  # the device's fastest, noted at the top of config.yaml
+        chosen = choose_precision(trainer.get("accelerator", "auto")).precision
+        assert (run / "config.yaml").read_text().startswith(f"# trainer.precision={chosen}, chosen automatically")
+    assert saved["trainer"]["precision"] == (trainer.get("precision") or chosen)
+    assert saved["trainer"]["gradient_clip_val"] == trainer.get("gradient_clip_val")
+    assert saved["trainer"]["accumulate_grad_batches"] == accumulate
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False, mmap=True)
+    assert last["global_step"] == 2
+    assert last["state_dict"]["tokens_seen"].item() == 2 * accumulate * SEQ_LEN
+
+
+@pytest.mark.parametrize(
+    ("recipe", "named"),
+    [
+        ("gpt-s-5m.yaml", r"path='HuggingFaceFW/fineweb-edu'.*point the source at them"),  # its data
+        ("smallcoder-303m.yaml", r"path='bigcode/starcoder'.*give its local path"),  # its tokenizer
+    ],
+)
+def test_unreachable_recipe_data_fail_fast_saying_how_to_go_local(recipe, named, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ZOO_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(CONFIGS.parent)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo", "fit", "--config", str(CONFIGS / "recipes" / recipe),
+         "--trainer.default_root_dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,  # nothing waits on the network
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(named, result.stderr, flags=re.S), result.stderr[-3000:]
+    assert not list(tmp_path.glob("run/**/*.ckpt"))
