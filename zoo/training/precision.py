@@ -121,7 +121,9 @@ def check_precision(trainer: L.Trainer) -> None:
             "bf16 is emulated and slower than fp32 here; --trainer.precision 32-true trains faster"
         )
     algorithm = GradClipAlgorithmType(trainer.gradient_clip_algorithm or "norm")
-    fsdp = "FSDP" in type(trainer.strategy).__name__
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    fsdp = isinstance(trainer.strategy, FSDPStrategy)
     if trainer.gradient_clip_val and algorithm == GradClipAlgorithmType.NORM and fsdp:
         # Lightning's FSDP plugin refuses norm clipping at the first step: it has no handle on the root FSDP module
         raise ValueError(
