@@ -85,14 +85,18 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
-def fit(tmp: Path, name: str, *, devices: int, batch_size: int, documents: int = 64) -> list[Path]:
-    config = {
+def run_config(tmp: Path, name: str, *, batch_size: int, documents: int = 64, **trainer) -> dict:
+    """The tiny DDP-comparison run: a 2-layer Llama-style model on :class:`Numbered` documents, one process per
+    device (``devices``) or node (``num_nodes``) as ``trainer`` says, rows logged by :class:`BatchLog`."""
+    processes = trainer.get("devices", 1) * trainer.get("num_nodes", 1)
+    return {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+            "accelerator": "cpu", "devices": 1, "strategy": "ddp" if processes > 1 else "auto",
             "max_steps": 6, "limit_val_batches": 0, "num_sanity_val_steps": 0, "enable_progress_bar": False,
             "enable_model_summary": False, "logger": False, "default_root_dir": str(tmp / name),
             "callbacks": [{"class_path": "tests.test_ddp.BatchLog", "init_args": {"path": str(tmp / name)}}],
+            **trainer,
         },
         "model": {
             "class_path": "zoo.objectives.CausalLM",
@@ -118,6 +122,10 @@ def fit(tmp: Path, name: str, *, devices: int, batch_size: int, documents: int =
         },
         "checkpoint": {"save_last": False, "save_top_k": 0},
     }  # fmt: skip
+
+
+def fit(tmp: Path, name: str, *, devices: int, batch_size: int, documents: int = 64) -> list[Path]:
+    config = run_config(tmp, name, batch_size=batch_size, documents=documents, devices=devices)
     (tmp / f"{name}.yaml").write_text(json.dumps(config))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "ZOO_CACHE": str(tmp), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

@@ -20,46 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_ddp import WORDS, read, word_tokenizer
+from tests.test_ddp import WORDS, read, run_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 
 
 def config(tmp: Path, name: str, *, nodes: int, batch_size: int) -> Path:
-    run = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "num_nodes": nodes, "strategy": "ddp" if nodes > 1 else "auto",
-            "max_steps": STEPS, "limit_val_batches": 0, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-            "enable_model_summary": False, "logger": False, "default_root_dir": str(tmp / name),
-            "callbacks": [{"class_path": "tests.test_ddp.BatchLog", "init_args": {"path": str(tmp / name)}}],
-        },
-        "model": {
-            "class_path": "zoo.objectives.CausalLM",
-            "init_args": {
-                "backbone": {
-                    "vocab_size": 128, "dim": 32, "n_layers": 2, "max_seq_len": 32,
-                    "norm": {"class_path": "zoo.nn.RMSNorm"}, "position": {"class_path": "zoo.nn.Rotary"},
-                    "block": {"class_path": "zoo.nn.PreNormBlock", "init_args": {
-                        "norm": {"class_path": "zoo.nn.RMSNorm"},
-                        "attention": {"class_path": "zoo.nn.GroupedQueryAttention",
-                                      "init_args": {"n_heads": 4, "n_kv_heads": 2}},
-                        "ffn": {"class_path": "zoo.nn.SwiGLU", "init_args": {"hidden_dim": 64}}}},
-                },
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
-            },
-        },
-        "data": {
-            "class_path": "tests.test_ddp.Numbered",
-            "init_args": {
-                "tokenizer": {"class_path": "zoo.data.PretrainedTokenizer", "init_args": {"path": str(tmp / "t.json")}},
-                "seq_len": 32, "batch_size": batch_size,
-            },
-        },
-        "checkpoint": {"dirpath": str(tmp / name / "checkpoints"), "every_n_train_steps": 3, "save_top_k": -1,
-                       "save_last": False, "filename": "{step}"},
-    }  # fmt: skip
+    run = run_config(tmp, name, batch_size=batch_size, num_nodes=nodes, max_steps=STEPS)
+    run["checkpoint"] = {"dirpath": str(tmp / name / "checkpoints"), "every_n_train_steps": 3, "save_top_k": -1,
+                         "save_last": False, "filename": "{step}"}  # fmt: skip
     path = tmp / f"{name}.yaml"
     path.write_text(json.dumps(run))
     return path
