@@ -123,6 +123,10 @@ def test_gpt_s_5m_journey(tmp_path, capsys):
     grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
     assert len(set(grams)) >= len(grams) - 2  # no repeated 4-gram (re-tokenizing may merge at the seams)
 
+    exported = tmp_path / "export"  # exclusive attention: stock transformers cannot express it, remote code can
+    zoo(["export", "--ckpt", str(pretrained), "--out", str(exported)])
+    loads_as_its_card_says(pretrained, exported, tmp_path)
+
 
 # ---- Supra-50M: GQA 8/4 pre-training → Alpaca SFT → eval → export → the card's pipeline usage ------------------
 ALPACA_USAGE = """
@@ -173,6 +177,7 @@ def test_supra_50m_journey(tmp_path):
                            timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
     assert usage.returncode == 0, usage.stderr[-2000:]
     assert "### Response:" in usage.stdout
+    llama_cpp_decodes_as_zoo(tuned, tmp_path / "gguf")  # what the card's users asked for: llama.cpp on a CPU
 
 
 def sft_loss(ckpt: Path, prompt_format=None) -> float:
@@ -202,6 +207,45 @@ def logits_match(ckpt: Path, exported: Path) -> bool:
     theirs = AutoModelForCausalLM.from_pretrained(exported).eval()(ids).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
     return True
+
+
+def loads_as_its_card_says(ckpt: Path, exported: Path, tmp: Path) -> None:
+    """The export loads with ``trust_remote_code=True`` in a process where zoo cannot be imported and gives zoo's
+    logits, and the usage snippet of its model card runs there."""
+    from tests.test_interop_export import _run_snippet
+    from tests.test_interop_remote_code import load_without_zoo
+    from zoo.objectives import LanguageModel
+
+    assert "auto_map" in json.loads((exported / "config.json").read_text())  # remote code, not a stock class
+    tmp.mkdir(parents=True, exist_ok=True)
+    ids = torch.arange(1, 33)[None]  # (1, 32)
+    theirs = load_without_zoo({"seed": {"dir": str(exported), "ids": ids}}, tmp)["seed"]["logits"]
+    with torch.no_grad():
+        ours = LanguageModel.from_checkpoint(str(ckpt)).eval().backbone(ids)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+    _run_snippet(exported)
+
+
+def llama_cpp_decodes_as_zoo(ckpt: Path, out: Path) -> None:
+    """``zoo export --format gguf``, then llama.cpp's greedy continuation and tokenization equal zoo's."""
+    import llama_cpp
+
+    from zoo.generation import generate
+    from zoo.objectives import LanguageModel
+
+    zoo(["export", "--ckpt", str(ckpt), "--out", str(out), "--format", "gguf"])
+    backbone = LanguageModel.from_checkpoint(str(ckpt)).eval().backbone
+    tokenizer, _ = tokenizer_from_checkpoint(ckpt)
+    llm = llama_cpp.Llama(model_path=str(out / "model-f32.gguf"), n_ctx=SEQ_LEN, n_threads=1, verbose=False)
+    ids = tokenizer.encode("def read(path):").ids
+    assert llm.tokenize(b"def read(path):", add_bos=False) == ids
+    expected = generate(backbone, [ids], max_new_tokens=12, temperature=0.0).tokens[0]
+    got = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        got.append(token)
+        if len(got) == len(expected):
+            break
+    assert got == expected
 
 
 # ---- Dhara-70M: AR pre-training with Canon A/C → WSD conversion to masked diffusion → sampling, ELBO eval --------
@@ -253,6 +297,11 @@ def test_dhara_70m_journey(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["elbo"] is True and results["global_step"] == 8
     assert results["results"]["truthfulqa_mc1"]["n"] == len(TRUTHFULQA)
+
+    for stage, ckpt in (("ar", ar), ("diffusion", converted)):  # Canon layers: remote code, as the card loads it
+        exported = tmp_path / f"export-{stage}"
+        zoo(["export", "--ckpt", str(ckpt), "--out", str(exported)])
+        loads_as_its_card_says(ckpt, exported, tmp_path / stage)
 
 
 # ---- SmallCoder-303M: four stages through init_from (stage 4: User/Assistant SFT) → pass@k → export → usage ----
@@ -324,6 +373,7 @@ def test_smallcoder_303m_journey(tmp_path, capsys):
                            timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
     assert usage.returncode == 0, usage.stderr[-2000:]
     assert usage.stdout.startswith("User: Write a Python function that adds two numbers.\nAssistant:")
+    llama_cpp_decodes_as_zoo(final, tmp_path / "gguf")
 
     capsys.readouterr()
     zoo(["generate", "--ckpt", str(final), "--format", "user_assistant", "--prompt",
