@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import datasets
 import torch
@@ -108,7 +109,7 @@ class SFTDataModule(TextDataModule):
         seq_len: int,
         batch_size: int,
         pack: bool = False,
-        truncation: str = "truncate",
+        truncation: Literal["truncate", "drop"] = "truncate",
         max_prompt_tokens: int | None = None,
         num_workers: int = 0,
         seed: int = 0,

@@ -14,7 +14,7 @@ Query head ``h`` reads key/value head ``h // (H / Hkv)``: MHA is ``Hkv = H``, MQ
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,7 @@ class GroupedQueryAttention(nn.Module):
         bias: bool = False,
         qk_norm: Callable[[int], nn.Module] | None = None,
         canon: Callable[[int], nn.Module] | None = None,
-        kernel: str = "sdpa",
+        kernel: Literal["sdpa", "eager"] = "sdpa",
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads

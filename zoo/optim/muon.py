@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.optim._muon as _torch_muon
@@ -97,9 +98,9 @@ class MuonWithAdamW(Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
-        ns_dtype: str = "auto",
+        ns_dtype: Literal["auto", "bfloat16", "float32"] = "auto",
         weight_decay: float = 0.0,
-        adjust_lr_fn: str = "original",
+        adjust_lr_fn: Literal["original", "match_rms_adamw"] = "original",
         adamw_lr: float = 3e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,

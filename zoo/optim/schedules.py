@@ -15,6 +15,7 @@ comes from the trainer (``max_steps``).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -85,7 +86,12 @@ class WarmupStableDecay(Schedule):
     """
 
     def __init__(
-        self, *, warmup_steps: int = 0, decay_start: float = 0.8, decay_shape: str = "1-sqrt", min_lr: float = 0.0
+        self,
+        *,
+        warmup_steps: int = 0,
+        decay_start: float = 0.8,
+        decay_shape: Literal["linear", "1-sqrt"] = "1-sqrt",
+        min_lr: float = 0.0,
     ) -> None:
         super().__init__(warmup_steps=warmup_steps, min_lr=min_lr)
         if not 0 <= decay_start <= 1:
