@@ -176,9 +176,15 @@ class SaveConfigWithNotes(SaveConfigCallback):
         super().__init__(*args, **kwargs)
         self.notes = list(notes or [])
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts from rank 0 under DDP, so every rank asks for it here; save_config runs on
+        # rank 0 alone, where asking would leave the other ranks at a different collective (a hang)
+        self._log_dir = trainer.log_dir if self.save_to_log_dir and not self.already_saved else None
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not (self.notes and self.save_to_log_dir and trainer.log_dir):
+        if not (self.notes and self._log_dir):
             return
-        path = Path(trainer.log_dir) / self.config_filename
+        path = Path(self._log_dir) / self.config_filename
         if path.is_file():
             path.write_text("".join(f"# {note}\n" for note in self.notes) + path.read_text())
