@@ -198,8 +198,8 @@ class LanguageModel(L.LightningModule):
         if seq_len is not None:
             tokens = seq_len * getattr(datamodule, "batch_size", 1)
             self.flops_per_batch = self.backbone.flops_per_token(seq_len) * tokens
-        if stage == "fit":
-            check_precision(self.trainer)  # what the device cannot run is refused before the first step
+        if stage == "fit" and self._trainer is not None:
+            check_precision(self._trainer)  # what the device cannot run is refused before the first step
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
