@@ -59,7 +59,10 @@ def test_a_given_precision_is_kept(monkeypatch, units, forced):
 
 
 def _trainer(precision: str, device: str, strategy: str = "SingleDeviceStrategy", clip: float | None = 1.0):
-    strategy_class = type(strategy, (), {"root_device": torch.device(device)})
+    from lightning.pytorch import strategies
+
+    # a strategy of the named Lightning class (checked by type), with nothing set up but its device
+    strategy_class = type(strategy, (getattr(strategies, strategy),), {"root_device": torch.device(device)})
     return SimpleNamespace(
         precision=precision, strategy=strategy_class(), gradient_clip_val=clip, gradient_clip_algorithm=None
     )

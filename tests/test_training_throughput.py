@@ -60,9 +60,9 @@ def test_peak_flops_uses_the_override_then_the_table_and_none_for_an_xla_device_
     assert TokenThroughput(available_flops=3e12).peak_flops(torch.device("cpu"), torch.float32, lookup) == 3e12
     assert calls == []  # the override answers without Lightning's table
     assert TokenThroughput().peak_flops(torch.device("cpu"), torch.float32, lookup) == 7.0
-    monkeypatch.setattr(zoo.callbacks, "_xla_on_tpu", lambda: False)
+    monkeypatch.setattr(zoo.training.throughput, "_xla_on_tpu", lambda: False)
     assert TokenThroughput().peak_flops(torch.device("xla"), torch.float32, lookup) is None
-    monkeypatch.setattr(zoo.callbacks, "_xla_on_tpu", lambda: True)
+    monkeypatch.setattr(zoo.training.throughput, "_xla_on_tpu", lambda: True)
     assert TokenThroughput().peak_flops(torch.device("xla"), torch.float32, lookup) == 7.0
     assert calls == ["cpu", "xla"]
 
