@@ -130,17 +130,33 @@ def test_zoo_info_prints_the_active_parameters_of_a_routed_model(path):
     assert f"active per token {active:,}" in path.read_text()  # the header states it too
 
 
-def test_zoo_info_merges_configs_in_order_and_ignores_other_sections(tmp_path):
+def test_zoo_info_merges_configs_in_order_as_fit_does(tmp_path):
     model = CONFIGS / "models" / "gpt-s-5m.yaml"
     override = tmp_path / "override.yaml"
     override.write_text(
-        "trainer: {max_steps: 3}\ndata: {class_path: zoo.data.NoSuchData}\n"
+        "trainer: {max_steps: 3}\n"
         "model:\n  class_path: zoo.objectives.CausalLM\n  init_args:\n    backbone:\n      init_args: {n_layers: 1}\n"
     )
     full = build([model])
     per_layer = sum(p.numel() for p in full.blocks[0].parameters())
     lines = info_lines(["--config", str(model), "--config", str(override)])
     assert number(lines["parameters"]) == full.num_parameters() - (full.n_layers - 1) * per_layer
+    # any `zoo fit` override applies, after the files
+    lines = info_lines(["--config", str(model), "--model.backbone.init_args.n_layers", "2"])
+    assert number(lines["parameters"]) == full.num_parameters() - (full.n_layers - 2) * per_layer
+
+
+def test_zoo_info_reads_a_run_config_with_the_parser_of_fit(tmp_path, capsys):
+    """A section `zoo fit` would refuse is refused by `zoo info` too, named (the parser is fit's)."""
+    bad = tmp_path / "bad-data.yaml"
+    bad.write_text("data: {class_path: zoo.data.NoSuchData}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        info_main(["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(bad)])
+    assert exit_info.value.code == 2 and "zoo.data.NoSuchData" in capsys.readouterr().err
+    bad.write_text("trainer: {max_stepz: 3}\n")
+    with pytest.raises(SystemExit):
+        info_main(["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(bad)])
+    assert "max_stepz" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_commands_eval import ARC, BLIMP, write_jsonl
+from tests.commands.test_eval import ARC, BLIMP, write_jsonl
 from zoo.cli import main as zoo
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 
@@ -212,8 +212,8 @@ def logits_match(ckpt: Path, exported: Path) -> bool:
 def loads_as_its_card_says(ckpt: Path, exported: Path, tmp: Path) -> None:
     """The export loads with ``trust_remote_code=True`` in a process where zoo cannot be imported and gives zoo's
     logits, and the usage snippet of its model card runs there."""
-    from tests.test_interop_export import _run_snippet
-    from tests.test_interop_remote_code import load_without_zoo
+    from tests.interop.test_export import _run_snippet
+    from tests.interop.test_remote_code import load_without_zoo
     from zoo.objectives import LanguageModel
 
     assert "auto_map" in json.loads((exported / "config.json").read_text())  # remote code, not a stock class

@@ -5,9 +5,10 @@ Only the data are swapped for the embedded corpus (or its instruction set), the 
 ``init_from`` pointed at a checkpoint of the right shape that the test writes. A new recipe is covered by being
 added to the folder.
 
-On a CPU without bf16 units a bf16 recipe runs in fp32 here (``32-true``): torch emulates bf16 there, many times
-slower than fp32, and zoo warns so (tests/test_training_precision.py); the bf16 clipping path with every optimizer
-is tested in tests/test_clipping.py. On a CPU with bf16 units (AMX, AVX512-BF16) the recipe's own precision runs."""
+On a CPU without bf16 units a bf16 recipe runs in fp32 here (``32-true``): torch emulates bf16 there, many
+times slower than fp32, and zoo warns so (tests/training/test_precision_choice.py); the bf16 clipping path with
+every optimizer is tested in tests/training/test_clipping.py. On a CPU with bf16 units (AMX, AVX512-BF16) the
+recipe's own precision runs."""
 
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from tests.test_configs import CONFIGS, rel
 from zoo.cli import main as zoo_main
-from zoo.commands.info import backbone_config
+from zoo.commands.fit import instantiate_section, parse_run_config
 from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import train_bpe
 from zoo.training.precision import choose_precision, cpu_bf16_units
@@ -43,16 +44,11 @@ def tokenizer_file(tmp_path_factory) -> Path:
 def init_checkpoint(recipe: Path, folder: Path) -> Path:
     """A checkpoint holding freshly initialised weights of ``recipe``'s backbone, for its ``init_from``; one per
     model shape."""
-    from jsonargparse import ArgumentParser
-
-    from zoo.nn import Transformer
-
-    config = backbone_config(recipe)
-    path = folder / f"init-{abs(hash(json.dumps(config, sort_keys=True)))}.ckpt"
+    parser, config = parse_run_config(["--config", str(recipe)], optional=("data",))
+    backbone_config = config.model.init_args.backbone.as_dict()
+    path = folder / f"init-{abs(hash(json.dumps(backbone_config, sort_keys=True, default=str)))}.ckpt"
     if not path.exists():
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_argument("--backbone", type=Transformer)
-        backbone = parser.instantiate(parser.parse_args(["--backbone", json.dumps(config)])).backbone
+        backbone = instantiate_section(parser, config, "model").backbone  # built as `zoo fit` builds it
         torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, path)
     return path
 

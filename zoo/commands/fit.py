@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
@@ -170,3 +171,64 @@ class ZooCLI(LightningCLI):
             else:
                 dirs.append(Path(self.trainer.default_root_dir) / "checkpoints")
         return dirs
+
+
+class _ParseOnly(ZooCLI):
+    """``ZooCLI`` that stops after parsing: the same parser, ``--config`` merging, relative-path resolution and
+    checks as ``zoo fit``, with nothing built, seeded or read from a checkpoint."""
+
+    def __init__(self, args: list[str], defaults: dict | None, optional: tuple[str, ...]) -> None:
+        self._parse_defaults, self._optional = defaults or {}, optional
+        super().__init__(args=args, run=False, parser_kwargs={"exit_on_error": False})
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # LightningCLI's own sections (trainer, model, data), with the ones the command reads nothing from optional
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        for key, cls in (("model", self._model_class), ("data", self._datamodule_class)):
+            parser.add_lightning_class_args(cls, key, subclass_mode=True, required=key not in self._optional)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.set_defaults(self._parse_defaults)
+
+    def _parse_ckpt_path(self) -> None:
+        return None
+
+    def _set_seed(self) -> None:
+        return None
+
+    def before_instantiate_classes(self) -> None:
+        return None
+
+    def instantiate_classes(self) -> None:
+        return None
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self.config = parser.parse_args(args)  # no --ckpt_path to check, no environment to set
+
+
+def parse_run_config(
+    args: list[str], *, defaults: dict | None = None, optional: tuple[str, ...] = ()
+) -> tuple[LightningArgumentParser, Namespace]:
+    """Parse ``args`` (``--config FILE`` repeatable, ``--model.…`` overrides) exactly as ``python -m zoo fit`` does,
+    building nothing. ``defaults`` fills what a command does not ask the user for; ``optional`` names the sections
+    (``model``, ``data``) a command reads nothing from, so a config may leave them out (``zoo info`` needs no
+    data, ``zoo tokenizer train`` no model). Returns the parser and the parsed config; errors raise
+    ``jsonargparse.ArgumentError``."""
+    cli = _ParseOnly(args, defaults, optional)
+    return cli.parser, cli.config
+
+
+def instantiate_section(parser: LightningArgumentParser, config: Namespace, key: str):
+    """Build one section (``model`` or ``data``) of a config parsed by :func:`parse_run_config`, as ``zoo fit``
+    builds it, leaving the others (the trainer may need hardware this machine lacks) unbuilt."""
+    return parser.instantiate_classes(Namespace({key: config[key]}), instantiate_groups=False)[key]
+
+
+def config_error_text(err: Exception) -> str:
+    """jsonargparse's message for a config that does not parse or build, without the lines that restate the whole
+    value or the ``None`` alternative of an optional section (the reason and the key stay)."""
+    noise = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>", "Does not validate against any of")
+    lines = [line for line in str(err).splitlines() if not line.strip().startswith(noise)]
+    return "\n".join(line for line in lines if line.strip() not in ("", "Errors:")) or str(err)

@@ -11,7 +11,6 @@ a recipe); several ``--config`` files are merged in order, later ones overriding
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,58 +18,35 @@ from pathlib import Path
 import torch
 import yaml
 
+from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
 from zoo.nn.transformer import Transformer
 
-
-def backbone_config(path: Path) -> dict:
-    """The backbone section of a config file, with a ``backbone: other.yaml`` reference resolved."""
-    config = yaml.safe_load(path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} is not a YAML mapping")
-    if "model" in config:  # a run config: model.init_args.backbone
-        model = config["model"]
-        if isinstance(model, str):
-            return backbone_config(path.parent / model)
-        if model.get("class_path"):
-            check_objective(model["class_path"])
-        config = (model.get("init_args") or {}).get("backbone")
-        if config is None:
-            raise ValueError(f"{path} has a model section without model.init_args.backbone")
-    if isinstance(config, str):  # a path, relative to the file that names it
-        return backbone_config(path.parent / config)
-    if not isinstance(config, dict) or not config:
-        raise ValueError(f"{path} is neither a backbone config (class_path: zoo.nn.Transformer) nor a run config")
-    if "class_path" not in config:  # init_args given directly: the backbone class is implied
-        config = {"class_path": "zoo.nn.Transformer", "init_args": config.get("init_args", config)}
-    return config
+# the objective a bare backbone config is sized under (every objective holds the same backbone)
+DEFAULTS = {"model": {"class_path": "zoo.objectives.CausalLM"}}
+RUN_SECTIONS = {"model", "data", "trainer", "seed_everything", "ckpt_path", "checkpoint", "throughput", "nonfinite"}
 
 
-def check_objective(class_path: str) -> None:
-    """Refuse a ``model.class_path`` that is not an objective: the backbone alone would still build, hiding it."""
-    from zoo.objectives.base import LanguageModel  # Lightning is imported only for run configs
-
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module or "zoo.objectives"), name)
-    except (ImportError, AttributeError):
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, LanguageModel)):
-        raise ValueError(
-            f"model.class_path={class_path!r} is not an objective; use a subclass of "
-            "zoo.objectives.LanguageModel, e.g. zoo.objectives.CausalLM"
-        )
-
-
-def build(configs: list[Path]) -> Transformer:
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--backbone", type=Transformer)
+def fit_arguments(configs: list[Path]) -> list[str]:
+    """The ``zoo fit`` arguments that load ``configs`` in order: a run config as ``--config FILE``, a backbone
+    config (``configs/models/*.yaml``) as the value of ``--model.backbone``, the documented way to train one. The
+    backbone's text is given rather than its path: for a path, jsonargparse reports any error inside the file as
+    "Config file loop detected", hiding the key at fault."""
     args = []
     for path in configs:
-        args += ["--backbone", json.dumps(backbone_config(path))]
-    with torch.device("meta"):  # shapes only: no memory, no initialization cost
-        return parser.instantiate(parser.parse_args(args)).backbone
+        top = yaml.safe_load(path.read_text())
+        if isinstance(top, dict) and not (RUN_SECTIONS & set(top)):
+            args += ["--model.backbone", json.dumps(top)]
+        else:
+            args += ["--config", str(path)]
+    return args
+
+
+def build(configs: list[Path], overrides: list[str] = ()) -> Transformer:
+    """The backbone ``configs`` (merged in order, then ``overrides``) describe, parsed and built as ``zoo fit``
+    builds its model, on PyTorch's ``meta`` device: shapes only, no memory, no initialization cost."""
+    parser, config = parse_run_config([*fit_arguments(configs), *overrides], defaults=DEFAULTS, optional=("data",))
+    with torch.device("meta"):
+        return instantiate_section(parser, config, "model").backbone
 
 
 def describe(backbone: Transformer) -> str:
@@ -96,17 +72,21 @@ def describe(backbone: Transformer) -> str:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="zoo info", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        prog="zoo info", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other argument is a `zoo fit` override, e.g. --model.backbone.init_args.n_layers 24",
+    )  # fmt: skip
     parser.add_argument("--config", action="append", required=True, type=Path, help="config file (repeatable)")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
     for path in args.config:
         if not path.is_file():
             print(f"zoo info: --config {path} does not exist", file=sys.stderr)
             sys.exit(2)
     try:
-        backbone = build(args.config)
+        backbone = build(args.config, overrides)
     except Exception as err:  # parser and constructor errors alike: report them, without a traceback
-        print(f"zoo info: cannot build the model of {', '.join(map(str, args.config))}: {err}", file=sys.stderr)
+        print(
+            f"zoo info: cannot build the model of {', '.join(map(str, args.config))}: {config_error_text(err)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     print(describe(backbone))

@@ -16,10 +16,8 @@ two small files with which ``transformers.AutoTokenizer.from_pretrained(DIR)`` l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,23 +69,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def data_module(config: Path):
-    """The data module a run config's ``data:`` section (or a data-module config) describes, built by
-    jsonargparse as ``python -m zoo fit`` builds it (paths inside resolve relative to the config's folder)."""
-    from jsonargparse import ArgumentParser
-
-    from zoo.data.base import TextDataModule
+    """The data module a run config's ``data:`` section (or a data-module config) describes, parsed and built by
+    the parser of ``python -m zoo fit`` (a run config's model section is parsed too, not built; it may be left out),
+    so relative paths, ``--config`` merging and errors are fit's."""
+    from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
 
     if not config.is_file():
         raise SystemExit(f"--config {config} does not exist")
-    loaded = yaml.safe_load(config.read_text())
-    section = loaded.get("data", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise SystemExit(f"--config {config} has no data module: expected a `data:` section with a class_path")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(TextDataModule, "data", required=True)
-    with _working_directory(config.parent):
-        parsed = parser.parse_object({"data": section})
-        return parser.instantiate(parsed).data
+    top = yaml.safe_load(config.read_text())
+    flag = "--data" if isinstance(top, dict) and "class_path" in top else "--config"  # a data-module config
+    try:
+        parser, parsed = parse_run_config([flag, str(config)], optional=("model",))
+        if parsed.get("data") is None:
+            raise ValueError("expected a `data:` section with a class_path (or a data-module config)")
+        return instantiate_section(parser, parsed, "data")
+    except Exception as err:  # parser and constructor errors alike, named without a traceback
+        raise SystemExit(f"--config {config} does not describe a data module: {config_error_text(err)}") from None
 
 
 def write(tokenizer, out: Path, *, special_tokens: list[str]) -> Path:
@@ -132,13 +129,3 @@ def held_out_compression(tokenizer, datamodule, limit: int = 200) -> float:
                 texts.append(text)
     tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
     return sum(len(t) for t in texts) / tokens if tokens else 0.0
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path):
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)

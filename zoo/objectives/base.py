@@ -13,7 +13,7 @@ import importlib
 import math
 import os
 import warnings
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -41,6 +41,16 @@ def _plain(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(map(_plain, value))
     return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
+
+
+@runtime_checkable
+class TokenData(Protocol):
+    """What an objective reads from the data module it trains on (:class:`zoo.data.TextDataModule` answers it):
+    the tokenizer's vocabulary size, the tokens per row and the rows per batch on each device."""
+
+    vocab_size: int
+    seq_len: int
+    batch_size: int
 
 
 class LanguageModel(L.LightningModule):
@@ -181,23 +191,32 @@ class LanguageModel(L.LightningModule):
         self.backbone.load_state_dict(source)
 
     # ---- the shared step -----------------------------------------------------------------------------------
+    def data_module(self) -> TokenData | None:
+        """The trainer's data module when it answers :class:`TokenData` (zoo's do; so may a user's own), else
+        ``None``: its vocabulary, ``seq_len`` and ``batch_size`` are what the objective checks itself against.
+
+        Read here, at ``setup``, rather than linked into the objective's arguments by LightningCLI's
+        ``link_arguments``: the vocabulary exists only once the tokenizer is trained or loaded (``prepare_data``,
+        rank 0 first, then every rank), after the CLI has built both objects, and a link would tie these checks to
+        the CLI, where an objective built in Python (a conversion script, a test) gets them too."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return datamodule if isinstance(datamodule, TokenData) else None
+
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(datamodule, "vocab_size", None)
-        if vocab is not None and vocab > self.backbone.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {vocab} tokens but model backbone.vocab_size={self.backbone.vocab_size}: "
-                f"set backbone.vocab_size ≥ {vocab} or train a smaller tokenizer (data.tokenizer.vocab_size)"
-            )
-        seq_len = getattr(datamodule, "seq_len", None)
-        if seq_len is not None and seq_len > self.backbone.max_seq_len:
-            raise ValueError(
-                f"data.seq_len={seq_len} exceeds backbone.max_seq_len={self.backbone.max_seq_len}: "
-                f"lower data.seq_len or raise backbone.max_seq_len"
-            )
-        if seq_len is not None:
-            tokens = seq_len * getattr(datamodule, "batch_size", 1)
-            self.flops_per_batch = self.backbone.flops_per_token(seq_len) * tokens
+        data = self.data_module()
+        if data is not None:
+            vocab, seq_len = data.vocab_size, data.seq_len
+            if vocab > self.backbone.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {vocab} tokens but model backbone.vocab_size={self.backbone.vocab_size}: "
+                    f"set backbone.vocab_size ≥ {vocab} or train a smaller tokenizer (data.tokenizer.vocab_size)"
+                )
+            if seq_len > self.backbone.max_seq_len:
+                raise ValueError(
+                    f"data.seq_len={seq_len} exceeds backbone.max_seq_len={self.backbone.max_seq_len}: "
+                    f"lower data.seq_len or raise backbone.max_seq_len"
+                )
+            self.flops_per_batch = self.backbone.flops_per_token(seq_len) * seq_len * data.batch_size
         if stage == "fit" and self._trainer is not None:
             check_precision(self._trainer)  # what the device cannot run is refused before the first step
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights

@@ -103,8 +103,8 @@ class MaskedDiffusionLM(LanguageModel):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(datamodule, "vocab_size", None)
+        data = self.data_module()
+        vocab = None if data is None else data.vocab_size
         if self.mask_id is None:
             if vocab is None:
                 raise ValueError("MaskedDiffusionLM mask_id=null needs the data module's vocab_size: set mask_id")

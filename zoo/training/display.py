@@ -4,6 +4,7 @@ counts optimizer steps against ``max_steps``, and no repeated warnings from depe
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -17,13 +18,26 @@ from lightning.pytorch.utilities.model_summary.model_summary import get_human_re
 DEPENDENCY_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # lightning's pytree helper, torch ≥ 2.10
     r"'set_vital' is deprecated",  # torchdata's StatefulDataLoader
+    # the summary's size column under bf16-mixed, where the weights it sizes are fp32, the 32 bits it falls back to
+    r"Precision bf16-mixed is not supported by the model summary",
 )
+# Lightning's advertisement for its hosted logger, printed at every fit: matched by its opening words
+DEPENDENCY_NOTICES = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(DEPENDENCY_NOTICES)
 
 
 def quiet_dependency_warnings() -> None:
-    """Silence :data:`DEPENDENCY_WARNINGS` (and nothing else) for this process."""
+    """Silence :data:`DEPENDENCY_WARNINGS` and :data:`DEPENDENCY_NOTICES` (and nothing else) for this process."""
     for message in DEPENDENCY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):  # rank_zero_info's
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices())
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -77,6 +91,7 @@ class BackboneSummary(ModelSummary):
                   total_flops, **kwargs) -> None:  # fmt: skip
         from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
+        summary_data = [column for column in summary_data if column[0] != "FLOPs"]  # 0s without an example input
         table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
                                       total_flops, *summary_data)  # fmt: skip
         lines = table.split("\n")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.test_commands_cli import TINY
+from tests.commands.test_cli import TINY
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 
 ARC = [{"id": "q1", "question": "Which is a gas?", "answerKey": "C",

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from tests.test_interop_gguf import _llama_logits
-from tests.test_interop_hf import tiny_fit
+from tests.interop.test_gguf import _llama_logits
+from tests.interop.test_hf import tiny_fit
 from zoo.commands.export import main
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 from zoo.generation import generate

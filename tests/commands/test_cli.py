@@ -26,7 +26,7 @@ TINY = [
     "--data.limit_files", "30",
     "--data.val_fraction", "0.2",
 ]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def zoo(*args, cache, check=True):
@@ -113,7 +113,10 @@ def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
     console = result.stdout + result.stderr
     assert "Training FLOPs per token (context 32)" in console and "Non-embedding params" in console
     assert "Total Flops" not in console
+    header = next(line for line in console.splitlines() if "| Name" in line)
+    assert "Params" in header and "FLOPs" not in header  # Lightning's column of 0s is dropped
     assert "LeafSpec" not in console and "set_vital" not in console
+    assert "litlogger" not in console  # Lightning's advertisement, not a message about the run
 
 
 def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests import test_training_faults as faults
-from tests.test_training_faults import callback, fit, losses
+from tests.training import test_faults as faults
+from tests.training.test_faults import callback, fit, losses
 from zoo.training import AtomicCheckpointIO, newest_good_checkpoint, read_checkpoint
 from zoo.training.checkpoints import UntrustedCheckpointError
 

@@ -36,7 +36,7 @@ from zoo.nn import (
     Transformer,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter that cannot import zoo (and has no PYTHONPATH to the repository): loads every job's
 # directory as its model card says, and records what the tests compare.
@@ -437,7 +437,7 @@ def test_an_existing_directory_is_replaced_only_with_overwrite(seeds, tmp_path, 
 def test_an_unknown_block_in_a_checkpoint_is_refused_by_name_before_writing(seeds, tmp_path, capsys):
     checkpoints, _, _ = seeds
     state = torch.load(checkpoints["gpt-s-5m"], map_location="cpu", weights_only=False)
-    state["hyper_parameters"]["backbone"]["init_args"]["block"]["class_path"] = "tests.test_interop_remote_code.Pre"
+    state["hyper_parameters"]["backbone"]["init_args"]["block"]["class_path"] = "tests.interop.test_remote_code.Pre"
     torch.save(state, tmp_path / "custom.ckpt")
     code, err = _export(capsys, "--ckpt", tmp_path / "custom.ckpt", "--out", tmp_path / "out")
     assert code == 2 and "blocks.0 is a Pre, which the remote-code export cannot express" in err

@@ -3,8 +3,8 @@ torchrun sets on a node (``MASTER_ADDR``/``MASTER_PORT``, ``NODE_RANK``/``GROUP_
 ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``), the trainer asks for ``num_nodes=2, devices=1`` with DDP over gloo, and
 Lightning (its torchelastic cluster environment) does the rest, as on two machines.
 
-Compared with one process at the same global batch on :class:`tests.test_ddp.Numbered` (one row per document,
-no shuffling, so both layouts see identical global batches; see tests/test_ddp.py): node r reads documents r,
+Compared with one process at the same global batch on :class:`tests.training.test_ddp.Numbered` (one row per document,
+no shuffling, so both layouts see identical global batches; see tests/training/test_ddp.py): node r reads documents r,
 r + 2, …, the two nodes' rows together are the one-process batch, the mean of their losses follows the
 one-process losses to float rounding, and a checkpoint the two nodes wrote at step 3 resumes on two nodes with
 steps 4–6 identical (rows and losses) to the uninterrupted run.
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_ddp import WORDS, read, run_config, word_tokenizer
+from tests.training.test_ddp import WORDS, read, run_config, word_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 

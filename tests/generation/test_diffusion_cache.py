@@ -216,7 +216,7 @@ def test_a_cache_is_refused_for_canon_backbones():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A tiny AR checkpoint and its masked-diffusion conversion (2 steps each)."""
-    from tests.test_commands_cli import TINY
+    from tests.commands.test_cli import TINY
     from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")

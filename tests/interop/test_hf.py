@@ -15,7 +15,7 @@ from zoo.interop.mappings import GPTNeoXMapping, LlamaMapping, Rule  # noqa: E40
 
 SMALL = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
          "max_position_embeddings": 64}  # fmt: skip
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 CONFIGS = {
@@ -195,7 +195,7 @@ def tokenizer_cache(tmp_path_factory):
 
 def tiny_fit(root, tokenizer_cache, *extra):
     """A 2-step `python -m zoo fit` run (in process) on the embedded stdlib corpus; returns its last checkpoint."""
-    from tests.test_commands_cli import TINY
+    from tests.commands.test_cli import TINY
     from zoo.commands.fit import ZooCLI
 
     swap = ["--data.tokenizer.init_args.cache_dir", str(tokenizer_cache), "--trainer.max_steps", "2",

@@ -345,7 +345,7 @@ def test_threshold_outside_the_unit_interval_is_refused(threshold):
 # ---- the command ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_commands_cli import TINY
+    from tests.commands.test_cli import TINY
     from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")

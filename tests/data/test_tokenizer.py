@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from zoo.cli import main
 from zoo.data import Mixture, PretrainedTokenizer, Source, train_bpe
 from zoo.objectives import CausalLM
 
-from .conftest import tiny_backbone
+from ..conftest import tiny_backbone
 
 TRICKY = [
     "\tindented\twith tabs",
@@ -99,6 +100,31 @@ def test_bad_arguments_say_what_to_do(corpus, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["tokenizer", "train", "--config", str(tmp_path / "nope.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path)])  # fmt: skip
+
+
+def test_the_config_is_read_by_the_parser_of_fit(corpus, tmp_path):
+    """A data-module config (class_path at the top) and a full run config (model section parsed, not built) both
+    work; a config fit would refuse is refused with the key named, and one without data says what is missing."""
+    run = yaml.safe_load((corpus / "run.yaml").read_text())
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(run["data"]))
+    main(["tokenizer", "train", "--config", str(tmp_path / "data.yaml"), "--vocab-size", "300",
+          "--documents", "50", "--output", str(tmp_path / "a")])  # fmt: skip
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
+    quickstart = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())
+    full = {**run, "trainer": quickstart["trainer"], "model": quickstart["model"]}
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(full))
+    main(["tokenizer", "train", "--config", str(tmp_path / "full.yaml"), "--vocab-size", "300",
+          "--documents", "50", "--output", str(tmp_path / "b")])  # fmt: skip
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == (tmp_path / "a" / "tokenizer.json").read_text()
+    bad = {**run, "data": {**run["data"], "init_args": {**run["data"]["init_args"], "seq_lenn": 3}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(SystemExit, match="seq_lenn"):
+        main(["tokenizer", "train", "--config", str(tmp_path / "bad.yaml"), "--vocab-size", "300",
+              "--output", str(tmp_path / "c")])  # fmt: skip
+    (tmp_path / "nodata.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 1}}))
+    with pytest.raises(SystemExit, match="data"):
+        main(["tokenizer", "train", "--config", str(tmp_path / "nodata.yaml"), "--vocab-size", "300",
+              "--output", str(tmp_path / "d")])  # fmt: skip
 
 
 def test_train_bpe_round_trips_without_the_cli():

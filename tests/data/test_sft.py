@@ -17,7 +17,7 @@ from zoo.nn import GroupedQueryAttention, Transformer
 from zoo.nn.masks import document_mask
 from zoo.objectives import CausalLM, MaskedDiffusionLM
 
-from .conftest import tiny_backbone
+from ..conftest import tiny_backbone
 
 TEXT = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",

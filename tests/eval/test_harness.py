@@ -66,7 +66,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.test_interop_hf import tiny_fit
+    from tests.interop.test_hf import tiny_fit
 
     return str(tiny_fit(tmp_path_factory.mktemp("fit"), tmp_path_factory.mktemp("tok")))
 

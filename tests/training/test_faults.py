@@ -23,7 +23,7 @@ from zoo.training import (
     newest_good_checkpoint,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--config", "configs/quickstart.yaml",
     "--trainer.val_check_interval", "1000",
@@ -116,7 +116,7 @@ def fit(tmp: Path, cache: Path, *args: str, monkeypatch):
 def callback(name: str, **init_args) -> str:
     import json
 
-    callback = {"class_path": f"tests.test_training_faults.{name}", "init_args": init_args}
+    callback = {"class_path": f"tests.training.test_faults.{name}", "init_args": init_args}
     return "--trainer.callbacks+=" + json.dumps(callback)
 
 
