@@ -391,3 +391,26 @@ def test_generate_command_rejects_an_unknown_format(checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(checkpoint), "--prompt", "x", "--format", "chatml"])
     assert exit_info.value.code == 2 and "chatml" in capsys.readouterr().err
+
+
+def test_generate_command_precision(checkpoint, capsys, monkeypatch):
+    """--precision 32-true and bf16-mixed both run and say which ran; auto takes the device's fastest, as training's
+    automatic choice does (bf16 units faked both ways)."""
+    from zoo.commands.generate import main
+    from zoo.training import precision
+
+    common = ["--ckpt", str(checkpoint), "--prompt", "def parse(", "--max-new-tokens", "6"]
+    main([*common, "--precision", "32-true"])
+    fp32 = capsys.readouterr()
+    assert fp32.err.rstrip().endswith("32-true]")
+    main([*common, "--precision", "bf16-mixed"])
+    assert "bf16-mixed]" in capsys.readouterr().err
+    for units in ("AVX512-BF16", None):  # the checkpoint is autoregressive: decoding on a CPU stays fp32
+        monkeypatch.setattr(precision, "cpu_bf16_units", lambda units=units: units)
+        main([*common, "--device", "cpu"])
+        assert "32-true]" in capsys.readouterr().err
+        expected = "bf16-mixed" if units else "32-true"  # the diffusion sampler takes bf16 where the CPU has it
+        assert precision.inference_autocast("auto", "cpu", sampler_kind="diffusion")[0] == expected
+    assert precision.inference_autocast("32-true", "cpu")[0] == "32-true"
+    with pytest.raises(ValueError, match="precision='fp16' is unknown"):
+        precision.inference_autocast("fp16", "cpu")

@@ -26,6 +26,7 @@ from zoo.data.formats import FORMATS
 from zoo.generation.diffusion import REMASKING
 from zoo.generation.fast_diffusion import CACHES, REFRESH
 from zoo.training.checkpoints import TRUST_HELP
+from zoo.training.precision import INFERENCE_PRECISIONS, inference_autocast
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
                    "read as the character")  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when available)")  # fmt: skip
+    p.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                   help="auto (default): bf16 autocast where the device has bf16 units (AMX, AVX512-BF16, sm80+), "
+                   "except autoregressive decoding on a CPU (fp32 is faster there), else fp32; or force 32-true / "
+                   "bf16-mixed")  # fmt: skip
     ar = p.add_argument_group("autoregressive models")
     ar.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most")
     ar.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
@@ -109,22 +114,25 @@ def run(args: argparse.Namespace) -> None:
             f"autoregressive {type(model).__name__}; its options are {', '.join(AR_OPTIONS)}"
         )
     options = diffusion_options(args) if model.sampler_kind == "diffusion" else autoregressive_options(args)
+    precision, autocast = inference_autocast(args.precision, args.device, sampler_kind=model.sampler_kind)
     start = time.perf_counter()
     n_tokens = passes = 0
-    if args.stream and model.sampler_kind == "autoregressive":  # one prompt at a time, tokens as they come
-        for text, prompt in zip(texts, prompts):
-            print(text, end="", flush=True)
-            out = sample(model, [prompt], on_token=lambda row, token, piece: print(piece, end="", flush=True),
-                         **common, **options)  # fmt: skip
-            print(flush=True)
-            n_tokens, passes = n_tokens + len(out.tokens[0]), passes + out.forward_passes
-    else:
-        out = sample(model, prompts, **common, **options)
-        for text, answer in zip(texts, out.texts):
-            print(text + answer, flush=True)
-        n_tokens, passes = sum(len(t) for t in out.tokens), out.forward_passes
+    with autocast:
+        if args.stream and model.sampler_kind == "autoregressive":  # one prompt at a time, tokens as they come
+            for text, prompt in zip(texts, prompts):
+                print(text, end="", flush=True)
+                out = sample(model, [prompt], on_token=lambda row, token, piece: print(piece, end="", flush=True),
+                             **common, **options)  # fmt: skip
+                print(flush=True)
+                n_tokens, passes = n_tokens + len(out.tokens[0]), passes + out.forward_passes
+        else:
+            out = sample(model, prompts, **common, **options)
+            for text, answer in zip(texts, out.texts):
+                print(text + answer, flush=True)
+            n_tokens, passes = sum(len(t) for t in out.tokens), out.forward_passes
     seconds = time.perf_counter() - start
-    print(f"[{n_tokens} tokens, {passes} forward passes, {n_tokens / seconds:.1f} tokens/s]", file=sys.stderr)
+    print(f"[{n_tokens} tokens, {passes} forward passes, {n_tokens / seconds:.1f} tokens/s, {precision}]",
+          file=sys.stderr)
     if model.sampler_kind == "diffusion":
         from zoo.generation.fast_diffusion import block_causal_size, cache_used
 

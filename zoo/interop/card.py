@@ -121,7 +121,7 @@ def _architecture(backbone: Transformer) -> list[tuple[str, str]]:
 def render_card(backbone: Transformer, facts: CardFacts, *, library_name: str, usage: str, files: str) -> str:
     """The card's Markdown. ``usage`` is a Python snippet that loads the export; ``files`` says what it holds."""
     rows, datasets = _mixture(facts.data)
-    diffusion = not backbone.blocks[0].attention.causal
+    diffusion = not backbone.causal
     front = {"library_name": library_name, "pipeline_tag": "text-generation"}
     if facts.license:
         front["license"] = facts.license

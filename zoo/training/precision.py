@@ -19,6 +19,7 @@ is logged and clipped is the non-fused optimizer's.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,33 @@ def choose_precision(accelerator: Any) -> PrecisionChoice:
         return PrecisionChoice("32-true", f"this GPU ({name}) has no bf16 units (16-mixed, with a gradient scaler, "
                                           "is the faster alternative)")  # fmt: skip
     return PrecisionChoice("32-true", f"no automatic choice for accelerator {accelerator!r}")
+
+
+INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed")
+
+
+def inference_autocast(
+    precision: str, device: torch.device | str, *, sampler_kind: str = "diffusion"
+) -> tuple[str, contextlib.AbstractContextManager]:
+    """The precision a forward-only job (generation) runs at, and the context to run it in: ``bf16-mixed`` is bf16
+    autocast (fp32 weights, bf16 matmuls), ``32-true`` plain fp32. ``auto`` is the device's fastest
+    (:func:`choose_precision`), except for autoregressive decoding on a CPU, which stays fp32: each step reads one
+    position per row, so its time goes to per-call overheads that autocast's casts add to (the quickstart model at
+    batch 8 decoded at 0.85× of fp32 under bf16 autocast on an AVX512-BF16 CPU, 0.57× at batch 1, while the
+    diffusion sampler's passes over whole blocks ran 1.3–2× faster; ``benchmarks/results/``). Refuses bf16 on a GPU
+    without bf16 units; on a CPU without them it runs, emulated."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; choose one of {list(INFERENCE_PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "auto":
+        cpu_decoding = device.type == "cpu" and sampler_kind == "autoregressive"
+        precision = "32-true" if cpu_decoding else choose_precision(device.type).precision
+    if precision == "32-true":
+        return precision, contextlib.nullcontext()
+    if device.type == "cuda" and not gpu_bf16_units():
+        raise ValueError(f"precision=bf16-mixed: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 units: "
+                         "use 32-true")  # fmt: skip
+    return precision, torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def check_precision(trainer: L.Trainer) -> None:
