@@ -1,11 +1,12 @@
 """``python -m zoo info --config FILE``: a model's architecture and size, without allocating its weights.
 
-FILE is a backbone config (``configs/models/*.yaml``) or any run config with a ``model:`` section (the quickstart,
-a recipe); several ``--config`` files are merged in order, later ones overriding. The model is built on PyTorch's
-``meta`` device, so sizing a 300M-parameter model takes no memory::
+FILE is a backbone config (``configs/models/*.yaml``, read as ``--model.backbone``) or any run config with a
+``model:`` section (the quickstart, a recipe), parsed by the parser of ``zoo fit``: several ``--config`` files
+merge in order, and any other argument is a ``zoo fit`` override. The model is built on PyTorch's ``meta`` device,
+so sizing a 300M-parameter model takes no memory::
 
     python -m zoo info --config configs/models/smallcoder-303m.yaml
-    python -m zoo info --config configs/recipes/gpt-s-5m.yaml
+    python -m zoo info --config configs/recipes/gpt-s-5m.yaml --model.backbone.init_args.n_layers 12
 """
 
 from __future__ import annotations
