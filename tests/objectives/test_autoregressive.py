@@ -42,6 +42,42 @@ def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(chunk_elemen
                                    expected.detach())  # fmt: skip
 
 
+@pytest.mark.parametrize("chunk_elements", [2**25, 64 * 50])  # one block; 64-row blocks with a partial last one
+@pytest.mark.parametrize("mode", ["autocast", "bf16 weights"])
+def test_linear_cross_entropy_in_bf16_matches_the_unfused_loss(chunk_elements, mode):
+    """Under bf16 autocast (fp32 weights, bf16 products) and with bf16 weights, the fused loss and gradients
+    match the unfused head + ``.float()`` cross-entropy run the same way, within bf16 rounding; the gradients
+    come back in the weights' own dtype."""
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.float32 if mode == "autocast" else torch.bfloat16
+    features = torch.randn(200, 32, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(50, 32, generator=g) * 0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (200,), generator=g)
+    targets[::7] = -100
+
+    def run(fused: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            if fused:
+                loss = linear_cross_entropy(features, weight, targets, chunk_elements=chunk_elements)
+            else:
+                logits = (features @ weight.T).float()
+                loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+        loss.backward()
+        grads = features.grad.clone(), weight.grad.clone()
+        features.grad = weight.grad = None
+        return loss.detach(), grads
+
+    loss, (grad_f, grad_w) = run(True)
+    expected, (want_f, want_w) = run(False)
+    assert grad_f.dtype == want_f.dtype == dtype and grad_w.dtype == want_w.dtype == dtype
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(grad_f.float(), want_f.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_w.float(), want_w.float(), rtol=2e-2, atol=2e-2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+        torch.testing.assert_close(linear_cross_entropy(features, weight, targets, chunk_elements=chunk_elements),
+                                   expected, rtol=1e-3, atol=1e-2)  # fmt: skip
+
+
 def test_linear_cross_entropy_refuses_a_second_backward_pass():
     features = torch.randn(8, 4, requires_grad=True)
     loss = linear_cross_entropy(features, torch.randn(10, 4), torch.randint(0, 10, (8,)))
