@@ -131,3 +131,12 @@ def test_train_bpe_round_trips_without_the_cli():
     tokenizer = train_bpe(TRICKY * 5, vocab_size=280)
     for text in TRICKY:
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_an_unreadable_source_is_named_without_a_traceback(corpus, tmp_path):
+    run = yaml.safe_load((corpus / "run.yaml").read_text())
+    run["data"]["init_args"]["sources"][0]["data_files"] = str(tmp_path / "missing" / "*.jsonl")
+    (tmp_path / "missing.yaml").write_text(yaml.safe_dump(run))
+    with pytest.raises(SystemExit, match=r"^zoo tokenizer: .*missing"):
+        main(["tokenizer", "train", "--config", str(tmp_path / "missing.yaml"), "--vocab-size", "300",
+              "--output", str(tmp_path / "out")])  # fmt: skip

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> None:
             f"use at least {256 + len(special)}"
         )
     datamodule = data_module(Path(args.config))
+    try:
+        train(args, datamodule, special)
+    except (ValueError, OSError) as err:  # an unreachable source, an unreadable file: named, without a traceback
+        raise SystemExit(f"zoo tokenizer: {err}") from None
+
+
+def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
     texts = datamodule.tokenizer_texts()
     if args.documents is not None:
         texts = itertools.islice(texts, args.documents)
