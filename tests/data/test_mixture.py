@@ -141,3 +141,23 @@ def test_two_ranks_with_two_workers_read_disjoint_mixtures(tmp_path):
     assert len(seen[0] + seen[1]) == len(set(seen[0] + seen[1]))  # no document read twice
     for stream in seen:  # each rank gets both sources
         assert {text[0] for text in stream} == {"a", "b"}
+
+
+def test_a_hub_source_on_a_machine_without_the_hub_is_refused_at_once(monkeypatch):
+    """No connection to huggingface.co: the source is named with the offline alternative before the hub client
+    is asked (which would retry for about 50 s); its size is not looked up either."""
+    import datasets
+
+    from zoo.data import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append(a))
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda *a, **k: asked.append(a))
+    source = Source(path="HuggingFaceFW/fineweb-edu", name="sample-10BT")
+    assert source.known_rows() is None
+    with pytest.raises(ValueError, match=r"path='HuggingFaceFW/fineweb-edu'.*cannot reach.*data_files"):
+        source.load("train")
+    assert asked == []

@@ -11,9 +11,10 @@ import importlib
 import json
 import os
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
+
+from zoo.data.hub import hub_offline, hub_reachable  # noqa: F401  (asked through this module by eval)
 
 
 def import_function(path: str) -> Callable:
@@ -22,19 +23,6 @@ def import_function(path: str) -> Callable:
     if not name:
         raise ValueError(f"{path!r} is not an import path: write it as 'package.module:function'")
     return getattr(importlib.import_module(module), name)
-
-
-def hub_offline() -> bool:
-    """Whether the user turned the hub off (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
-    return any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # ---- local files in their original release formats ---------------------------------------------------------
