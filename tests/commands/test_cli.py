@@ -117,6 +117,7 @@ def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
     assert "Params" in header and "FLOPs" not in header  # Lightning's column of 0s is dropped
     assert "LeafSpec" not in console and "set_vital" not in console
     assert "litlogger" not in console  # Lightning's advertisement, not a message about the run
+    assert "not supported by the model summary" not in console  # its size column under bf16-mixed (fp32 weights)
 
 
 def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):
