@@ -195,8 +195,7 @@ def main() -> None:
 
     def run(setting, batch: list[list[int]]) -> tuple[torch.Tensor, int, str]:  # new tokens (B, n), passes, cache
         if setting is not None and setting.get("fp32"):  # the AR decoder without autocast
-            out = generate(ar, batch, max_new_tokens=n)
-            return torch.tensor(out.tokens, device=device), out.forward_passes, "KV"
+            return run_setting(None, batch)
         with autocast:
             return run_setting(setting, batch)
 

@@ -131,7 +131,7 @@ def test_missing_files_and_unknown_tasks_are_named(tmp_path, monkeypatch):
         load_problems("apps")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr("zoo.eval.datasets.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("zoo.data.hub.hub_reachable", lambda *a, **k: False)
     with pytest.raises(ValueError, match="cannot reach huggingface.co.*'openai/openai_humaneval'.*--data-dir DIR"):
         load_problems("humaneval")
 

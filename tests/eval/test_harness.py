@@ -229,12 +229,13 @@ def test_unknown_task_lists_the_closest_names_of_both_engines(files):
 
 
 def test_a_hub_task_offline_names_its_dataset_and_the_local_recipe(loaded, files, monkeypatch, tmp_path):
+    import zoo.data.hub
     import zoo.eval.tasks
 
     model, tokenizer, eos = loaded
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(zoo.eval.datasets, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(zoo.data.hub, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(ValueError) as info:
         run_harness(ZooLM(pretrained=model, tokenizer=tokenizer, eos_token=eos), ["gsm8k"], work=tmp_path,
                     include_paths=[str(files[1])])

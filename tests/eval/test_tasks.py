@@ -211,11 +211,11 @@ metrics: [acc]
 
 
 def test_no_network_and_no_local_file_says_where_it_looked(monkeypatch):
-    import zoo.eval.datasets as tasks_module
+    from zoo.data import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(tasks_module, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(ValueError, match="cannot reach huggingface.co.*allenai/ai2_arc.*--data-dir DIR with "
                                          "DIR/arc/ARC-Easy-test.jsonl.*--task-file arc_easy=PATH"):  # fmt: skip
         TASKS["arc_easy"].load()

@@ -24,7 +24,8 @@ from zoo.nn.transformer import Transformer
 
 # the objective a bare backbone config is sized under (every objective holds the same backbone)
 DEFAULTS = {"model": {"class_path": "zoo.objectives.CausalLM"}}
-RUN_SECTIONS = {"model", "data", "trainer", "seed_everything", "ckpt_path", "checkpoint", "throughput", "nonfinite"}
+RUN_SECTIONS = {"model", "data", "trainer", "seed_everything", "ckpt_path", "checkpoint", "throughput", "nonfinite",
+                "trust_checkpoint"}  # the top-level keys of a `zoo fit` config
 
 
 def fit_arguments(configs: list[Path]) -> list[str]:

@@ -14,6 +14,12 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def hub_unreachable() -> bool:
+    """Whether hub data is wanted (the hub is not switched off) but no connection to it opens: the case to refuse
+    at once, naming the offline alternative. In offline mode the hub client answers from its cache, fast."""
+    return not hub_offline() and not hub_reachable()
+
+
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the hub opens within ``timeout`` seconds."""
     try:

@@ -121,7 +121,7 @@ class Source:
             self._known_rows = None
             if self.is_local():
                 self._known_rows = count_rows(self.builder(), resolve(self.data_files), at_most=self.val_documents)
-            elif self.data_files is None and self.path != "stdlib" and self.hub_usable():
+            elif self.data_files is None and self.path != "stdlib" and not hub.hub_offline() and hub.hub_reachable():
                 try:  # the hub's recorded split sizes, when it has them (no rows are read)
                     splits = datasets.load_dataset_builder(self.path, self.name).info.splits
                     self._known_rows = splits[self.split].num_examples if splits and self.split in splits else None
@@ -139,10 +139,6 @@ class Source:
                 f"for this source (e.g. val_documents: {max(1, n // 10)}), or give a validation_split"
             )
 
-    def hub_usable(self) -> bool:
-        """Whether the hub may be asked for this source's size: not switched off, and reachable (a 3-second probe)."""
-        return not hub.hub_offline() and hub.hub_reachable()
-
     def load(self, split: str) -> datasets.IterableDataset:
         """The source's rows, streamed; raises a ``ValueError`` that says how to go offline if it is unreachable."""
         if self.is_local():
@@ -152,7 +148,7 @@ class Source:
                     "cannot be read from them: leave validation_split unset (val_documents holds rows out)"
                 )
             return local_rows(self.builder(), resolve(self.data_files))
-        if self.data_files is None and not hub.hub_offline() and not hub.hub_reachable():
+        if self.data_files is None and hub.hub_unreachable():
             raise ValueError(  # in seconds, rather than after the hub client's retries (offline mode: its own)
                 f"data source path={self.path!r} name={self.name!r} split={split!r} is on the Hugging Face hub, "
                 "which this machine cannot reach (no connection to huggingface.co). Download its files elsewhere "

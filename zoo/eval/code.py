@@ -156,12 +156,12 @@ def _hint(task: str) -> str:
 
 
 def _load_hub(task: str) -> list[dict]:
-    from zoo.eval.datasets import hub_offline, hub_reachable
+    from zoo.data import hub
 
     path, name = HUB[task]
     splits = ["test", "prompt"] if task == "mbpp" else ["test"]  # MBPP's shots are in its prompt split
     where = f"the hub dataset {path!r} name={name!r} split={'+'.join(splits)!r}"
-    if not hub_offline() and not hub_reachable():
+    if hub.hub_unreachable():
         raise ValueError(f"task {task}: cannot reach huggingface.co to load {where} (no --data-dir given); "
                          f"{_hint(task)}")  # fmt: skip
     try:

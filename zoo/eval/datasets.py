@@ -14,8 +14,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from zoo.data.hub import hub_offline, hub_reachable  # noqa: F401  (asked through this module by eval)
-
 
 def import_function(path: str) -> Callable:
     """``"package.module:function"`` → the function."""

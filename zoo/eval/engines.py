@@ -174,7 +174,7 @@ def run_harness(lm, names: Sequence[str], *, data_dir: str | None = None, work: 
     own output under ``"harness"`` (task versions, n-shot, higher_is_better)."""
     import lm_eval
 
-    from zoo.eval.datasets import hub_offline, hub_reachable
+    from zoo.data import hub
 
     specs, remote = [], []
     for name in names:
@@ -183,7 +183,7 @@ def run_harness(lm, names: Sequence[str], *, data_dir: str | None = None, work: 
         if local is None:
             remote.append(name)
     needs_hub = hub_datasets(remote, include_paths) if remote else {}
-    if needs_hub and not hub_offline() and not hub_reachable():
+    if needs_hub and hub.hub_unreachable():
         # the hub client retries an unreachable host for a long time per dataset; a 3-second probe says it all
         raise ValueError(offline_message(needs_hub, "huggingface.co is unreachable"))
     log(f"lm-eval: {', '.join(map(str, names))}")

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 from jinja2 import BaseLoader, Environment, StrictUndefined
 
-from zoo.eval import datasets as release_files
+from zoo.data import hub
 from zoo.eval.datasets import import_function, read_local
 
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
@@ -162,7 +162,7 @@ class Task:
 
         spec = self.dataset
         where = f"the hub dataset {spec['path']!r} name={spec.get('name')!r} split={spec['split']!r}"
-        if not release_files.hub_offline() and not release_files.hub_reachable():
+        if hub.hub_unreachable():
             # datasets retries an unreachable hub for ~25 s per call; a failed 3-second probe says it all.
             raise ValueError(
                 f"task {self.name}: cannot reach huggingface.co to load {where}; looked in: "

@@ -29,15 +29,20 @@ def linear_cross_entropy(features: Tensor, weight: Tensor, targets: Tensor, *, c
     rows = max(64, chunk_elements // weight.shape[0] // 64 * 64)  # a multiple of 64: aligned matmul shapes
     if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(features, weight, targets, rows)
-    device = features.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    with torch.autocast(device, enabled=False):
+    dtype = _matmul_dtype(features, weight)
+    with torch.autocast(features.device.type, enabled=False):
         weight_t, features = weight.to(dtype).T, features.to(dtype)  # (C, V), (N, C)
         total = torch.zeros((), dtype=torch.float32, device=features.device)
         for start in range(0, features.shape[0], rows):
             logits = (features[start : start + rows] @ weight_t).float()  # (n, V)
             total = total + _softmax_(logits, targets[start : start + rows], normalize=False)[0]
     return total
+
+
+def _matmul_dtype(features: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the head's products run in: the autocast dtype under autocast, else the weight's."""
+    device = features.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
 def _softmax_(logits: Tensor, targets: Tensor, *, normalize: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -75,9 +80,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: Tensor, weight: Tensor, targets: Tensor, rows: int) -> Tensor:
         # The matmuls run in the caller's autocast dtype (as the unfused head would), cast here once.
-        device = features.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        with torch.autocast(device, enabled=False):
+        dtype = _matmul_dtype(features, weight)
+        with torch.autocast(features.device.type, enabled=False):
             return _LinearCrossEntropy._forward(ctx, features, weight, targets, rows, dtype)
 
     @staticmethod
