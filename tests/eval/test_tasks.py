@@ -210,6 +210,43 @@ metrics: [acc]
         tasks_from_yaml("task: x\noutput_type: multiple_choice\nprompt: 1\n")
 
 
+@pytest.mark.parametrize(
+    "template",
+    ["{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+     "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ lipsum.__globals__['os'].system('touch MARKER') }}",
+     "{{ q.__class__.__base__.__subclasses__() }}",
+     "{% set x = options.append('touch MARKER') %}{{ q }}"],
+    ids=["globals", "mro", "field-class", "mutation"],
+)  # fmt: skip
+def test_a_task_file_template_runs_no_code(tmp_path, monkeypatch, template):
+    """An --include task file is data: its templates render in Jinja's immutable sandbox, so one that reaches for
+    Python internals (or mutates the document) is refused in one line and runs nothing."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"q": "2+2?", "options": ["3", "4"], "answer": "4"}])
+    task_file = tmp_path / "evil.yaml"
+    task_file.write_text(json.dumps({"task": "evil", "output_type": "multiple_choice", "dataset": {"path": "x/y"},
+                                     "local": {"path": data}, "doc_to_text": template, "doc_to_choice": "options",
+                                     "doc_to_target": "answer"}))  # fmt: skip
+    (task,), _ = resolve(["evil"], extra_files=[str(task_file)])
+    (doc,) = task.load(data_dir="/")
+    with pytest.raises(ValueError) as err:
+        task.requests(doc)
+    message = str(err.value)
+    assert "\n" not in message and "task evil: its template" in message and "refused by Jinja's sandbox" in message
+    assert not marker.exists() and doc["options"] == ["3", "4"]
+
+
+def test_task_templates_still_render_filters_and_expressions():
+    (task,) = tasks_from_yaml(
+        "task: t\noutput_type: multiple_choice\ndataset: {path: x/y}\ndoc_to_choice: '{{ options }}'\n"
+        "doc_to_text: \"{{ q | regex_replace('[?]', '') | upper }} {{ options | join(', ') }} {{ n + 1 }}\"\n"
+        "doc_to_target: '{{ options.index(answer) }}'\n"
+    )
+    doc = {"q": "2+2?", "options": ["3", "4"], "answer": "4", "n": 1}
+    assert task.text(doc) == "2+2 3, 4 2" and task.choices(doc) == ["3", "4"] and task.gold(doc) == 1
+
+
 def test_no_network_and_no_local_file_says_where_it_looked(monkeypatch):
     from zoo.data import hub
 

@@ -35,7 +35,9 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from jinja2 import BaseLoader, Environment, StrictUndefined
+from jinja2 import BaseLoader, StrictUndefined
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from zoo.data import hub
 from zoo.eval.datasets import import_function, read_local
@@ -49,7 +51,9 @@ def _regex_replace(text: str, pattern: str, repl: str, count: int = 0) -> str:
 
 
 # The harness's template environment: undefined fields are errors, trailing newlines kept, one extra filter.
-JINJA = Environment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
+# Sandboxed (Jinja's own sandbox): a task file is data, so a template reaches no underscore attribute (no
+# `__globals__`, `__class__`, `__subclasses__`), no unsafe callable and cannot mutate what it is given.
+JINJA = ImmutableSandboxedEnvironment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
 JINJA.filters["regex_replace"] = _regex_replace
 
 
@@ -84,7 +88,13 @@ class Task:
             return spec
         if spec in doc:
             return doc[spec]
-        return JINJA.from_string(spec).render(**doc)
+        try:
+            return JINJA.from_string(spec).render(**doc)
+        except SecurityError as err:
+            raise ValueError(
+                f"task {self.name}: its template {spec[:120]!r} was refused by Jinja's sandbox ({err}): task templates "
+                "may read the document's fields and use filters, not reach Python internals"
+            ) from None
 
     def text(self, doc: dict):
         return self._render(self.doc_to_text, doc)
