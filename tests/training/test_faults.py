@@ -263,8 +263,8 @@ def trained(tmp_path_factory, cache):
 
 
 def test_resuming_with_another_vocabulary_names_the_parameters(tmp_path, cache, trained, monkeypatch):
-    """The run's config changed between the crash and `--ckpt_path last` (with an explicit checkpoint file,
-    LightningCLI rebuilds the model from the checkpoint's own hyperparameters instead)."""
+    """The run's config changed between the crash and `--ckpt_path last` (an explicit checkpoint file is refused
+    the same way: the config builds the model, test_safe_loading)."""
     folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
     shutil.copy(trained, folder / "last.ckpt")

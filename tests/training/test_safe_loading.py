@@ -7,6 +7,8 @@ import functools
 import io
 import os
 import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from tests.training import test_faults as faults
-from tests.training.test_faults import callback, fit, losses
+from tests.training.test_faults import ROOT, callback, fit, losses
 from zoo.training import AtomicCheckpointIO, newest_good_checkpoint, read_checkpoint
 from zoo.training.checkpoints import UntrustedCheckpointError
 
@@ -205,9 +207,8 @@ def test_an_older_checkpoint_loads_as_it_is_with_the_opt_in(trained, tmp_path, c
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
     monkeypatch.setenv("ZOO_TRUST_CHECKPOINTS", "")  # restored after the test: the flag sets it for the run
-    with pytest.warns(UserWarning, match="trusted but not weights-only: its hyperparameters are not read"):
-        cli = fit(tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(old), "--trust_checkpoint",
-                  "true", callback("LossLog", path=str(tmp_path / "old.txt")), monkeypatch=monkeypatch)  # fmt: skip
+    cli = fit(tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(old), "--trust_checkpoint",
+              "true", callback("LossLog", path=str(tmp_path / "old.txt")), monkeypatch=monkeypatch)  # fmt: skip
     assert cli.trainer.global_step == 3
     fit(tmp_path / "new", cache, "--trainer.max_steps", "3", "--ckpt_path", str(trained),
         callback("LossLog", path=str(tmp_path / "new.txt")), monkeypatch=monkeypatch)  # fmt: skip
@@ -247,10 +248,44 @@ def test_a_bare_pickle_payload_is_refused_as_not_a_checkpoint(tmp_path):
 
     marker, path = tmp_path / "marker", tmp_path / "bare.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}))
-    for read in (lambda: read_checkpoint(path), lambda: LanguageModel.from_checkpoint(str(path))):
-        with pytest.raises(ValueError, match=f"checkpoint {path} is truncated or not a checkpoint"):
+    for read in (lambda: read_checkpoint(path), lambda: LanguageModel.from_checkpoint(str(path)),
+                 lambda: AtomicCheckpointIO().load_checkpoint(path)):  # fmt: skip
+        with pytest.raises(ValueError) as err:
             read()
+        message = str(err.value)
+        assert f"checkpoint {path} is a bare pickle file (pickle.dump, not torch.save)" in message
+        assert "mmap" not in message and "\n" not in message and "--i-trust-this-file" in message
     assert not marker.exists()
+
+
+def test_a_legacy_format_file_and_a_directory_are_named(tmp_path, trained, cache, monkeypatch):
+    """torch's pre-zip format: read whole (torch maps only zip archives) when it is plain data, named when it holds
+    objects; a directory given as a checkpoint is named as one, with the checkpoint files inside it."""
+    from zoo.objectives import LanguageModel
+
+    plain = torch.load(trained, map_location="cpu", weights_only=True)
+    legacy, objects = tmp_path / "legacy.ckpt", tmp_path / "objects.ckpt"
+    torch.save(plain, legacy, _use_new_zipfile_serialization=False)
+    torch.save(old_style(plain), objects, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(legacy, mmap=True)["global_step"] == plain["global_step"]
+    assert type(LanguageModel.from_checkpoint(str(legacy))).__name__ == "CausalLM"
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(objects, mmap=True)
+    assert f"checkpoint {objects} is in torch's legacy format" in str(err.value) and "mmap" not in str(err.value)
+
+    folder = trained.parent
+    readers = {"read_checkpoint": lambda: read_checkpoint(folder), "from_checkpoint":
+               lambda: LanguageModel.from_checkpoint(str(folder)), "checkpoint_io":
+               lambda: AtomicCheckpointIO().load_checkpoint(folder), "fit --ckpt_path": lambda: fit(
+                   tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(folder),
+                   monkeypatch=monkeypatch)}  # fmt: skip
+    for name, read in readers.items():
+        with pytest.raises(ValueError) as err:
+            read()
+        message = str(err.value)
+        assert message.startswith(f"checkpoint {folder} is a directory, not a checkpoint file: give one of the "
+                                  "checkpoint files inside it: "), name  # fmt: skip
+        assert str(folder / "last.ckpt") in message and "\n" not in message, name
 
 
 def test_a_model_built_in_python_keeps_only_plain_hyperparameters(tmp_path):
@@ -268,3 +303,141 @@ def test_a_model_built_in_python_keeps_only_plain_hyperparameters(tmp_path):
     path = tmp_path / "h.ckpt"
     torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
+
+
+# ---- class paths: nothing is imported on a file's say-so ---------------------------------------------------------
+
+EVILMOD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n\nclass Norm:\n    pass\n"
+ZEN = "Beautiful is better than ugly"
+
+
+def naming(checkpoint: dict, case: str) -> dict:
+    """``checkpoint`` with one class path replaced: the objective's (``this.CausalLM``: importing ``this`` prints
+    the Zen of Python), a nested block's (``evilmod.Norm``, a module in the working directory), or the optimizer's
+    (a callable of the standard library)."""
+    hp = checkpoint["hyper_parameters"]
+    if case == "this":
+        hp["_class_path"] = "this.CausalLM"
+    elif case == "evilmod":
+        hp["backbone"]["init_args"]["norm"] = {"class_path": "evilmod.Norm"}
+    else:
+        hp["optimizer"] = {"class_path": case, "init_args": {}}
+    return checkpoint
+
+
+CASES = ["this", "evilmod", "subprocess.Popen", "os._exit", "builtins.print"]
+
+
+@pytest.fixture(params=CASES)
+def foreign(request, tmp_path, trained, monkeypatch):
+    """The trained checkpoint naming a foreign class, with ``evilmod.py`` in the working directory (and on
+    ``sys.path``, as a script's directory is) writing a marker when imported."""
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod.py").write_text(EVILMOD.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "foreign.ckpt"
+    torch.save(naming(torch.load(trained, map_location="cpu", weights_only=True), request.param), path)
+    yield path, request.param, marker
+    assert not marker.exists(), "evilmod was imported"
+    assert "this" not in sys.modules or request.param != "this", "`this` was imported"
+
+
+def named(message: str, path: Path, case: str) -> None:
+    assert "\n" not in message, message
+    shown = "evilmod.Norm" if case == "evilmod" else "this.CausalLM" if case == "this" else case
+    assert f"checkpoint {path} names class_path {shown!r}" in message and "not a zoo or torch class" in message
+    assert "--trust-checkpoint" in message
+
+
+def test_library_readers_refuse_a_foreign_class_path(foreign, capfd):
+    from zoo.data.tokenizer import CheckpointTokenizer, tokenizer_from_checkpoint
+    from zoo.eval.checkpoint import load_model
+    from zoo.interop.export import export
+    from zoo.objectives import LanguageModel
+    from zoo.training import ForeignClassPathError
+
+    path, case, marker = foreign
+    readers = {
+        "read_checkpoint": lambda: read_checkpoint(path),
+        "AtomicCheckpointIO": lambda: AtomicCheckpointIO().load_checkpoint(path),
+        "LanguageModel.from_checkpoint": lambda: LanguageModel.from_checkpoint(str(path)),
+        "tokenizer_from_checkpoint": lambda: tokenizer_from_checkpoint(path),
+        "CheckpointTokenizer": lambda: CheckpointTokenizer(path=str(path)).load(lambda: iter(()), ""),
+        "eval load_model": lambda: load_model(str(path), device="cpu"),
+        "export": lambda: export(str(path), str(path.parent / "out")),
+    }
+    for name, read in readers.items():
+        with pytest.raises(ForeignClassPathError) as err:
+            read()
+        named(str(err.value), path, case)
+        assert not marker.exists(), name
+    assert ZEN not in capfd.readouterr().out
+    # the opt-in reads the file (read_checkpoint imports nothing itself)
+    assert read_checkpoint(path, trust=True)["hyper_parameters"]
+
+
+def test_init_from_and_fit_refuse_a_foreign_class_path(foreign, cache, tmp_path, monkeypatch):
+    from tests.conftest import tiny_backbone
+    from zoo.objectives import CausalLM
+    from zoo.training import ForeignClassPathError
+
+    path, case, _ = foreign
+    model = CausalLM(backbone=tiny_backbone(vocab_size=300), init_from=str(path))
+    with pytest.raises(ForeignClassPathError) as err:
+        model.load_backbone(model.init_from)
+    named(str(err.value), path, case)
+    if case in ("this", "evilmod"):  # fit runs cost seconds: the objective's and a nested block's class path
+        monkeypatch.chdir(ROOT)  # the run's config paths (evilmod stays importable: its folder is on sys.path)
+        with pytest.raises(ForeignClassPathError) as err:
+            fit(tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(path), monkeypatch=monkeypatch)
+        named(str(err.value), path, case)
+
+
+@pytest.mark.parametrize(
+    ("foreign", "command"),
+    [*((case, "generate") for case in CASES), ("this", "eval"), ("evilmod", "eval"), ("this", "export"),
+     ("evilmod", "export")],
+    indirect=["foreign"],
+)  # fmt: skip
+def test_subcommands_refuse_a_foreign_class_path_in_one_line(foreign, command):
+    """`python -m zoo generate --ckpt` (every case), eval and export: one line, exit status 2, nothing imported."""
+    path, case, marker = foreign
+    argv = {"eval": ["--tasks", "arc_easy"], "generate": ["--prompt", "x"], "export": ["--out", str(path.parent / "o")]}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(path.parent), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "zoo", command, "--ckpt", str(path), *argv[command]],
+                         cwd=path.parent, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    named(line, path, case)
+    assert ZEN not in out.stdout and not marker.exists()
+
+
+def test_zoo_checkpoints_name_only_allowed_classes(trained):
+    from zoo.training.class_paths import INSTANTIATORS, allowed, check_class_paths, class_paths
+
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    found = dict(class_paths(checkpoint))
+    assert {"/hyper_parameters/_class_path", "/hyper_parameters/backbone/class_path"} <= set(found)
+    assert found.pop("/hyper_parameters/_instantiator") in INSTANTIATORS  # Lightning's, checked by Lightning too
+    assert all(allowed(path) for path in found.values()), found
+    check_class_paths(checkpoint, source="trained")
+    for path in ("torch.optim.AdamW", "torch.optim.lr_scheduler.LambdaLR", "torch.nn.GELU", "zoo.nn.RMSNorm"):
+        assert allowed(path), path
+    for path in ("this.CausalLM", "os.system", "torch.load", "torch.nn.functional.gelu", "zoo.__main__.main",
+                 "zoo.eval.sandbox.subprocess.Popen", "zoo.training.checkpoints.torch", "zoo.nope.Class"):  # fmt: skip
+        assert not allowed(path), path
+
+
+def test_fit_from_an_explicit_checkpoint_of_another_shape_lists_the_shapes(trained, cache, tmp_path, monkeypatch):
+    """As `--ckpt_path last`: the config builds the model, and a checkpoint that does not fit it is refused with the
+    differing parameters (before, the checkpoint's own hyperparameters replaced the config's model silently)."""
+    from zoo.training import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError) as err:
+        fit(tmp_path, cache, "--model.backbone.dim", "64", "--trainer.max_steps", "3", "--ckpt_path", str(trained),
+            monkeypatch=monkeypatch)  # fmt: skip
+    message = str(err.value)
+    assert f"checkpoint {trained} does not fit this model" in message
+    assert "backbone.embed.weight: checkpoint (300, 32) vs model (300, 64)" in message
+    assert "the architecture differs" in message

@@ -30,7 +30,6 @@ from zoo.training.checkpoints import (
     check_writable,
     read_checkpoint,
     remove_torn_files,
-    trust_checkpoints,
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
@@ -111,26 +110,18 @@ class ZooCLI(LightningCLI):
             # the flag covers every read of the run (init_from, CheckpointTokenizer, the trainer's checkpoint_io,
             # DDP's re-launched ranks), which all consult the environment variable
             os.environ[TRUST_ENV] = "1"
-        # LightningCLI reads the hyperparameters of a --ckpt_path file right after parsing; a truncated, foreign or
-        # untrusted file would fail there with torch's bare unpickling error, so it is named here first.
+        # A --ckpt_path file that is missing, a directory, truncated, foreign, untrusted or names a class that is not
+        # zoo's or torch's is named here, in one line, before anything is built or imported.
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and os.path.isfile(ckpt_path):
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in str(ckpt_path):
             read_checkpoint(ckpt_path, mmap=True)
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI's reading of the --ckpt_path file's hyperparameters (torch.load, weights-only). A trusted file
-        # of an older zoo holds its hyperparameters as Python objects, which that read refuses; it is skipped for
-        # such a file (the model comes from the config) with a warning. LightningCLI offers no public hook here.
-        if not trust_checkpoints():
-            return super()._parse_ckpt_path()
-        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
-        try:
-            read_checkpoint(ckpt_path, mmap=True, trust=False) if ckpt_path and os.path.isfile(ckpt_path) else None
-        except ValueError:
-            rank_zero_warn(f"--ckpt_path {ckpt_path} is trusted but not weights-only: its hyperparameters are not "
-                           "read, the model is built from the config")  # fmt: skip
-            return None
-        return super()._parse_ckpt_path()
+        # LightningCLI would rebuild the model from a --ckpt_path file's hyperparameters, over the config: a checkpoint
+        # of another shape would then train silently with its own shape, and jsonargparse would import the classes
+        # the file names. zoo builds the model from the config for every --ckpt_path, as for `last`, and restoring
+        # the weights refuses a checkpoint of another shape, listing the parameters (CheckpointMismatchError).
+        return None
 
     def before_fit(self) -> None:
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet

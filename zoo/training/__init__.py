@@ -9,12 +9,14 @@ from zoo.training.checkpoints import (
     check_state_dict_fits,
     read_checkpoint,
 )
+from zoo.training.class_paths import ForeignClassPathError
 from zoo.training.guards import NonFiniteError, NonFiniteGuard
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, last_good_checkpoint, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
 
 __all__ = [
+    "ForeignClassPathError",
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
     "NonFiniteError",

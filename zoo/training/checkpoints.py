@@ -10,12 +10,15 @@
     a truncated or foreign file ──▶ ValueError naming the file and the fix
     a file holding pickled Python objects ──▶ UntrustedCheckpointError (weights-only loading: nothing in a
                                          checkpoint is imported or called unless trusted, see trust_checkpoints)
+    a class path that is not zoo's or torch's ──▶ ForeignClassPathError before anything is imported
+                                         (zoo.training.class_paths)
     another architecture or vocabulary ──▶ CheckpointMismatchError listing the differing parameters
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import pickle
 import re
@@ -28,6 +31,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
+
+from zoo.training.class_paths import check_class_paths
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -67,13 +72,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(checkpoint, Path(str(path).removeprefix("file://")))
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        trusted = trust_checkpoints(self.trust)
+        if _is_local(path) and os.path.isdir(str(path).removeprefix("file://")):
+            raise not_a_file(path)
         try:
-            return super().load_checkpoint(path, map_location=map_location,
-                                           weights_only=not trust_checkpoints(self.trust))  # fmt: skip
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=not trusted)
         except FileNotFoundError:
             raise
         except _UNREADABLE as err:
             raise unreadable(path, err) from err
+        if not trusted:
+            check_class_paths(checkpoint, source=f"checkpoint {path}")
+        return checkpoint
 
 
 def _is_local(path) -> bool:
@@ -220,12 +230,21 @@ _UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFil
 
 def unreadable(path, err: BaseException) -> BaseException:
     """The error for a checkpoint file that ``torch.load`` could not read: :class:`UntrustedCheckpointError` for a
-    refusal by weights-only loading (a question of trust, not of damage); a missing or forbidden file's error is
-    returned unchanged."""
+    refusal by weights-only loading (a question of trust, not of damage); a file in torch's legacy format or a bare
+    pickle named as such; a missing or forbidden file's error returned unchanged."""
     if _is_refusal(err) and zipfile.is_zipfile(path):  # a whole torch.save file: a question of trust, not damage
         return untrusted(path, err)
-    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):  # not the file's content
+    if isinstance(err, (FileNotFoundError, PermissionError)):  # not the file's content
         return err
+    if isinstance(err, IsADirectoryError) or os.path.isdir(path):
+        return not_a_file(path)
+    kind = _pickle_kind(path)
+    if kind is not None:
+        return ValueError(
+            f"checkpoint {path} is {kind}, not a checkpoint zoo reads (a torch.save zip archive, loaded weights-only): "
+            "loading it would unpickle it, which runs any code it names. If it is a file of your own, convert it "
+            f"once with `python -m zoo checkpoint convert {path} NEW.ckpt --i-trust-this-file`"
+        )
     return ValueError(
         f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__}: {str(err)[:200]}): it was cut "
         "short by a crash or a full disk, or is another kind of file. Resume from another checkpoint of the run "
@@ -233,22 +252,58 @@ def unreadable(path, err: BaseException) -> BaseException:
     )
 
 
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch's legacy format: a pickled magic number comes first
+
+
+def _pickle_kind(path) -> str | None:
+    """``"in torch's legacy format ..."`` or ``"a bare pickle file"`` for a file that is a pickle stream rather than
+    torch's zip archive, else ``None`` (read from its first bytes only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if zipfile.is_zipfile(path) or not head.startswith(b"\x80"):  # pickle protocol 2 and later start with PROTO
+        return None
+    if _LEGACY_MAGIC in head:
+        return "in torch's legacy format (torch < 1.6, or _use_new_zipfile_serialization=False) with Python objects"
+    return "a bare pickle file (pickle.dump, not torch.save)"
+
+
+def not_a_file(path) -> ValueError:
+    """The error for a checkpoint path that is a directory: it names the checkpoint files inside, if any."""
+    inside = [str(p) for p in itertools.islice(Path(path).glob("**/*.ckpt"), 4)]
+    hint = f"one of the checkpoint files inside it: {', '.join(inside)}" if inside else "a .ckpt file"
+    return ValueError(f"checkpoint {path} is a directory, not a checkpoint file: give {hint}")
+
+
 def read_checkpoint(path, *, map_location: Any = "cpu", mmap: bool = False, trust: bool | None = None) -> dict:
     """Weights-only ``torch.load`` of a checkpoint file, with a ``ValueError`` naming the file when it is missing,
-    truncated or not a checkpoint, and :class:`UntrustedCheckpointError` when it holds pickled Python objects.
+    truncated or not a checkpoint, :class:`UntrustedCheckpointError` when it holds pickled Python objects, and
+    :class:`ForeignClassPathError` when it names a class that is not zoo's or torch's (nothing is imported).
     ``mmap``: map tensor storages instead of reading them (a cheap check that a file is complete). ``trust``:
     unpickle in full (see :func:`trust_checkpoints`; ``None`` = ``$ZOO_TRUST_CHECKPOINTS``)."""
+    if os.path.isdir(path):
+        raise not_a_file(path)
     if not os.path.isfile(path):
         raise ValueError(
             f"checkpoint {path} does not exist: check the path (runs keep theirs in "
             "<default_root_dir>/lightning_logs/version_N/checkpoints/)"
         )
+    weights_only = not trust_checkpoints(trust)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=not trust_checkpoints(trust), mmap=mmap)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except _UNREADABLE as err:
-        raise unreadable(path, err) from err
+        if not (mmap and "legacy" in (_pickle_kind(path) or "")):
+            raise unreadable(path, err) from err
+        try:  # torch maps only zip archives: a file in its legacy format is read whole
+            checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+        except _UNREADABLE as err2:
+            raise unreadable(path, err2) from err2
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    if not trust_checkpoints(trust):  # a class path names a module to import: zoo's and torch's only
+        check_class_paths(checkpoint, source=f"checkpoint {path}")
     return checkpoint
 
 

@@ -1,0 +1,111 @@
+"""The classes a checkpoint may name: nothing is imported on a file's say-so.
+
+A checkpoint's hyperparameters name classes as strings (``_class_path: zoo.objectives.CausalLM``, nested
+``class_path`` entries for the backbone, its blocks, the optimizer and the schedule), and loading it imports them:
+``LanguageModel.from_checkpoint`` imports the objective, jsonargparse every nested class when Lightning rebuilds the
+model. A weights-only checkpoint is plain data, but a class path in it is an instruction to import a module, which
+runs that module's code (``this`` prints the Zen of Python, an ``evilmod.py`` in the working directory runs
+whatever it holds). So every class path a checkpoint holds is checked against what zoo's config grammar uses, before
+anything is imported:
+
+* classes of zoo itself (``zoo.``: objectives, blocks, data modules, tokenizers, schedules, optimizers);
+* the classes of ``torch.optim`` (optimizers, ``torch.optim.lr_scheduler``) and ``torch.nn`` (an activation or a
+  layer named in a config), by their exported or their defining module (``torch.optim.AdamW`` or
+  ``torch.optim.adamw.AdamW``, as ``python -m zoo checkpoint convert`` writes them).
+
+Anything else is refused by name (:class:`ForeignClassPathError`) unless the checkpoint is trusted
+(``--trust-checkpoint``, ``$ZOO_TRUST_CHECKPOINTS=1``). Besides ``class_path``/``_class_path`` entries, a dotted
+string whose first name is a module Python would find (jsonargparse reads such a string given for a class or a
+callable as an import path) is checked too; file names such as ``last.ckpt`` are not import paths and pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+
+from zoo.errors import ZooError
+
+# The one allowlist: a class path must start with one of these, and name a class defined under one of them.
+PREFIXES = ("zoo.", "torch.optim.", "torch.nn.")
+KEYS = ("class_path", "_class_path")
+# Lightning's record of how LightningCLI built the model (it checks the value against its own allowlist too)
+INSTANTIATORS = frozenset({"lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module"})
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+class ForeignClassPathError(ZooError, ValueError):
+    """A checkpoint names a class that zoo does not register: loading it would import (and run) another module."""
+
+
+def allowed(path: str) -> bool:
+    """Whether ``path`` (``module.Class``) names a class zoo registers (module docstring). The string is checked
+    before anything is imported; then the allowed module (zoo's or torch's own) is imported and the name must be a
+    class defined there, so ``zoo.some_module.os.system`` (an attribute chain out of zoo) is refused too."""
+    if not isinstance(path, str) or not _DOTTED.match(path) or "__" in path:  # __main__ would run a command
+        return False
+    module_name, _, name = path.rpartition(".")
+    if not path.startswith(PREFIXES):  # checked before anything is imported
+        return False
+    try:
+        target = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(target, type) and target.__module__.startswith(PREFIXES)
+
+
+def _import_path(value: str) -> bool:
+    """Whether ``value`` is a dotted name that an import could resolve: its first name is a module or package on
+    ``sys.path`` (found without running anything), and where that is a namespace package (a bare folder such as
+    ``data/``), its second name is a file or folder inside it."""
+    if not _DOTTED.match(value):
+        return False
+    top, second = value.split(".")[:2]
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported to find it
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    if spec.origin not in (None, "namespace"):
+        return True
+    locations = spec.submodule_search_locations or []
+    return any(os.path.exists(os.path.join(d, second)) or os.path.exists(os.path.join(d, second + ".py"))
+               for d in locations)  # fmt: skip
+
+
+def class_paths(obj, where: str = "") -> list[tuple[str, str]]:
+    """``(location, class path)`` of every ``class_path``/``_class_path`` string and every other dotted import
+    path in ``obj`` (nested dicts, lists and tuples; tensors and numbers are skipped)."""
+    found = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            at = f"{where}/{key}"
+            if key in KEYS and isinstance(value, str):
+                found.append((at, value))
+            else:
+                found += class_paths(value, at)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found += class_paths(value, f"{where}[{i}]")
+    elif isinstance(obj, str) and _import_path(obj):
+        found.append((where, obj))
+    return found
+
+
+def check_class_paths(checkpoint: dict, *, source: str) -> None:
+    """Raise :class:`ForeignClassPathError` for the first class path in ``checkpoint`` that zoo does not register
+    (nothing outside zoo and torch's allowed modules is imported to find out); ``source`` names the file."""
+    for where, path in class_paths(checkpoint):
+        if where.endswith("/_instantiator") and path in INSTANTIATORS:
+            continue
+        if not allowed(path):
+            module = path.rpartition(".")[0] or path
+            raise ForeignClassPathError(
+                f"{source} names class_path {path!r} (at {where.lstrip('/')}), which is not a zoo or torch class: "
+                f"loading it would import module {module!r} and run its code, so nothing was loaded. Use checkpoints "
+                "written by `python -m zoo fit`, or pass --trust-checkpoint (fit: --trust_checkpoint true; or "
+                "ZOO_TRUST_CHECKPOINTS=1) to load it anyway, only if you trust the file"
+            )
