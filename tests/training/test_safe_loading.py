@@ -175,7 +175,7 @@ def test_an_older_checkpoint_is_refused_trusted_on_request_and_converted(trained
     monkeypatch.delenv("ZOO_TRUST_CHECKPOINTS")
     assert read_checkpoint(old, trust=True)["epoch"] == plain["epoch"]
 
-    main(["checkpoint", "convert", str(old), str(new)])
+    main(["checkpoint", "convert", str(old), str(new), "--i-trust-this-file"])
     out = capsys.readouterr().out
     assert "hyper_parameters/optimizer: functools.partial -> dict" in out and "numpy RNG tuple -> dict" in out
     converted = torch.load(new, map_location="cpu", weights_only=True)  # the round trip: plain again
@@ -229,6 +229,25 @@ def assert_same(a, b, where=""):
         assert a.dtype == b.dtype and torch.equal(a, b), where
     else:
         assert a == b, where
+
+
+def test_convert_unpickles_only_with_the_explicit_flag(payload, tmp_path, capsys):
+    """`checkpoint convert` runs the file's code by design: without --i-trust-this-file it reads nothing and says
+    so in one line; with it, it says what it does before it does it."""
+    from zoo.cli import main
+
+    path, marker = payload
+    new = tmp_path / "new.ckpt"
+    with pytest.raises(SystemExit) as exit_:
+        main(["checkpoint", "convert", str(path), str(new)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"converting {path} unpickles it in full" in err and "can run any code" in err
+    assert "pass --i-trust-this-file" in err
+    assert not marker.exists() and not new.exists()
+    main(["checkpoint", "convert", str(path), str(new), "--i-trust-this-file"])  # the payload's command runs
+    assert "unpickling" in capsys.readouterr().err and marker.exists() and new.exists()
+    marker.unlink()
 
 
 def test_convert_refuses_an_object_it_cannot_make_plain(tmp_path):

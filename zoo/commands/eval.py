@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> dict:
                                limit=args.limit, n_samples=args.n_samples, k=ks, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, prompt_format=args.format, timeout=args.timeout,
                                seed=args.seed, workers=args.workers, memory_bytes=args.memory_mb * 2**20,
-                               unsafe_no_sandbox=args.unsafe_no_sandbox, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+                               unsafe_no_sandbox=args.unsafe_no_sandbox,
+                               log=lambda m: print(m, file=sys.stderr))  # fmt: skip
         n = scores.pop("n")
         report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
     report["engines"] = {name: "native" for name in report["results"]}

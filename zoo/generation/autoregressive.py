@@ -19,6 +19,7 @@ nothing beyond torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -206,14 +207,14 @@ def generate(
             f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
             f"max_seq_len={backbone.max_seq_len}: lower max_new_tokens or shorten the prompt"
         )
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be ≥ 0 (0 = greedy)")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN fails every comparison: asked the other way
+        raise ValueError(f"temperature={temperature} must be a finite number ≥ 0 (0 = greedy)")
     if top_k < 0:
         raise ValueError(f"top_k={top_k} must be ≥ 0 (0 = no top-k filter)")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = no nucleus filter)")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0 (1 = none)")
+        raise ValueError(f"top_p={top_p} must be a number in (0, 1] (1 = no nucleus filter)")
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1 = none)")
     if no_repeat_ngram_size < 0:
         raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size} must be ≥ 0 (0 = off)")
     if stop and tokenizer is None:

@@ -25,6 +25,7 @@ cache for block-causal models, and batches of prompts of different lengths.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,8 +79,8 @@ def _check(
             f"gen_length={gen_length} is not divisible by block_length={block_length}: choose a block length among "
             f"{[d for d in range(1, gen_length + 1) if gen_length % d == 0]}"
         )
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be ≥ 0 (0 = greedy)")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN fails every comparison: asked the other way
+        raise ValueError(f"temperature={temperature} must be a finite number ≥ 0 (0 = greedy)")
     return gen_length // block_length
 
 

@@ -52,6 +52,17 @@ def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) 
     write_remote_code(model, tokenizer, directory, dtype=dtype)
 
 
+def require_gguf() -> None:
+    """Refuse ``--format gguf`` before any work where the ``gguf`` package (the ``gguf`` extra) is missing."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--format gguf needs the gguf package (llama.cpp's writer), which is not installed: "
+            'pip install -e ".[gguf]" (or pip install "gguf>=0.17")'
+        ) from None
+
+
 def write_gguf(model, tokenizer, directory: Path, *, dtype: torch.dtype, outtype: str | None = None) -> dict:
     """One GGUF file for llama.cpp; refuses what llama.cpp's Llama-shaped architectures cannot express."""
     from zoo.interop.gguf import export_gguf
@@ -139,6 +150,8 @@ def export(
         raise ValueError(f"--out {out} exists and is not empty: choose another directory or pass --overwrite")
     if outtype is not None and format != "gguf":
         raise ValueError(f"--outtype {outtype} is for --format gguf; the transformers formats take --dtype")
+    if format == "gguf":
+        require_gguf()
     report = read_eval_results(eval_results) if eval_results else None
     model = LanguageModel.from_checkpoint(ckpt, map_location="cpu", trust=trust).eval()  # foreign, untrusted: named
     checkpoint = read_checkpoint(ckpt, trust=trust)  # steps and tokens for the model card

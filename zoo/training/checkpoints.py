@@ -219,8 +219,8 @@ def untrusted(path, err: BaseException) -> UntrustedCheckpointError:
         "loading would import and call, which can run any code. zoo loads checkpoints weights-only (tensors, plain "
         "containers, "
         "strings, numbers). If the file is your own, written by an older zoo, convert it once with "
-        f"`python -m zoo checkpoint convert {path} NEW.ckpt`; or load it as it is with --trust-checkpoint "
-        f"(fit: --trust_checkpoint true) or {TRUST_ENV}=1. Do either only for a file you trust"
+        f"`python -m zoo checkpoint convert {path} NEW.ckpt --i-trust-this-file`; or load it as it is with "
+        f"--trust-checkpoint (fit: --trust_checkpoint true) or {TRUST_ENV}=1. Do either only for a file you trust"
     )
 
 
