@@ -114,10 +114,12 @@ class LanguageModel(L.LightningModule):
     def from_checkpoint(cls, path: str, *, trust: bool | None = None, **kwargs) -> LanguageModel:
         """Load a checkpoint written by ``python -m zoo fit`` as the objective class it was trained with
         (``LanguageModel.from_checkpoint`` returns a ``CausalLM`` for a causal-LM run). The file is read
-        weights-only: a file holding pickled Python objects is refused (``UntrustedCheckpointError``) unless
+        weights-only: a file holding pickled Python objects is refused (``UntrustedCheckpointError``), and so is one
+        naming a class that is not zoo's or torch's (``ForeignClassPathError``, before anything is imported), unless
         ``trust`` (``None`` = ``$ZOO_TRUST_CHECKPOINTS``). ``kwargs`` go to Lightning's ``load_from_checkpoint``
         (e.g. ``map_location``)."""
-        checkpoint = read_checkpoint(path, mmap=True, trust=trust)  # missing, truncated, foreign, untrusted: named
+        # missing, truncated, foreign, untrusted, or naming a class outside zoo and torch: named, nothing imported
+        checkpoint = read_checkpoint(path, mmap=True, trust=trust)
         class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
         if class_path is None:
             raise ValueError(

@@ -180,8 +180,9 @@ def _alive(pid: int) -> bool:
 
 TRUST_ENV = "ZOO_TRUST_CHECKPOINTS"
 TRUST_HELP = (  # the --trust-checkpoint flag of the subcommands that read checkpoints
-    "load a checkpoint that holds pickled Python objects (written by an older zoo) by unpickling it, which runs any "
-    f"code it names: only for a file you trust (also: {TRUST_ENV}=1). Default: weights-only loading"
+    "load a checkpoint that holds pickled Python objects (written by an older zoo) by unpickling it, or that names "
+    "classes other than zoo's and torch's by importing them, either of which runs any code the file names: only for "
+    f"a file you trust (also: {TRUST_ENV}=1). Default: weights-only loading, zoo and torch classes only"
 )
 
 
