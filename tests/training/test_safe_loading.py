@@ -460,3 +460,21 @@ def test_fit_from_an_explicit_checkpoint_of_another_shape_lists_the_shapes(train
     assert f"checkpoint {trained} does not fit this model" in message
     assert "backbone.embed.weight: checkpoint (300, 32) vs model (300, 64)" in message
     assert "the architecture differs" in message
+
+
+def test_a_plain_dotted_string_in_the_hyperparameters_is_checked_too(tmp_path, monkeypatch):
+    """jsonargparse reads a string given for a class or callable argument as an import path: among the model's
+    hyperparameters one that Python could import is checked like a class path; file names are not import paths,
+    and the data module's settings (which no zoo command rebuilds) are checked by their class paths only."""
+    from zoo.training import ForeignClassPathError
+    from zoo.training.class_paths import check_class_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "evilmod.py").write_text(EVILMOD.format(marker=str(tmp_path / "marker")))
+    for value in ("subprocess.Popen", "evilmod.Norm", "os.system"):
+        with pytest.raises(ForeignClassPathError, match=f"names class_path '{value}' \\(at hyper_parameters/opt"):
+            check_class_paths({"hyper_parameters": {"optimizer": value}}, source="checkpoint c")
+    check_class_paths({"hyper_parameters": {"init_from": "last.ckpt", "name": "gpt2.small"},
+                       "datamodule_hyper_parameters": {"path": "test.jsonl"}}, source="checkpoint c")  # fmt: skip
+    assert not (tmp_path / "marker").exists()

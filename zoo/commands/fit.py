@@ -75,8 +75,9 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_argument(
             "--trust_checkpoint", type=bool, default=False,
-            help="read checkpoints that hold pickled Python objects (written by an older zoo) by unpickling them, "
-            f"which runs any code they name: only files you trust (also: {TRUST_ENV}=1). Default: weights-only",
+            help="read checkpoints that hold pickled Python objects (written by an older zoo) by unpickling them, or "
+            "that name classes other than zoo's and torch's, which runs any code they name: only files you trust "
+            f"(also: {TRUST_ENV}=1). Default: weights-only, zoo and torch classes only",
         )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:

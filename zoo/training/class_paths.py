@@ -14,9 +14,10 @@ anything is imported:
   ``torch.optim.adamw.AdamW``, as ``python -m zoo checkpoint convert`` writes them).
 
 Anything else is refused by name (:class:`ForeignClassPathError`) unless the checkpoint is trusted
-(``--trust-checkpoint``, ``$ZOO_TRUST_CHECKPOINTS=1``). Besides ``class_path``/``_class_path`` entries, a dotted
-string whose first name is a module Python would find (jsonargparse reads such a string given for a class or a
-callable as an import path) is checked too; file names such as ``last.ckpt`` are not import paths and pass.
+(``--trust-checkpoint``, ``$ZOO_TRUST_CHECKPOINTS=1``). Besides ``class_path``/``_class_path`` entries anywhere in
+the file, a dotted string among the model's hyperparameters whose first name is a module Python would find
+(jsonargparse reads such a string given for a class or a callable as an import path) is checked too; file names
+such as ``last.ckpt`` are not import paths and pass.
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def _import_path(value: str) -> bool:
                for d in locations)  # fmt: skip
 
 
-def class_paths(obj, where: str = "") -> list[tuple[str, str]]:
-    """``(location, class path)`` of every ``class_path``/``_class_path`` string and every other dotted import
-    path in ``obj`` (nested dicts, lists and tuples; tensors and numbers are skipped)."""
+def class_paths(obj, where: str = "", *, dotted: bool | None = None) -> list[tuple[str, str]]:
+    """``(location, class path)`` of every ``class_path``/``_class_path`` string in ``obj`` (nested dicts, lists and
+    tuples; tensors and numbers are skipped) and, within the model's ``hyper_parameters`` (what jsonargparse
+    parses when the model is rebuilt; ``dotted`` overrides), every other dotted string that an import could
+    resolve."""
     found = []
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -86,12 +89,13 @@ def class_paths(obj, where: str = "") -> list[tuple[str, str]]:
             if key in KEYS and isinstance(value, str):
                 found.append((at, value))
             else:
-                found += class_paths(value, at)
+                found += class_paths(value, at, dotted=dotted)
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
-            found += class_paths(value, f"{where}[{i}]")
-    elif isinstance(obj, str) and _import_path(obj):
-        found.append((where, obj))
+            found += class_paths(value, f"{where}[{i}]", dotted=dotted)
+    elif isinstance(obj, str):
+        if (where.startswith("/hyper_parameters/") if dotted is None else dotted) and _import_path(obj):
+            found.append((where, obj))
     return found
 
 
