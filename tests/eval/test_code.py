@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 
 import pytest
 
@@ -221,3 +222,32 @@ def test_evaluate_code_samples_a_masked_diffusion_model(tokenizer, tmp_path):
                            max_new_tokens=8, prompt_format="none", timeout=5.0, unsafe_no_sandbox=True)  # fmt: skip
     assert set(scores) == {"pass@1", "pass@2", "n"} and scores["n"] == 1
     assert 0.0 <= scores["pass@1"] <= 1.0 and 0.0 <= scores["pass@2"] <= 1.0
+
+
+# ---- the attack of a generated program, end to end ---------------------------------------------------------------
+def test_a_problem_whose_program_reads_a_secret_scores_only_without_the_sandbox(model, tokenizer, tmp_path,
+                                                                                 monkeypatch):  # fmt: skip
+    """A HumanEval problem whose program undoes the prelude (re-imports ctypes) and passes only if it can read a
+    secret planted outside its directory: refused without bubblewrap, scored 0 under it, 1.0 with the opt-in and
+    no bubblewrap (what --unsafe-no-sandbox gives up)."""
+    from zoo.eval import sandbox
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    attack = ("import sys\nsys.modules.pop('ctypes', None)\nsys.modules.pop('_ctypes', None)\nimport ctypes\n"
+              f"def check(candidate):\n    assert open({str(secret)!r}).read() == 's3cret'\n")  # fmt: skip
+    row = {"task_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f", "canonical_solution": "    pass\n",
+           "test": attack}  # fmt: skip
+    (tmp_path / "humaneval").mkdir()
+    (tmp_path / "humaneval" / "HumanEval.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setattr("zoo.generation.autoregressive.generate",
+                        fake_generate({"def f():\n": ["    pass\n"]}, tokenizer, []))  # fmt: skip
+    common = {"model": model, "tokenizer": tokenizer, "eos_token": "<|endoftext|>", "task": "humaneval",
+              "data_dir": str(tmp_path), "timeout": 10.0, "max_new_tokens": 8}  # fmt: skip
+    if sandbox.namespaces_available() or os.environ.get("ZOO_TEST_NAMESPACES") == "1":  # CI: must be available
+        assert evaluate_code(**common) == {"pass@1": 0.0, "n": 1}  # contained: the secret is not there to read
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(tmp_path / "no-such-bwrap"))
+    with pytest.raises(sandbox.SandboxUnavailableError, match="apt-get install bubblewrap"):
+        evaluate_code(**common)
+    with pytest.warns(RuntimeWarning, match="WITHOUT namespace isolation"):
+        assert evaluate_code(**common, unsafe_no_sandbox=True) == {"pass@1": 1.0, "n": 1}
