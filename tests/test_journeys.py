@@ -149,6 +149,7 @@ assert "zoo" not in sys.modules
 """
 
 
+@pytest.mark.needs_llama_cpp  # its last stage runs the GGUF export in llama.cpp
 def test_supra_50m_journey(tmp_path):
     shape = {"backbone": mini("supra-50m", dim=64, n_heads=8, n_kv_heads=4)}
     pretrain = {"model": {"init_args": {**shape, "compile": False, "schedule": {"init_args": {"warmup_steps": 1}}}},
@@ -343,6 +344,7 @@ def smallcoder_stage(folder: Path, stage: int, previous: Path | None, shape: dic
                steps=8 if stage == 4 else 2)  # fmt: skip
 
 
+@pytest.mark.needs_llama_cpp  # its last stage runs the GGUF export in llama.cpp
 def test_smallcoder_303m_journey(tmp_path, capsys):
     from zoo.data import UserAssistant
 
