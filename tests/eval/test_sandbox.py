@@ -77,7 +77,8 @@ def test_children_left_behind_are_killed_after_a_normal_exit():
     assert live_group_members(result.pid) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC; the prelude guards instead")
+@pytest.mark.skipif(os.geteuid() == 0, reason="a user other than root runs it: root is exempt from RLIMIT_NPROC (the "
+                    "prelude guards instead)")
 def test_rlimit_nproc_stops_an_unguarded_fork_bomb():
     result = run_program("import os\nwhile True:\n    os.fork()\n", timeout=3, processes=32, guard=False)
     assert not result.passed and live_group_members(result.pid) == []
