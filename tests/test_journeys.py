@@ -149,6 +149,8 @@ assert "zoo" not in sys.modules
 """
 
 
+@pytest.mark.slow
+@pytest.mark.needs_llama_cpp  # its last stage runs the GGUF export in llama.cpp
 def test_supra_50m_journey(tmp_path):
     shape = {"backbone": mini("supra-50m", dim=64, n_heads=8, n_kv_heads=4)}
     pretrain = {"model": {"init_args": {**shape, "compile": False, "schedule": {"init_args": {"warmup_steps": 1}}}},
@@ -257,6 +259,7 @@ TRUTHFULQA = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_dhara_70m_journey(tmp_path, capsys):
     shape = {"backbone": mini("dhara-70m", dim=64, n_heads=8, n_kv_heads=4)}
     assert shape["backbone"]["init_args"]["block"]["init_args"]["canon_a"]["class_path"] == "zoo.nn.Canon"
@@ -343,6 +346,8 @@ def smallcoder_stage(folder: Path, stage: int, previous: Path | None, shape: dic
                steps=8 if stage == 4 else 2)  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.needs_llama_cpp  # its last stage runs the GGUF export in llama.cpp
 def test_smallcoder_303m_journey(tmp_path, capsys):
     from zoo.data import UserAssistant
 

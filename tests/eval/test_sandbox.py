@@ -80,7 +80,8 @@ def test_children_left_behind_are_killed_after_a_normal_exit():
     assert live_group_members(result.pid) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC; the prelude guards instead")
+@pytest.mark.skipif(os.geteuid() == 0, reason="a user other than root runs it: root is exempt from RLIMIT_NPROC (the "
+                    "prelude guards instead)")
 def test_rlimit_nproc_stops_an_unguarded_fork_bomb():
     result = run_program("import os\nwhile True:\n    os.fork()\n", timeout=3, processes=32, guard=False, **ANYWHERE)
     assert not result.passed and live_group_members(result.pid) == []
@@ -131,16 +132,8 @@ def test_programs_run_in_parallel_and_keep_their_order():
 
 
 # ---- namespaces: what an adversarial program (the prelude left out) still cannot do ----------------------------
-@pytest.fixture
-def namespaces():
-    """Skips where namespaces are unavailable, except where ``ZOO_TEST_NAMESPACES=1`` (CI) requires them."""
-    if not sandbox.namespaces_available():
-        if os.environ.get("ZOO_TEST_NAMESPACES") == "1":
-            pytest.fail("ZOO_TEST_NAMESPACES=1 but the sandbox cannot create namespaces here (is bwrap installed?)")
-        pytest.skip("namespaces unavailable here (bwrap missing or user namespaces disabled)")
-
-
-def test_no_connection_to_a_server_of_the_host(namespaces):
+@pytest.mark.needs_bwrap
+def test_no_connection_to_a_server_of_the_host():
     server = socket.create_server(("127.0.0.1", 0))
     server.setblocking(False)
     port = server.getsockname()[1]
@@ -158,7 +151,8 @@ def test_no_connection_to_a_server_of_the_host(namespaces):
         server.close()
 
 
-def test_files_outside_its_directory_are_neither_readable_nor_writable(namespaces, tmp_path):
+@pytest.mark.needs_bwrap
+def test_files_outside_its_directory_are_neither_readable_nor_writable(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cret-value")
     targets = [str(tmp_path / "escaped.txt"), os.path.join(sys.prefix, "escaped.txt"), "/usr/escaped.txt",
@@ -179,7 +173,8 @@ def test_files_outside_its_directory_are_neither_readable_nor_writable(namespace
     assert "s3cret-value" in control.output  # what the namespaces take away
 
 
-def test_the_evaluating_processes_are_invisible(namespaces):
+@pytest.mark.needs_bwrap
+def test_the_evaluating_processes_are_invisible():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     program = (f"import os, signal\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
                "print('pids', pids)\nassert len(pids) <= 3 and os.getpid() <= 3, pids\n"
@@ -208,7 +203,8 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_a_child_that_left_the_process_group_dies_with_the_run(namespaces):
+@pytest.mark.needs_bwrap
+def test_a_child_that_left_the_process_group_dies_with_the_run():
     marker = f"zoo-sandbox-leftover-{os.getpid()}"
     program = ("import os, sys\nif os.fork() == 0:\n    os.setsid()\n"
                f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n")  # fmt: skip  # noqa: E501

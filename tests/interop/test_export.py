@@ -22,9 +22,8 @@ from zoo.objectives import LanguageModel
 
 try:
     import llama_cpp
-except ImportError:  # the gguf extra: pip install -e ".[gguf]" (CI installs it)
+except ImportError:  # the gguf extra: pip install -e ".[gguf]"; tests marked needs_llama_cpp skip without it
     llama_cpp = None
-needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed (extra 'gguf')")
 
 WITHOUT_ZOO = "import sys; sys.modules['zoo'] = None  # the export must load without zoo\n"
 SCORES = {"results": {"arc_easy": {"n": 40, "acc": {"value": 0.3, "stderr": 0.07},
@@ -66,7 +65,7 @@ def untied_mha_checkpoint(tmp_path_factory):
                     "--model.backbone.block.init_args.attention.init_args.n_kv_heads", "4")  # fmt: skip
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 @pytest.mark.parametrize("style", ["checkpoint", "untied_mha_checkpoint"])  # Supra-50M- and SmallCoder-like
 def test_fit_then_gguf_export_generates_zoos_greedy_tokens_in_llama_cpp(style, request, tmp_path):
     checkpoint = request.getfixturevalue(style)
@@ -88,7 +87,7 @@ def test_fit_then_gguf_export_generates_zoos_greedy_tokens_in_llama_cpp(style, r
         assert got == expected, prompt
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 def test_the_gguf_cards_usage_snippet_runs_without_zoo(checkpoint, tmp_path):
     out = _export(checkpoint, tmp_path / "gguf", "--format", "gguf", "--outtype", "q8_0")
     card = (out / "README.md").read_text()
@@ -96,7 +95,7 @@ def test_the_gguf_cards_usage_snippet_runs_without_zoo(checkpoint, tmp_path):
     _run_snippet(out)
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 def test_a_masked_diffusion_checkpoint_exports_as_llada_with_zoos_logits(tmp_path_factory, tmp_path):
     root = tmp_path_factory.mktemp("fit-diffusion")
     ckpt = tiny_fit(root, tmp_path_factory.mktemp("tok"), "--model", "zoo.objectives.MaskedDiffusionLM",

@@ -24,9 +24,8 @@ from zoo.nn.position import apply_rotary
 
 try:
     import llama_cpp
-except ImportError:  # the gguf extra: pip install -e ".[gguf]" (CI installs it)
+except ImportError:  # the gguf extra: pip install -e ".[gguf]"; tests marked needs_llama_cpp skip without it
     llama_cpp = None
-needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed (extra 'gguf')")
 
 VOCAB = 320
 TEXTS = [
@@ -136,7 +135,7 @@ def test_interleaving_the_heads_turns_rotate_half_into_adjacent_pairs():
     torch.testing.assert_close(adjacent(q2) @ adjacent(k2).mT, zoo_scores)
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_llama_cpp_computes_zoos_logits_and_greedy_tokens(arch, tokenizer, tmp_path):
     backbone = _randomize(ARCHS[arch]())
@@ -153,7 +152,7 @@ def test_llama_cpp_computes_zoos_logits_and_greedy_tokens(arch, tokenizer, tmp_p
     assert architecture(backbone) == ("qwen3" if arch.startswith("qwen3") else "llama")
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 @pytest.mark.parametrize("shift", [False, True])
 def test_a_masked_diffusion_model_is_llama_cpps_llada_with_zoos_bidirectional_logits(shift, tokenizer, tmp_path):
     backbone = _randomize(tiny_backbone(
@@ -172,7 +171,7 @@ def test_a_masked_diffusion_model_is_llama_cpps_llada_with_zoos_bidirectional_lo
     assert llm.detokenize([VOCAB], special=True) == b"<|mask|>"
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 @pytest.mark.parametrize(("outtype", "tensor_type"), [("f16", "F16"), ("q8_0", "Q8_0")])
 def test_f16_and_q8_0_keep_the_greedy_tokens_of_most_steps(outtype, tensor_type, tokenizer, tmp_path):
     backbone = _randomize(ARCHS["gqa-tied"]())
@@ -190,7 +189,7 @@ def test_f16_and_q8_0_keep_the_greedy_tokens_of_most_steps(outtype, tensor_type,
     assert agree / total >= (0.97 if outtype == "f16" else 0.9), (agree, total)
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 def test_llama_cpp_tokenizes_text_into_zoos_ids(tokenizer, corpus, tmp_path):
     path = write_gguf(_randomize(ARCHS["gqa-tied"]()), tokenizer, tmp_path / "m.gguf", eos=EOS)
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
@@ -203,7 +202,7 @@ def test_llama_cpp_tokenizes_text_into_zoos_ids(tokenizer, corpus, tmp_path):
     assert llm.n_vocab() == VOCAB
 
 
-@needs_llama_cpp
+@pytest.mark.needs_llama_cpp
 def test_a_starcoder_style_tokenizer_round_trips(corpus, tmp_path):
     """Single digits, then the byte-level split: llama.cpp's "starcoder" pre-tokenizer."""
     tokenizer = Tokenizer(models.BPE())

@@ -31,6 +31,7 @@ from zoo.data.tokenizer import EOS, TokenizerSource
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = 60
+pytestmark = pytest.mark.slow  # two processes training three runs
 
 
 class Numbered(TextDataModule):

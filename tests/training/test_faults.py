@@ -128,6 +128,7 @@ def checkpoints(tmp: Path) -> dict[str, dict]:
 # ---- 1. SIGKILL, then --ckpt_path last ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_killed_by_sigkill_resumes_with_the_uninterrupted_losses(tmp_path, cache):
     """A: 6 steps uninterrupted. B: the same run, SIGKILLed as step 6 starts (the last checkpoint is step 4's), then
     `--ckpt_path last`: its steps 5 and 6 must have A's losses exactly (weights, AdamW moments, schedule, data

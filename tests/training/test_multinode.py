@@ -24,6 +24,7 @@ from tests.training.test_ddp import WORDS, read, run_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
+pytestmark = pytest.mark.slow  # two nodes of processes training four runs
 
 
 def config(tmp: Path, name: str, *, nodes: int, batch_size: int) -> Path:
