@@ -10,11 +10,12 @@ files. NEW then loads everywhere without ``--trust-checkpoint``; OLD is left as 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from zoo.commands.errors import command
 from zoo.training.convert import convert_checkpoint
 
 
+@command("checkpoint")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo checkpoint", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -23,11 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("old", help="checkpoint to convert (unpickled in full: only a file you trust)")
     convert.add_argument("new", help="where to write the converted checkpoint")
     args = p.parse_args(argv)
-    try:
-        changes = convert_checkpoint(args.old, args.new)
-    except (ValueError, OSError) as err:
-        print(f"zoo checkpoint: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    changes = convert_checkpoint(args.old, args.new)  # errors: one line, by zoo.commands.errors.run_command
     for change in changes:
         print(f"  {change}")
     print(f"wrote {args.new} ({len(changes)} entries made plain); it loads weights-only")

@@ -22,7 +22,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from zoo.commands.errors import ParserError, explain_parser_error
 from zoo.data.base import TextDataModule
+from zoo.errors import ZooError
 from zoo.objectives.base import LanguageModel
 from zoo.training.checkpoints import (
     TRUST_ENV,
@@ -38,6 +40,30 @@ from zoo.training.precision import SaveConfigWithNotes, choose_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose errors are one sentence (:func:`zoo.commands.errors.explain_parser_error`) raised
+    as :class:`zoo.commands.errors.ParserError` for the command layer to print, not 77 lines of usage; options are
+    never abbreviated (``--trainer.max_step`` is refused, not taken as ``max_steps``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse's inner parsers: it catches their errors while trying alternatives
+            return super().error(message, ex)
+        raise ParserError(explain_parser_error(message, _options(self))) from ex
+
+
+def _options(parser) -> list[str]:
+    """The option strings of ``parser`` and of its subcommands' parsers (``fit``, ``validate``, ...)."""
+    options = list(parser._option_string_actions)
+    subcommands = getattr(parser, "_subcommands_action", None)
+    for sub in (subcommands.choices.values() if subcommands is not None else []):
+        options += _options(sub)
+    return options
 
 
 class ZooCLI(LightningCLI):
@@ -65,6 +91,7 @@ class ZooCLI(LightningCLI):
             save_config_callback=SaveConfigWithNotes,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=defaults,
+            parser_class=ZooArgumentParser,
             args=args,
             **kwargs,
         )
@@ -114,7 +141,11 @@ class ZooCLI(LightningCLI):
         # LightningCLI reads the hyperparameters of a --ckpt_path file right after parsing; a truncated, foreign or
         # untrusted file would fail there with torch's bare unpickling error, so it is named here first.
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and os.path.isfile(ckpt_path):
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in str(ckpt_path):
+            if not os.path.isfile(ckpt_path):
+                raise ZooError(f"--ckpt_path {ckpt_path} is not a file: give a checkpoint written by `zoo fit`, "
+                               "`last` to resume from the newest checkpoint of the run folder, or leave it out to "
+                               "start over")  # fmt: skip
             read_checkpoint(ckpt_path, mmap=True)
 
     def _parse_ckpt_path(self) -> None:
@@ -229,6 +260,6 @@ def instantiate_section(parser: LightningArgumentParser, config: Namespace, key:
 def config_error_text(err: Exception) -> str:
     """jsonargparse's message for a config that does not parse or build, without the lines that restate the whole
     value or the ``None`` alternative of an optional section (the reason and the key stay)."""
-    noise = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>", "Does not validate against any of")
-    lines = [line for line in str(err).splitlines() if not line.strip().startswith(noise)]
-    return "\n".join(line for line in lines if line.strip() not in ("", "Errors:")) or str(err)
+    import argparse
+
+    return explain_parser_error(str(err)) if isinstance(err, argparse.ArgumentError) else str(err)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from zoo.commands.errors import command
 from zoo.data.tokenizer import EOS, train_bpe
 
 
@@ -42,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("tokenizer")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     special = [t for t in args.special_tokens.split(",") if t]

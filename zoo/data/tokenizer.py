@@ -102,19 +102,35 @@ class PretrainedTokenizer(TokenizerSource):
         elif self.path.startswith((".", "/", "~")) or local.suffix == ".json":
             raise ValueError(f"tokenizer path={self.path!r} does not exist: give a tokenizer.json or its directory")
         else:
-            try:
-                tokenizer = Tokenizer.from_pretrained(self.path)
-            except Exception as err:  # the hub client raises several types; all mean "not reachable/found"
-                raise ValueError(
-                    f"tokenizer path={self.path!r} is neither a local file nor a reachable hub repository ({err}); "
-                    "offline, download its tokenizer.json elsewhere and give its local path"
-                ) from err
+            tokenizer = self._from_hub()
         if tokenizer.token_to_id(self.eos_token) is None:
             raise ValueError(
                 f"tokenizer {self.path!r} has no eos_token={self.eos_token!r}: set eos_token to one of its special "
                 "tokens"
             )
         return tokenizer
+
+
+    def _from_hub(self) -> Tokenizer:
+        """The hub repository's ``tokenizer.json``, through the hub client (its cache, ``HF_HUB_OFFLINE``); a machine
+        that cannot reach the hub is told so in seconds (:func:`zoo.data.hub.hub_unreachable`), not after the
+        client's retries."""
+        from huggingface_hub import hf_hub_download
+
+        from zoo.data import hub
+
+        offline = (f"download {self.path}'s tokenizer.json on a machine with network access (e.g. `hf download "
+                   f"{self.path} tokenizer.json --local-dir tokenizers/{self.path}`) and give its local path: "
+                   f"--data.tokenizer.init_args.path tokenizers/{self.path}")  # fmt: skip
+        local_only = hub.hub_offline() or hub.hub_unreachable()
+        try:
+            return Tokenizer.from_file(hf_hub_download(self.path, "tokenizer.json", local_files_only=local_only))
+        except Exception as err:  # the hub client raises several types; all mean "not reachable/found"
+            if local_only:
+                raise ValueError(f"tokenizer path={self.path!r} is a Hugging Face hub repository, which this machine "
+                                 f"cannot reach (not in the local hub cache either): {offline}") from err
+            raise ValueError(f"tokenizer path={self.path!r} is neither a local file nor a hub repository with a "
+                             f"tokenizer.json ({type(err).__name__}: {err}); offline, {offline}") from err
 
 
 class CheckpointTokenizer(TokenizerSource):

@@ -29,6 +29,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
+from zoo.errors import ZooError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` with crash-safe writes: the checkpoint goes to a temporary file in the
@@ -80,7 +82,7 @@ def _is_local(path) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(ZooError, OSError):
     """A checkpoint could not be written (full disk, read-only or missing folder); the previous file is intact."""
 
 
