@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from zoo.commands import compat
 from zoo.commands.errors import ParserError, explain_parser_error
 from zoo.data.base import TextDataModule
 from zoo.errors import ZooError
@@ -49,6 +50,7 @@ class ZooArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        compat.install()  # a list given later replaces the earlier one, never merges into it item by item
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
