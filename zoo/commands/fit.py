@@ -37,6 +37,7 @@ from zoo.training.checkpoints import (
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
+from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
 from zoo.training.precision import SaveConfigWithNotes, choose_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
@@ -84,7 +85,7 @@ class ZooCLI(LightningCLI):
         quiet_dependency_warnings()
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         extra = defaults.get("callbacks", [])
-        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState()]
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState(), LastCheckpointLink()]
         super().__init__(
             LanguageModel,
             TextDataModule,
@@ -169,6 +170,15 @@ class ZooCLI(LightningCLI):
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet
         # (it would silently start over): look through the whole run folder, skipping unreadable files.
         config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            dirs = checkpoint_dirs(self.trainer)
+            found = newest_good_checkpoint(dirs)
+            if found is None:
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
+            config["ckpt_path"] = None if found is None else str(found)
+        self._finished = finished_already(config.get("ckpt_path"), self.trainer.max_steps)
+        if self._finished:
+            return  # nothing to train: no folder is checked or created
         if self.trainer.is_global_zero:  # rank 0 writes the checkpoints
             for directory in self._checkpoint_dirs():
                 check_writable(directory)
@@ -176,16 +186,22 @@ class ZooCLI(LightningCLI):
                 for path in remove_torn_files(directory):
                     rank_zero_warn(f"removed {path}: a checkpoint save cut short by a crash (the file before it is "
                                    "intact)")  # fmt: skip
-        if config.get("ckpt_path") == "last":
-            dirs = checkpoint_dirs(self.trainer)
-            found = newest_good_checkpoint(dirs)
-            if found is None:
-                rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
-            config["ckpt_path"] = None if found is None else str(found)
         if config.get("ckpt_path") is not None and getattr(self.model, "init_from", None) is not None:
             # Lightning runs setup() (which applies init_from) before restoring the checkpoint: a resumed stage
             # needs neither the previous stage's weights nor that file to still exist.
             self.model.init_from = None
+
+    def fit(self, **kwargs) -> None:
+        """``trainer.fit``, unless the checkpoint resumed from already reached ``max_steps`` (said in one line); a
+        run that fails before its first step removes the version folder it created (nothing names it later)."""
+        if getattr(self, "_finished", None):
+            rank_zero_info(self._finished)
+            return
+        try:
+            self.trainer.fit(**kwargs)
+        except BaseException:
+            remove_empty_run_folder(self.trainer)
+            raise
 
     def _checkpoint_dirs(self) -> list[Path]:
         """The folders this run's ModelCheckpoints will write to, as Lightning resolves them at setup: ``dirpath``,
@@ -204,6 +220,18 @@ class ZooCLI(LightningCLI):
             else:
                 dirs.append(Path(self.trainer.default_root_dir) / "checkpoints")
         return dirs
+
+
+def finished_already(ckpt_path: str | None, max_steps: int) -> str | None:
+    """The line saying there is nothing to train, when the checkpoint ``ckpt_path`` already reached ``max_steps``
+    (a rerun of a finished run with ``--ckpt_path last``); ``None`` otherwise."""
+    if not ckpt_path or max_steps is None or max_steps < 0 or not os.path.isfile(ckpt_path):
+        return None
+    step = read_checkpoint(ckpt_path, mmap=True).get("global_step", 0)
+    if step < max_steps:
+        return None
+    return (f"nothing to train: {ckpt_path} is at step {step}, and trainer.max_steps={max_steps}; raise "
+            "--trainer.max_steps to train further")
 
 
 class _ParseOnly(ZooCLI):
