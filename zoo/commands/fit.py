@@ -38,7 +38,7 @@ from zoo.training.checkpoints import (
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
 from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
-from zoo.training.precision import SaveConfigWithNotes, choose_precision
+from zoo.training.precision import SaveConfigWithNotes, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
@@ -58,6 +58,21 @@ class ZooArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:  # jsonargparse's inner parsers: it catches their errors while trying alternatives
             return super().error(message, ex)
         raise ParserError(explain_parser_error(message, _options(self))) from ex
+
+
+    def dump(self, cfg: Namespace, *args, **kwargs) -> str:
+        # --print_config shows the precision the run will use (the automatic choice rather than null; bf16-mixed for
+        # 16-mixed on a CPU) with the note why, as config.yaml records it (ZooCLI.before_instantiate_classes)
+        trainer = cfg.get("trainer") if isinstance(cfg, Namespace) else None
+        note = None
+        if isinstance(trainer, Namespace) and "precision" in trainer:
+            precision, note = resolve_precision(trainer.precision, trainer.get("accelerator", "auto"))
+            if note is not None:
+                cfg = cfg.clone()
+                cfg["trainer.precision"] = precision
+        text = super().dump(cfg, *args, **kwargs)
+        json = kwargs.get("format", args[0] if args else "parser_mode") in ("json", "json_indented")
+        return text if note is None or json else f"# {note}\n{text}"
 
 
 def _options(parser) -> list[str]:
@@ -111,13 +126,14 @@ class ZooCLI(LightningCLI):
         )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
-        # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest
+        # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest;
+        # 16-mixed on a CPU: bf16-mixed, which Lightning runs there. config.yaml records it, with the note on top.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.precision is None:
-            choice = choose_precision(config.trainer.accelerator)
-            config.trainer.precision = choice.precision  # what config.yaml records, with the note on top
-            rank_zero_info(choice.note())
-            self.save_config_kwargs["notes"] = [choice.note()]
+        precision, note = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+        if note is not None:
+            config.trainer.precision = precision
+            rank_zero_info(note)
+            self.save_config_kwargs["notes"] = [note]
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
