@@ -140,3 +140,13 @@ def test_an_unreadable_source_is_named_without_a_traceback(corpus, tmp_path):
     with pytest.raises(SystemExit, match=r"^zoo tokenizer: .*missing"):
         main(["tokenizer", "train", "--config", str(tmp_path / "missing.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path / "out")])  # fmt: skip
+
+
+def test_training_a_bpe_says_so_with_its_size_and_the_documents_read(capsys, monkeypatch):
+    from zoo.data import tokenizer as module
+
+    monkeypatch.setattr(module, "PROGRESS_EVERY", 10)
+    train_bpe(TRICKY * 5, vocab_size=280)
+    err = capsys.readouterr().err
+    assert "tokenizer: training a byte-level BPE of 280 tokens" in err
+    assert f"on {len(TRICKY) * 5:,} documents" in err and "tokenizer: 10 documents read" in err

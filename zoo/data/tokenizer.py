@@ -6,9 +6,12 @@ whose end-of-text token separates packed documents.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -161,7 +164,9 @@ class CheckpointTokenizer(TokenizerSource):
 def train_bpe(
     texts: Iterable[str], *, vocab_size: int, min_frequency: int = 2, special_tokens: list[str] = (EOS,)
 ) -> Tokenizer:
-    """Train a byte-level BPE: every byte is a base symbol, so any text round-trips exactly."""
+    """Train a byte-level BPE: every byte is a base symbol, so any text round-trips exactly. Says on stderr that
+    it trains (with the vocabulary size), how many documents it has read every :data:`PROGRESS_EVERY`, and when it is
+    done: a large tokenizer reads for minutes before the run's first line."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -173,8 +178,31 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    say(f"tokenizer: training a byte-level BPE of {vocab_size:,} tokens on the training text ...")
+    counted, start = _Counted(texts), time.perf_counter()
+    tokenizer.train_from_iterator(counted, trainer=trainer)
+    say(f"tokenizer: trained a byte-level BPE of {tokenizer.get_vocab_size():,} tokens on {counted.documents:,} "
+        f"documents ({counted.chars / 1e6:.1f}M characters) in {time.perf_counter() - start:.0f} s")
     return tokenizer
+
+
+PROGRESS_EVERY = 50_000  # documents between two progress lines of train_bpe
+
+
+class _Counted:
+    """Passes texts through, counting documents and characters, with a progress line every PROGRESS_EVERY."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts, self.documents, self.chars = texts, 0, 0
+
+    def __iter__(self):
+        for text in self.texts:
+            self.documents += 1
+            self.chars += len(text)
+            if self.documents % PROGRESS_EVERY == 0:
+                print(f"tokenizer: {self.documents:,} documents read ...", file=sys.stderr, flush=True)
+            yield text
 
 
 def tokenizer_from_checkpoint(
