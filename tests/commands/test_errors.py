@@ -122,3 +122,14 @@ def test_other_commands_report_through_the_same_path(tmp_path, command):
     result, _ = zoo(command, "--ckpt", str(tmp_path / "missing.ckpt"), *extra[command], tmp=tmp_path)
     line = one_error_line(result, command)
     assert "missing.ckpt" in line
+
+
+def test_a_blocks_help_lists_zoos_classes_not_every_torch_module(monkeypatch, capsys):
+    from zoo.commands.fit import ZooCLI
+
+    monkeypatch.setattr(sys, "argv", ["zoo"])
+    with pytest.raises(SystemExit):
+        ZooCLI(args=[*TINY, "--model.backbone.block.help", "zoo.nn.PreNormBlock"], run=False)
+    out = capsys.readouterr().out
+    assert "zoo.nn.SwiGLU" in out and "zoo.nn.GroupedQueryAttention" in out and "--block.ffn" in out
+    assert "torch.nn.Bilinear" not in out and len(out.splitlines()) < 200  # it was 2,319 lines

@@ -8,9 +8,10 @@ backbone.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
@@ -44,6 +45,24 @@ from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
 
 
+class ZooHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with a factory's "known subclasses" cut to zoo's own classes: for a block's
+    ``Callable[[int], Module]`` arguments it lists every ``torch.nn.Module`` subclass Python has imported (a
+    ``--model.backbone.block.help`` of 2,300 lines). Any other class is still accepted by its class path."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+
+        def keep_zoo(match: re.Match) -> str:
+            names = [n.strip() for n in match.group(1).split(",")]
+            zoo = [n for n in names if n.startswith("zoo.")]
+            if len(zoo) == len(names) or not zoo:
+                return match.group(0)
+            return f", zoo's classes: {', '.join(zoo)} (or any other class by its class_path)"
+
+        return re.sub(r", known subclasses: ([^)]*)", keep_zoo, text)
+
+
 class ZooArgumentParser(LightningArgumentParser):
     """Lightning's parser, whose errors are one sentence (:func:`zoo.commands.errors.explain_parser_error`) raised
     as :class:`zoo.commands.errors.ParserError` for the command layer to print, not 77 lines of usage; options are
@@ -51,6 +70,7 @@ class ZooArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", ZooHelpFormatter)
         compat.install()  # a list given later replaces the earlier one, never merges into it item by item
         super().__init__(*args, **kwargs)
 
