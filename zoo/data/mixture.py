@@ -134,6 +134,9 @@ class Source:
         n = self.known_rows()
         given = self.data_files if isinstance(self.data_files, str) else repr(self.data_files)
         files = f"data_files={given}" if self.data_files is not None else f"path={self.path}"
+        if n == 0 and self.is_local() and not resolve(self.data_files):
+            raise ValueError(f"data source {files} matches no file: check the path (relative paths start from the "
+                             "folder the command runs in)")  # fmt: skip
         if n == 0:
             where = f" in {', '.join(map(str, resolve(self.data_files)))}" if self.is_local() else ""
             raise ValueError(f"data source {files} is empty (no rows{where}): put documents in it, or remove this "
