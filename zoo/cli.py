@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv and argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         known = ", ".join([*LIGHTNING_COMMANDS, *COMMANDS])
-        sys.exit(f"zoo: unknown command {argv[0]!r}; choose one of: {known}")
+        print(f"zoo: unknown command {argv[0]!r}; choose one of: {known}", file=sys.stderr)
+        sys.exit(2)
     name = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else "fit"
     run_command(name, _lightning, argv)
 
