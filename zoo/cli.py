@@ -27,15 +27,31 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = argv  # None: LightningCLI reads sys.argv itself (and warns when given both)
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the subcommand ``argv`` names (default: ``sys.argv``). A user's error (a bad value, file or option) is
+    printed as one line, ``zoo <command>: <message>``, with exit status 2; ``--verbose`` or ``ZOO_TRACEBACK=1``
+    shows its traceback (:mod:`zoo.commands.errors`)."""
+    from zoo.commands.errors import run_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
         module_name, _, function = COMMANDS[argv[0]][1].partition(":")
-        getattr(importlib.import_module(module_name), function)(argv[1:])
+        getattr(importlib.import_module(module_name), function)(argv[1:])  # each reports errors via run_command
         return
     if argv and argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         known = ", ".join([*LIGHTNING_COMMANDS, *COMMANDS])
-        sys.exit(f"zoo: unknown command {argv[0]!r}; choose one of: {known}")
+        print(f"zoo: unknown command {argv[0]!r}; choose one of: {known}", file=sys.stderr)
+        sys.exit(2)
+    name = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else "fit"
+    run_command(name, _lightning, argv)
+
+
+def _lightning(argv: list[str]) -> None:
     from zoo.commands.fit import ZooCLI  # Lightning is imported only for its subcommands
 
-    ZooCLI(args=args)
+    # LightningCLI reads sys.argv, which DDP also re-launches each rank with: it is given the arguments without
+    # --verbose (ZOO_TRACEBACK carries that to the ranks) for the run, then restored
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]
+    try:
+        ZooCLI()
+    finally:
+        sys.argv = saved

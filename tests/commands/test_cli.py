@@ -118,6 +118,8 @@ def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
     assert "LeafSpec" not in console and "set_vital" not in console
     assert "litlogger" not in console  # Lightning's advertisement, not a message about the run
     assert "not supported by the model summary" not in console  # its size column under bf16-mixed (fp32 weights)
+    assert "no row skipped" not in console  # the bad-row summary only where rows were skipped
+    assert "tokenizer: training a byte-level BPE of 300 tokens" in console  # no silent pause while it trains
 
 
 def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):

@@ -174,6 +174,22 @@ def test_a_source_smaller_than_its_validation_slice_is_refused_before_training(t
     assert fine.sources("train")  # the fix the message names is accepted
 
 
+
+@pytest.mark.parametrize("suffix", ["jsonl", "txt"])
+def test_an_empty_source_file_is_named_as_empty_with_a_fix_that_works(tmp_path, suffix):
+    path = tmp_path / f"empty.{suffix}"
+    path.write_text("")
+    dm = mixture(tmp_path, Source(path="json" if suffix == "jsonl" else "text", data_files=str(path)))
+    with pytest.raises(ValueError, match=rf"data_files=\S*empty\.{suffix} is empty .*put documents in it"):
+        dm.prepare_data()
+    with pytest.raises(ValueError, match="is empty"):  # lowering val_documents is no fix for an empty file
+        mixture(tmp_path, Source(data_files=str(path), val_documents=1)).prepare_data()
+    texts = [f"document {i} " * 5 for i in range(1200)]  # the fix the message names: documents in the file
+    path.write_text("\n".join(json.dumps({"text": t}) if suffix == "jsonl" else t for t in texts) + "\n")
+    fine = mixture(tmp_path, Source(data_files=str(path)))
+    fine.prepare_data()
+    assert next(iter(fine.sources("train")[0][0]))["text"] == texts[1000]
+
 class Streams(TextDataModule):
     """A data module over given training rows (a generator), standing for a hub source of unknown size."""
 

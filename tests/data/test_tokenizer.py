@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,16 +94,18 @@ def test_a_run_uses_the_trained_tokenizer_and_a_too_small_model_is_refused(train
         trainer.fit(model, datamodule=data)
 
 
-def test_bad_arguments_say_what_to_do(corpus, tmp_path):
-    with pytest.raises(SystemExit, match="below the 256 byte symbols"):
+def test_bad_arguments_say_what_to_do(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="^2$"):  # one line on stderr, exit status 2
         main(["tokenizer", "train", "--config", str(corpus / "run.yaml"), "--vocab-size", "100",
               "--output", str(tmp_path)])  # fmt: skip
-    with pytest.raises(SystemExit, match="does not exist"):
+    assert re.search("below the 256 byte symbols", capsys.readouterr().err)
+    with pytest.raises(SystemExit, match="^2$"):  # one line on stderr, exit status 2
         main(["tokenizer", "train", "--config", str(tmp_path / "nope.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path)])  # fmt: skip
+    assert re.search("does not exist", capsys.readouterr().err)
 
 
-def test_the_config_is_read_by_the_parser_of_fit(corpus, tmp_path):
+def test_the_config_is_read_by_the_parser_of_fit(corpus, tmp_path, capsys):
     """A data-module config (class_path at the top) and a full run config (model section parsed, not built) both
     work; a config fit would refuse is refused with the key named, and one without data says what is missing."""
     run = yaml.safe_load((corpus / "run.yaml").read_text())
@@ -118,13 +121,15 @@ def test_the_config_is_read_by_the_parser_of_fit(corpus, tmp_path):
     assert (tmp_path / "b" / "tokenizer.json").read_text() == (tmp_path / "a" / "tokenizer.json").read_text()
     bad = {**run, "data": {**run["data"], "init_args": {**run["data"]["init_args"], "seq_lenn": 3}}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(SystemExit, match="seq_lenn"):
+    with pytest.raises(SystemExit, match="^2$"):  # one line on stderr, exit status 2
         main(["tokenizer", "train", "--config", str(tmp_path / "bad.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path / "c")])  # fmt: skip
+    assert re.search("seq_lenn", capsys.readouterr().err)
     (tmp_path / "nodata.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 1}}))
-    with pytest.raises(SystemExit, match="data"):
+    with pytest.raises(SystemExit, match="^2$"):  # one line on stderr, exit status 2
         main(["tokenizer", "train", "--config", str(tmp_path / "nodata.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path / "d")])  # fmt: skip
+    assert re.search("data", capsys.readouterr().err)
 
 
 def test_train_bpe_round_trips_without_the_cli():
@@ -133,10 +138,21 @@ def test_train_bpe_round_trips_without_the_cli():
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids) == text
 
 
-def test_an_unreadable_source_is_named_without_a_traceback(corpus, tmp_path):
+def test_an_unreadable_source_is_named_without_a_traceback(corpus, tmp_path, capsys):
     run = yaml.safe_load((corpus / "run.yaml").read_text())
     run["data"]["init_args"]["sources"][0]["data_files"] = str(tmp_path / "missing" / "*.jsonl")
     (tmp_path / "missing.yaml").write_text(yaml.safe_dump(run))
-    with pytest.raises(SystemExit, match=r"^zoo tokenizer: .*missing"):
+    with pytest.raises(SystemExit, match="^2$"):  # one line on stderr, exit status 2
         main(["tokenizer", "train", "--config", str(tmp_path / "missing.yaml"), "--vocab-size", "300",
               "--output", str(tmp_path / "out")])  # fmt: skip
+    assert re.search(r"(?m)^zoo tokenizer: .*missing/\*\.jsonl matches no file", capsys.readouterr().err)
+
+
+def test_training_a_bpe_says_so_with_its_size_and_the_documents_read(capsys, monkeypatch):
+    from zoo.data import tokenizer as module
+
+    monkeypatch.setattr(module, "PROGRESS_EVERY", 10)
+    train_bpe(TRICKY * 5, vocab_size=280)
+    err = capsys.readouterr().err
+    assert "tokenizer: training a byte-level BPE of 280 tokens" in err
+    assert f"on {len(TRICKY) * 5:,} documents" in err and "tokenizer: 10 documents read" in err

@@ -234,6 +234,21 @@ def test_exported_directory_runs_the_text_generation_pipeline(checkpoint, tmp_pa
     assert out[0]["generated_text"].startswith("def parse(") and len(out[0]["generated_text"]) > len("def parse(")
 
 
+
+@pytest.mark.parametrize("format", ["hf", "remote-code"])
+def test_export_files_are_ordinary_and_generation_has_a_length_limit(checkpoint, tmp_path, format):
+    import json
+
+    from zoo.interop.export import export
+    from zoo.objectives import LanguageModel
+
+    directory = export(str(checkpoint), str(tmp_path / format), format=format)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["README.md"] and modes["README.md"] & 0o044  # readable by others
+    assert len(set(modes.values())) == 1, modes
+    limit = json.loads((directory / "generation_config.json").read_text()).get("max_length")
+    assert limit == LanguageModel.from_checkpoint(str(checkpoint), map_location="cpu").backbone.max_seq_len
+
 def test_export_writes_the_requested_dtype(checkpoint, tmp_path):
     from safetensors import safe_open
 

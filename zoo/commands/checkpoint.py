@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from zoo.commands.errors import command
+from zoo.errors import ZooError
 from zoo.training.convert import convert_checkpoint
 
 
+@command("checkpoint")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo checkpoint", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -29,17 +32,12 @@ def main(argv: list[str] | None = None) -> None:
                          "code): required, and only for a file you trust")  # fmt: skip
     args = p.parse_args(argv)
     if not args.i_trust_this_file:
-        print(f"zoo checkpoint: error: converting {args.old} unpickles it in full, which imports and calls every "
-              "Python object the file names and so can run any code; nothing was read. If the file is yours (a "
-              "checkpoint of an older zoo), pass --i-trust-this-file", file=sys.stderr)  # fmt: skip
-        sys.exit(2)
+        raise ZooError(f"converting {args.old} unpickles it in full, which imports and calls every Python object the "
+                       "file names and so can run any code; nothing was read. If the file is yours (a checkpoint of "
+                       "an older zoo), pass --i-trust-this-file")  # fmt: skip
     print(f"unpickling {args.old} in full (--i-trust-this-file: the objects it names are imported and called)",
           file=sys.stderr)  # fmt: skip
-    try:
-        changes = convert_checkpoint(args.old, args.new)
-    except (ValueError, OSError) as err:
-        print(f"zoo checkpoint: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    changes = convert_checkpoint(args.old, args.new)  # errors: one line, by zoo.commands.errors.run_command
     for change in changes:
         print(f"  {change}")
     print(f"wrote {args.new} ({len(changes)} entries made plain); it loads weights-only")

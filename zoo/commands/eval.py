@@ -35,6 +35,7 @@ import sys
 
 import torch
 
+from zoo.commands.errors import command
 from zoo.eval.checkpoint import load_model, make_scorer, scalars
 from zoo.eval.tasks import CODE_TASKS
 from zoo.training.checkpoints import TRUST_HELP
@@ -87,13 +88,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("eval")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, OSError) as err:
-        print(f"zoo eval: {err}", file=sys.stderr)
-        sys.exit(2)
+    report = run(args)  # a ValueError/OSError is printed as one line by zoo.commands.errors.run_command
     from zoo.eval.engines import format_table
 
     print(format_table(report))

@@ -5,14 +5,16 @@ formats. Errors exit with status 2."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from zoo.commands.errors import command
+from zoo.errors import ZooError
 from zoo.interop import export as library
 from zoo.interop.export import DTYPES, FORMATS, export
 from zoo.training.checkpoints import TRUST_HELP
 
 
+@command("export")
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m zoo export", description=library.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -35,19 +37,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--eos-token", help="the --tokenizer's end-of-text token (default <|endoftext|>)")
     args = parser.parse_args(argv)
 
-    def fail(message: str) -> None:
-        print(f"zoo export: error: {message}", file=sys.stderr)
-        sys.exit(2)  # argparse's status for a bad command line
-
     if not Path(args.ckpt).is_file():
-        fail(f"--ckpt {args.ckpt} is not a file: give the path of a checkpoint written by `python -m zoo fit`")
-    try:
-        directory = export(args.ckpt, args.out, format=args.format, dtype=DTYPES[args.dtype],
-                           overwrite=args.overwrite, outtype=args.outtype, license=args.license,
-                           eval_results=args.eval_results, tokenizer=args.tokenizer,
-                           eos_token=args.eos_token, trust=args.trust_checkpoint)  # fmt: skip
-    except (ValueError, OSError) as err:
-        fail(str(err))
+        raise ZooError(f"--ckpt {args.ckpt} is not a file: give a checkpoint written by `python -m zoo fit`")
+    # errors (ValueError, OSError, ZooError): one line, exit status 2, by zoo.commands.errors.run_command
+    directory = export(args.ckpt, args.out, format=args.format, dtype=DTYPES[args.dtype],
+                       overwrite=args.overwrite, outtype=args.outtype, license=args.license,
+                       eval_results=args.eval_results, tokenizer=args.tokenizer,
+                       eos_token=args.eos_token, trust=args.trust_checkpoint)  # fmt: skip
     if args.format == "gguf":
         print(f"wrote {directory}: load {next(directory.glob('*.gguf')).name} with llama.cpp (see its README.md)")
         return

@@ -8,9 +8,10 @@ backbone.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
@@ -22,7 +23,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from zoo.commands import compat
+from zoo.commands.errors import ParserError, explain_parser_error
 from zoo.data.base import TextDataModule
+from zoo.errors import ZooError
 from zoo.objectives.base import LanguageModel
 from zoo.training.checkpoints import (
     TRUST_ENV,
@@ -33,10 +37,70 @@ from zoo.training.checkpoints import (
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.guards import NonFiniteGuard
-from zoo.training.precision import SaveConfigWithNotes, choose_precision
+from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
+from zoo.training.precision import SaveConfigWithNotes, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
+
+
+class ZooHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with a factory's "known subclasses" cut to zoo's own classes: for a block's
+    ``Callable[[int], Module]`` arguments it lists every ``torch.nn.Module`` subclass Python has imported (a
+    ``--model.backbone.block.help`` of 2,300 lines). Any other class is still accepted by its class path."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+
+        def keep_zoo(match: re.Match) -> str:
+            names = [n.strip() for n in match.group(1).split(",")]
+            zoo = [n for n in names if n.startswith("zoo.")]
+            if len(zoo) == len(names) or not zoo:
+                return match.group(0)
+            return f", zoo's classes: {', '.join(zoo)} (or any other class by its class_path)"
+
+        return re.sub(r", known subclasses: ([^)]*)", keep_zoo, text)
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose errors are one sentence (:func:`zoo.commands.errors.explain_parser_error`) raised
+    as :class:`zoo.commands.errors.ParserError` for the command layer to print, not 77 lines of usage; options are
+    never abbreviated (``--trainer.max_step`` is refused, not taken as ``max_steps``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", ZooHelpFormatter)
+        compat.install()  # a list given later replaces the earlier one, never merges into it item by item
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse's inner parsers: it catches their errors while trying alternatives
+            return super().error(message, ex)
+        raise ParserError(explain_parser_error(message, _options(self))) from ex
+
+
+    def dump(self, cfg: Namespace, *args, **kwargs) -> str:
+        # --print_config shows the precision the run will use (the automatic choice rather than null; bf16-mixed for
+        # 16-mixed on a CPU) with the note why, as config.yaml records it (ZooCLI.before_instantiate_classes)
+        trainer = cfg.get("trainer") if isinstance(cfg, Namespace) else None
+        note = None
+        if isinstance(trainer, Namespace) and "precision" in trainer:
+            precision, note = resolve_precision(trainer.precision, trainer.get("accelerator", "auto"))
+            if note is not None:
+                cfg = cfg.clone()
+                cfg["trainer.precision"] = precision
+        text = super().dump(cfg, *args, **kwargs)
+        json = kwargs.get("format", args[0] if args else "parser_mode") in ("json", "json_indented")
+        return text if note is None or json else f"# {note}\n{text}"
+
+
+def _options(parser) -> list[str]:
+    """The option strings of ``parser`` and of its subcommands' parsers (``fit``, ``validate``, ...)."""
+    options = list(parser._option_string_actions)
+    subcommands = getattr(parser, "_subcommands_action", None)
+    for sub in (subcommands.choices.values() if subcommands is not None else []):
+        options += _options(sub)
+    return options
 
 
 class ZooCLI(LightningCLI):
@@ -55,7 +119,7 @@ class ZooCLI(LightningCLI):
         quiet_dependency_warnings()
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         extra = defaults.get("callbacks", [])
-        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState()]
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState(), LastCheckpointLink()]
         super().__init__(
             LanguageModel,
             TextDataModule,
@@ -64,6 +128,7 @@ class ZooCLI(LightningCLI):
             save_config_callback=SaveConfigWithNotes,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=defaults,
+            parser_class=ZooArgumentParser,
             args=args,
             **kwargs,
         )
@@ -81,13 +146,14 @@ class ZooCLI(LightningCLI):
         )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
-        # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest
+        # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest;
+        # 16-mixed on a CPU: bf16-mixed, which Lightning runs there. config.yaml records it, with the note on top.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.precision is None:
-            choice = choose_precision(config.trainer.accelerator)
-            config.trainer.precision = choice.precision  # what config.yaml records, with the note on top
-            rank_zero_info(choice.note())
-            self.save_config_kwargs["notes"] = [choice.note()]
+        precision, note = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+        if note is not None:
+            config.trainer.precision = precision
+            rank_zero_info(note)
+            self.save_config_kwargs["notes"] = [note]
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -115,6 +181,10 @@ class ZooCLI(LightningCLI):
         # zoo's or torch's is named here, in one line, before anything is built or imported.
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in str(ckpt_path):
+            if not os.path.exists(ckpt_path):  # a directory or a foreign file: read_checkpoint names it
+                raise ZooError(f"--ckpt_path {ckpt_path} is not a file: give a checkpoint written by `zoo fit`, "
+                               "`last` to resume from the newest checkpoint of the run folder, or leave it out to "
+                               "start over")  # fmt: skip
             read_checkpoint(ckpt_path, mmap=True)
 
     def _parse_ckpt_path(self) -> None:
@@ -128,6 +198,15 @@ class ZooCLI(LightningCLI):
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet
         # (it would silently start over): look through the whole run folder, skipping unreadable files.
         config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            dirs = checkpoint_dirs(self.trainer)
+            found = newest_good_checkpoint(dirs)
+            if found is None:
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
+            config["ckpt_path"] = None if found is None else str(found)
+        self._finished = finished_already(config.get("ckpt_path"), self.trainer.max_steps)
+        if self._finished:
+            return  # nothing to train: no folder is checked or created
         if self.trainer.is_global_zero:  # rank 0 writes the checkpoints
             for directory in self._checkpoint_dirs():
                 check_writable(directory)
@@ -135,16 +214,22 @@ class ZooCLI(LightningCLI):
                 for path in remove_torn_files(directory):
                     rank_zero_warn(f"removed {path}: a checkpoint save cut short by a crash (the file before it is "
                                    "intact)")  # fmt: skip
-        if config.get("ckpt_path") == "last":
-            dirs = checkpoint_dirs(self.trainer)
-            found = newest_good_checkpoint(dirs)
-            if found is None:
-                rank_zero_warn(f"--ckpt_path last: no checkpoint under {[str(d) for d in dirs]}; training starts over")
-            config["ckpt_path"] = None if found is None else str(found)
         if config.get("ckpt_path") is not None and getattr(self.model, "init_from", None) is not None:
             # Lightning runs setup() (which applies init_from) before restoring the checkpoint: a resumed stage
             # needs neither the previous stage's weights nor that file to still exist.
             self.model.init_from = None
+
+    def fit(self, **kwargs) -> None:
+        """``trainer.fit``, unless the checkpoint resumed from already reached ``max_steps`` (said in one line); a
+        run that fails before its first step removes the version folder it created (nothing names it later)."""
+        if getattr(self, "_finished", None):
+            rank_zero_info(self._finished)
+            return
+        try:
+            self.trainer.fit(**kwargs)
+        except BaseException:
+            remove_empty_run_folder(self.trainer)
+            raise
 
     def _checkpoint_dirs(self) -> list[Path]:
         """The folders this run's ModelCheckpoints will write to, as Lightning resolves them at setup: ``dirpath``,
@@ -163,6 +248,18 @@ class ZooCLI(LightningCLI):
             else:
                 dirs.append(Path(self.trainer.default_root_dir) / "checkpoints")
         return dirs
+
+
+def finished_already(ckpt_path: str | None, max_steps: int) -> str | None:
+    """The line saying there is nothing to train, when the checkpoint ``ckpt_path`` already reached ``max_steps``
+    (a rerun of a finished run with ``--ckpt_path last``); ``None`` otherwise."""
+    if not ckpt_path or max_steps is None or max_steps < 0 or not os.path.isfile(ckpt_path):
+        return None
+    step = read_checkpoint(ckpt_path, mmap=True).get("global_step", 0)
+    if step < max_steps:
+        return None
+    return (f"nothing to train: {ckpt_path} is at step {step}, and trainer.max_steps={max_steps}; raise "
+            "--trainer.max_steps to train further")
 
 
 class _ParseOnly(ZooCLI):
@@ -221,6 +318,6 @@ def instantiate_section(parser: LightningArgumentParser, config: Namespace, key:
 def config_error_text(err: Exception) -> str:
     """jsonargparse's message for a config that does not parse or build, without the lines that restate the whole
     value or the ``None`` alternative of an optional section (the reason and the key stay)."""
-    noise = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>", "Does not validate against any of")
-    lines = [line for line in str(err).splitlines() if not line.strip().startswith(noise)]
-    return "\n".join(line for line in lines if line.strip() not in ("", "Errors:")) or str(err)
+    import argparse
+
+    return explain_parser_error(str(err)) if isinstance(err, argparse.ArgumentError) else str(err)

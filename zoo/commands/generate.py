@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from zoo.commands.errors import command
 from zoo.data.formats import FORMATS
 from zoo.generation.diffusion import REMASKING
 from zoo.generation.fast_diffusion import CACHES, REFRESH
@@ -79,14 +80,11 @@ DIFFUSION_OPTIONS = ("gen_length", "block_length", "steps", "threshold", "cache"
 AR_OPTIONS = ("--max-new-tokens", "--top-k", "--top-p", "--repetition-penalty", "--no-repeat-ngram-size", "--stream")
 
 
+@command("generate")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     args.stop = [unescape(s) for s in args.stop]
-    try:
-        run(args)
-    except (ValueError, OSError) as err:
-        print(f"zoo generate: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(args)  # a ValueError/OSError is printed as one line by zoo.commands.errors.run_command
 
 
 def unescape(text: str) -> str:

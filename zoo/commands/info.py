@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from zoo.commands.errors import command
 from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
 from zoo.nn.transformer import Transformer
 
@@ -72,6 +73,7 @@ def describe(backbone: Transformer) -> str:
     return "\n".join(lines)
 
 
+@command("info")
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="zoo info", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from zoo.commands.errors import command
 from zoo.data.tokenizer import EOS, train_bpe
+from zoo.errors import ZooError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,21 +44,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("tokenizer")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     special = [t for t in args.special_tokens.split(",") if t]
     if not special:
-        raise SystemExit("--special-tokens is empty: give at least the end-of-text token, e.g. '<|endoftext|>'")
+        raise ZooError("--special-tokens is empty: give at least the end-of-text token, e.g. '<|endoftext|>'")
     if args.vocab_size < 256 + len(special):
-        raise SystemExit(
+        raise ZooError(
             f"--vocab-size {args.vocab_size} is below the 256 byte symbols and {len(special)} special tokens: "
             f"use at least {256 + len(special)}"
         )
     datamodule = data_module(Path(args.config))
-    try:
-        train(args, datamodule, special)
-    except (ValueError, OSError) as err:  # an unreachable source, an unreadable file: named, without a traceback
-        raise SystemExit(f"zoo tokenizer: {err}") from None
+    train(args, datamodule, special)  # an unreachable source, an unreadable file: one line, by run_command
 
 
 def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
@@ -82,7 +82,7 @@ def data_module(config: Path):
     from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
 
     if not config.is_file():
-        raise SystemExit(f"--config {config} does not exist")
+        raise ZooError(f"--config {config} does not exist: give a run config or a data-module config (YAML)")
     top = yaml.safe_load(config.read_text())
     flag = "--data" if isinstance(top, dict) and "class_path" in top else "--config"  # a data-module config
     try:
@@ -91,7 +91,7 @@ def data_module(config: Path):
             raise ValueError("expected a `data:` section with a class_path (or a data-module config)")
         return instantiate_section(parser, parsed, "data")
     except Exception as err:  # parser and constructor errors alike, named without a traceback
-        raise SystemExit(f"--config {config} does not describe a data module: {config_error_text(err)}") from None
+        raise ZooError(f"--config {config} does not describe a data module: {config_error_text(err)}") from None
 
 
 def write(tokenizer, out: Path, *, special_tokens: list[str]) -> Path:

@@ -238,7 +238,8 @@ class TextDataModule(L.LightningDataModule):
                 "match (text_field / template), or raise data.stall_timeout for a slow source")  # fmt: skip
 
     def teardown(self, stage: str) -> None:
-        if stage == "fit" and self._skips is not None and self.trainer is not None:
+        # the summary only where rows were skipped (a line saying none were is noise at the end of every run)
+        if stage == "fit" and self._skips is not None and self.trainer is not None and int(self._skips.counts.sum()):
             rank = f" (rank {self.trainer.global_rank})" if self.trainer.world_size > 1 else ""
             rank_zero_info(f"data: bad rows skipped in training{rank}: {self.skips.summary()}")
 

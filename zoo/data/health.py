@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 import torch
 
 from zoo.data.rows import REASONS
+from zoo.errors import ZooError
 
 
-class DataStallError(RuntimeError):
+class DataStallError(ZooError, RuntimeError):
     """The training stream gave no batch for ``stall_timeout`` seconds, or ended without one."""
 
 

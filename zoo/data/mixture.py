@@ -132,11 +132,26 @@ class Source:
     def check_size(self) -> None:
         """Refuse a source whose rows all go to its validation slice (the training stream would be empty)."""
         n = self.known_rows()
+        given = self.data_files if isinstance(self.data_files, str) else repr(self.data_files)
+        files = f"data_files={given}" if self.data_files is not None else f"path={self.path}"
+        if n == 0 and self.is_local() and not resolve(self.data_files):
+            raise ValueError(f"data source {files} matches no file: check the path (relative paths start from the "
+                             "folder the command runs in)")  # fmt: skip
+        if n == 0:
+            where = f" in {', '.join(map(str, resolve(self.data_files)))}" if self.is_local() else ""
+            raise ValueError(f"data source {files} is empty (no rows{where}): put documents in it, or remove this "
+                             "source from data.sources")  # fmt: skip
+        if n == 1:
+            raise ValueError(
+                f"data source {files} holds 1 row, which its validation slice (val_documents) takes, leaving none "
+                "to train on: add documents to it, or remove this source from data.sources"
+            )
         if n is not None and n <= self.val_documents:
             raise ValueError(
-                f"data source {self.label} has {n} rows, but val_documents={self.val_documents} holds its first "
+                f"data source {files} has {n} rows, but val_documents={self.val_documents} holds its first "
                 f"{self.val_documents} out for validation, leaving none to train on: set val_documents below {n} "
-                f"for this source (e.g. val_documents: {max(1, n // 10)}), or give a validation_split"
+                f"for this source (e.g. val_documents: {max(1, n // 10)})"
+                + ("" if self.is_local() else ", or give a validation_split")
             )
 
     def load(self, split: str) -> datasets.IterableDataset:

@@ -6,9 +6,12 @@ whose end-of-text token separates packed documents.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -102,19 +105,35 @@ class PretrainedTokenizer(TokenizerSource):
         elif self.path.startswith((".", "/", "~")) or local.suffix == ".json":
             raise ValueError(f"tokenizer path={self.path!r} does not exist: give a tokenizer.json or its directory")
         else:
-            try:
-                tokenizer = Tokenizer.from_pretrained(self.path)
-            except Exception as err:  # the hub client raises several types; all mean "not reachable/found"
-                raise ValueError(
-                    f"tokenizer path={self.path!r} is neither a local file nor a reachable hub repository ({err}); "
-                    "offline, download its tokenizer.json elsewhere and give its local path"
-                ) from err
+            tokenizer = self._from_hub()
         if tokenizer.token_to_id(self.eos_token) is None:
             raise ValueError(
                 f"tokenizer {self.path!r} has no eos_token={self.eos_token!r}: set eos_token to one of its special "
                 "tokens"
             )
         return tokenizer
+
+
+    def _from_hub(self) -> Tokenizer:
+        """The hub repository's ``tokenizer.json``, through the hub client (its cache, ``HF_HUB_OFFLINE``); a machine
+        that cannot reach the hub is told so in seconds (:func:`zoo.data.hub.hub_unreachable`), not after the
+        client's retries."""
+        from huggingface_hub import hf_hub_download
+
+        from zoo.data import hub
+
+        offline = (f"download {self.path}'s tokenizer.json on a machine with network access (e.g. `hf download "
+                   f"{self.path} tokenizer.json --local-dir tokenizers/{self.path}`) and give its local path: "
+                   f"--data.tokenizer.init_args.path tokenizers/{self.path}")  # fmt: skip
+        local_only = hub.hub_offline() or hub.hub_unreachable()
+        try:
+            return Tokenizer.from_file(hf_hub_download(self.path, "tokenizer.json", local_files_only=local_only))
+        except Exception as err:  # the hub client raises several types; all mean "not reachable/found"
+            if local_only:
+                raise ValueError(f"tokenizer path={self.path!r} is a Hugging Face hub repository, which this machine "
+                                 f"cannot reach (not in the local hub cache either): {offline}") from err
+            raise ValueError(f"tokenizer path={self.path!r} is neither a local file nor a hub repository with a "
+                             f"tokenizer.json ({type(err).__name__}: {err}); offline, {offline}") from err
 
 
 class CheckpointTokenizer(TokenizerSource):
@@ -145,7 +164,9 @@ class CheckpointTokenizer(TokenizerSource):
 def train_bpe(
     texts: Iterable[str], *, vocab_size: int, min_frequency: int = 2, special_tokens: list[str] = (EOS,)
 ) -> Tokenizer:
-    """Train a byte-level BPE: every byte is a base symbol, so any text round-trips exactly."""
+    """Train a byte-level BPE: every byte is a base symbol, so any text round-trips exactly. Says on stderr that
+    it trains (with the vocabulary size), how many documents it has read every :data:`PROGRESS_EVERY`, and when it is
+    done: a large tokenizer reads for minutes before the run's first line."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -157,8 +178,31 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    say = functools.partial(print, file=sys.stderr, flush=True)
+    say(f"tokenizer: training a byte-level BPE of {vocab_size:,} tokens on the training text ...")
+    counted, start = _Counted(texts), time.perf_counter()
+    tokenizer.train_from_iterator(counted, trainer=trainer)
+    say(f"tokenizer: trained a byte-level BPE of {tokenizer.get_vocab_size():,} tokens on {counted.documents:,} "
+        f"documents ({counted.chars / 1e6:.1f}M characters) in {time.perf_counter() - start:.0f} s")
     return tokenizer
+
+
+PROGRESS_EVERY = 50_000  # documents between two progress lines of train_bpe
+
+
+class _Counted:
+    """Passes texts through, counting documents and characters, with a progress line every PROGRESS_EVERY."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts, self.documents, self.chars = texts, 0, 0
+
+    def __iter__(self):
+        for text in self.texts:
+            self.documents += 1
+            self.chars += len(text)
+            if self.documents % PROGRESS_EVERY == 0:
+                print(f"tokenizer: {self.documents:,} documents read ...", file=sys.stderr, flush=True)
+            yield text
 
 
 def tokenizer_from_checkpoint(

@@ -41,6 +41,7 @@ def write_hf(model, tokenizer, directory: Path, *, dtype: torch.dtype) -> None:
     eos_id = tokenizer.eos_token_id
     for config in (hf.config, hf.generation_config):
         config.eos_token_id, config.bos_token_id, config.pad_token_id = eos_id, eos_id, eos_id
+    hf.generation_config.max_length = model.backbone.max_seq_len  # a limit of its own: no pipeline default, no warning
     hf.save_pretrained(directory)  # safetensors
     tokenizer.save_pretrained(directory)
 
@@ -170,6 +171,10 @@ def export(
                            files=card["files"])  # fmt: skip
         (staging / "README.md").write_text(text, encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp's folders are private; the export is an ordinary directory
+        mode = (staging / "README.md").stat().st_mode & 0o777  # an ordinary file's mode under the user's umask
+        for path in staging.rglob("*"):  # the weights were written through a private temporary file (0600)
+            if path.is_file() and not path.is_symlink():
+                path.chmod(mode)
         _publish(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -214,9 +214,10 @@ def save_remote_code(
     for name, value in ids.items():
         setattr(exported.config, name, value)
     exported.config.dtype = dtype
-    exported.generation_config = GenerationConfig(
-        **ids, use_cache=False, **(diffusion_settings(backbone.max_seq_len) if mask_id is not None else {})
-    )
+    # a length limit, so that transformers' generate/pipeline need no default of their own (and warn of none):
+    # the diffusion sampler's answer length, or an autoregressive model's context
+    length = diffusion_settings(backbone.max_seq_len) if mask_id is not None else {"max_length": backbone.max_seq_len}
+    exported.generation_config = GenerationConfig(**ids, use_cache=False, **length)
     type(exported.config).register_for_auto_class()
     type(exported).register_for_auto_class("AutoModelForCausalLM")
     exported.to(dtype).save_pretrained(directory)  # copies the code files and writes auto_map

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import warnings
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
@@ -65,7 +64,8 @@ class LanguageModel(L.LightningModule):
         schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
         compile: compile the backbone with ``torch.compile`` for training (in place, so checkpoints keep their
             parameter names); the first steps are slower while it compiles.
-        init_from: a checkpoint of ``python -m zoo fit`` whose backbone weights are copied exactly when training
+        init_from: a checkpoint of ``python -m zoo fit`` (a file, a run's ``runs/<name>/last.ckpt`` link, or a run
+            folder, whose newest checkpoint is taken) whose backbone weights are copied exactly when training
             (or validation) first starts: fine-tuning (SFT) and curriculum stages start from the previous run's
             weights with a fresh optimizer and schedule. Only the backbone's state dict is read; any mismatch of
             names or shapes is refused with the differing parameters listed. Resuming restores the run's own
@@ -174,11 +174,9 @@ class LanguageModel(L.LightningModule):
         the differing parameters named. ``grow_vocab``: the one allowed difference is a larger vocabulary (e.g.
         room for a dedicated mask token), whose extra embedding and head rows start at the mean of the trained
         rows."""
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"init_from={path} is not a file: train the previous stage first, or point init_from at its "
-                "checkpoint (e.g. runs/<name>/lightning_logs/version_0/checkpoints/last.ckpt)"
-            )
+        from zoo.training.resume import run_checkpoint
+
+        path = str(run_checkpoint(path))  # a file, a run's last.ckpt link, or a run folder (its newest checkpoint)
         checkpoint = read_checkpoint(path)  # a truncated, foreign or untrusted file is named (weights-only)
         if "state_dict" not in checkpoint:
             raise ValueError(f"init_from={path} has no state_dict: give a checkpoint written by `python -m zoo fit`")

@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
+from zoo.errors import ZooError
 from zoo.training.class_paths import check_class_paths
 
 
@@ -90,7 +91,7 @@ def _is_local(path) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(ZooError, OSError):
     """A checkpoint could not be written (full disk, read-only or missing folder); the previous file is intact."""
 
 

@@ -48,15 +48,25 @@ class StepProgressBar(TQDMProgressBar):
     def train_description(self) -> str:
         return "step"
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # a run resumed within its (only) epoch gets no on_train_epoch_start from Lightning: the bar is set here too,
+        # so that it reads `step: 40/60` rather than `0/?`
+        if trainer.max_steps > 0:
+            self._count_steps(trainer)
+
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
         if trainer.max_steps <= 0:  # a run bounded by epochs: Lightning's bar
             return super().on_train_epoch_start(trainer)
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar
         bar.reset(total=trainer.max_steps)
         bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
-        bar.set_description(self.train_description, refresh=False)
+        bar.set_description(self.train_description)  # and shows it
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.max_steps <= 0:

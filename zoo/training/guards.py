@@ -10,10 +10,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from zoo.errors import ZooError
 from zoo.training.resume import last_good_checkpoint
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(ZooError, RuntimeError):
     """Training met a non-finite loss or gradient norm and stopped."""
 
 

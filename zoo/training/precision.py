@@ -106,6 +106,25 @@ def choose_precision(accelerator: Any) -> PrecisionChoice:
     return PrecisionChoice("32-true", f"no automatic choice for accelerator {accelerator!r}")
 
 
+FP16 = ("16-mixed", "16")  # Lightning's names for fp16 autocast, which it runs as bf16 autocast on a CPU
+
+
+def resolve_precision(precision: Any, accelerator: Any) -> tuple[Any, str | None]:
+    """The precision a run will actually use for ``trainer.precision`` on ``accelerator``, and the note that says
+    why when it differs from what was given: unset (``None``) is :func:`choose_precision`'s choice; ``16-mixed`` on a
+    CPU is what Lightning runs there, ``bf16-mixed`` (torch has no fp16 autocast on CPUs). ``config.yaml`` and
+    ``--print_config`` record the result, so a rerun from them trains as this run did."""
+    if precision is None:
+        choice = choose_precision(accelerator)
+        return choice.precision, choice.note()
+    if str(precision) in FP16 and device_kind(accelerator) == "cpu":
+        return "bf16-mixed", (
+            f"trainer.precision=bf16-mixed, recorded for the {precision} given: on a CPU Lightning runs fp16 mixed "
+            "precision as bf16 autocast (use a GPU for fp16, or --trainer.precision 32-true)"
+        )
+    return precision, None
+
+
 INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
 

@@ -65,3 +65,24 @@ def last_good_checkpoint(trainer: L.Trainer) -> str | None:
             paths += [cb.last_model_path, cb.best_model_path]
     existing = [p for p in paths if p and os.path.isfile(p)]
     return max(existing, key=os.path.getmtime) if existing else None
+
+
+def run_checkpoint(path: str | os.PathLike, *, field: str = "init_from") -> Path:
+    """The checkpoint a stage names as ``path``: a checkpoint file, the stable link a run keeps at
+    ``<run folder>/last.ckpt`` (:mod:`zoo.training.links`), or a run folder (``runs/dhara-70m-ar``), whose newest
+    checkpoint that reads is taken (:func:`newest_good_checkpoint`). ``field`` names the setting in errors."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        dirs = sorted({p.parent for p in path.rglob("*.ckpt") if p.is_file()})
+        found = newest_good_checkpoint(dirs) if dirs else None
+        if found is None:
+            raise ValueError(f"{field}={path} is a folder without checkpoints: train the previous stage first (its "
+                             "run writes <folder>/last.ckpt), or name a checkpoint file")  # fmt: skip
+        return found
+    hint = " (a link to a checkpoint that no longer exists)" if path.is_symlink() else ""
+    raise ValueError(
+        f"{field}={path} is not a file{hint} nor a run folder: train the previous stage first, or point {field} at "
+        "its run folder (runs/<name>), the link runs/<name>/last.ckpt its run keeps, or a checkpoint file"
+    )
