@@ -298,7 +298,9 @@ class Mixture(TextDataModule):
         return self.shards().loader(
             self.shards().weights(self.source_specs), split=split, seq_len=self.seq_len, batch_size=self.batch_size,
             num_workers=self.num_workers, seed=self.seed, document_ids=self.document_mask, eos_id=self.eos_id,
+            rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            stall_timeout=self.stall_timeout, describe=self.describe_stream,
         )
 
     def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:

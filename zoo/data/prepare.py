@@ -3,15 +3,15 @@
 ::
 
     source rows ── reader thread: PIECE_DOCUMENTS rows at a time ── encode_batch (all cores) ── doc EOS doc EOS …
-        ── one litdata chunk per piece (BinaryWriter, uint16/uint32) ── piece committed: chunk, then its stats file
+        ── one raw token file per piece (uint16, or uint32 past 65,536 ids) ── committed: the file, then its stats
 
     DIR/
       manifest.json                        written last: the prepare is complete (tokenizer fingerprint, sources, …)
       prepare.json                         what is being prepared (a continued prepare must match it)
       tokenizer.json                       the tokenizer the shards were made with
-      train/<source>/chunk-<piece>.bin     tokens of the piece's documents, an EOS after each
+      train/<source>/chunk-<piece>.bin     tokens of the piece's documents, an EOS after each (raw, no header)
       train/<source>/piece-<piece>.json    the piece's commit: rows read, documents, tokens, rows skipped by reason
-      train/<source>/index.json            litdata's index of the chunks (written when the source is complete)
+      train/<source>/source.json           the source's totals (written when the source is complete)
       validation/<source>/…                the held-out slice, the same way
 
 Pieces are fixed runs of source rows, so a prepare cut short (a kill, a full disk) continues after the last
@@ -179,8 +179,8 @@ def _start(out: Path, plan: dict, tokenizer) -> None:
 def _prepare_source(dataset, folder: Path, *, tokenizer, eos: int, dtype, piece_documents: int, bar) -> dict:
     """One source of one split, continued after its last committed piece; its totals."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "index.json").is_file():
-        return _totals(folder)
+    if (folder / "source.json").is_file():
+        return json.loads((folder / "source.json").read_text())
     pieces = _committed(folder)
     for stale in folder.iterdir():  # a chunk or temporary file whose piece was never committed: written again
         if not (stale.name.startswith("piece-") and stale.suffix == ".json") and _piece_of(stale) not in pieces:
@@ -195,8 +195,9 @@ def _prepare_source(dataset, folder: Path, *, tokenizer, eos: int, dtype, piece_
         piece += 1
         if bar is not None:
             bar.update(stats["tokens"])
-    _write_index(folder)
-    return _totals(folder)
+    totals = _totals(folder)
+    _write_json(folder / "source.json", totals)
+    return totals
 
 
 def _batches(dataset, size: int) -> Iterator[list[dict]]:
@@ -272,34 +273,17 @@ def _committed(folder: Path) -> dict[int, dict]:
 
 
 def _write_piece(folder: Path, piece: int, tokens: np.ndarray, stats: dict) -> None:
-    """One chunk file with litdata's writer (in a temporary folder, renamed into place), then its commit."""
-    from litdata import TokensLoader
-    from litdata.streaming.writer import BinaryWriter
-
-    tmp = folder / f"chunk-{piece:06d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    """One chunk file (written under a temporary name, synced, renamed into place), then its commit."""
     if tokens.size:
-        writer = BinaryWriter(str(tmp), chunk_bytes=1 << 40, item_loader=TokensLoader())
-        writer.add_item(0, tokens)
-        writer.done()
-        (index,) = tmp.glob("*.index.json")
-        written = json.loads(index.read_text())
-        (chunk,) = written["chunks"]
         name = f"chunk-{piece:06d}.bin"
-        _fsync(tmp / chunk["filename"])
-        os.replace(tmp / chunk["filename"], folder / name)
-        stats = {**stats, "chunk": {**chunk, "filename": name}, "config": written["config"]}
-    shutil.rmtree(tmp)
+        tmp = folder / f"{name}.tmp"
+        with open(tmp, "wb") as f:
+            tokens.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / name)
+        stats = {**stats, "chunk": name}
     _write_json(folder / f"piece-{piece:06d}.json", stats)
-
-
-def _write_index(folder: Path) -> None:
-    """litdata's ``index.json`` over the source's chunks, in piece order (what its writer's merge would write)."""
-    pieces = [p for p in _committed(folder).values() if "chunk" in p]  # none: a source without tokens (refused at fit)
-    config = pieces[0]["config"] if pieces else None
-    _write_json(folder / "index.json", {"chunks": [p["chunk"] for p in pieces], "config": config})
 
 
 def _totals(folder: Path) -> dict:
@@ -314,7 +298,7 @@ def _totals(folder: Path) -> dict:
         "documents": sum(p["documents"] for p in pieces),
         "tokens": sum(p["tokens"] for p in pieces),
         "skipped": skipped,
-        "chunks": {p["chunk"]["filename"]: p["chunk"]["chunk_bytes"] for p in pieces if "chunk" in p},
+        "chunks": [[p["chunk"], p["tokens"]] for p in pieces if "chunk" in p],  # [file, tokens] in stream order
     }
 
 
@@ -325,11 +309,6 @@ def _write_json(path: Path, value: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _bar(progress: bool):

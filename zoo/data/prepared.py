@@ -2,21 +2,26 @@
 
 ::
 
-    DIR or s3://bucket/DIR ── per source: litdata StreamingDataset (TokensLoader: seq_len-token rows, shuffled)
-        ── CombinedStreamingDataset(weights) ── PreparedLoader (StreamingDataLoader + the batch Lightning prefetched)
+    DIR or s3://bucket/DIR ── each source: its chunk files memory-mapped, one token stream (docs, EOS between)
+        ── rows: seq_len-token windows of the stream, in a shuffled order per source and epoch
+        ── reader slot s of S = ranks × workers takes every S-th row of that order (disjoint, by construction)
+        ── each batch row from the source furthest below its weight ── ResumableDataLoader (batches as they are)
         ── {"input_ids": (B, T), "labels": (B, T)[, "document_ids": (B, T)]}
 
-The library is Lightning's litdata (LitGPT's data path), measured before it was chosen, on this project's 2-core
-CPU under load: 24M tokens/s from one worker (128 × 512 rows, 16M with 2 workers), and a mid-epoch
-``CombinedStreamingDataset`` (weights 0.7/0.3) resumed from its ``state_dict`` gave exactly the batches of the
-uninterrupted loader with 1 and 2 workers. What litdata does not do is added here: Lightning's training loop fetches
-one batch ahead, so the batch handed out but not trained on is saved with the loader's state and served again
-first (as :class:`zoo.data.loader.ResumableDataLoader` does for the on-the-fly stream), and under DDP each rank's
-state is gathered into the checkpoint. Rows never span two pieces of the shards (a piece's last
-``< seq_len`` tokens are not trained on: about 0.05% at 1M-token pieces and ``seq_len`` 512).
+Why not litdata, Lightning's own streaming library, which this module first used: its ``StreamingDataLoader``
+over a weighted ``CombinedStreamingDataset`` does not resume exactly with 2 DataLoader workers (litdata 0.2.76,
+measured on these shards, 128-token rows, batch 4: a state saved after 2, 3, 4, 8 or 10 batches resumed with
+other rows, some of them read twice; after 5, 6 or 7 it resumed exactly; with 0 or 1 worker always exactly), and
+its chunk downloads (obstore) refuse an S3-compatible endpoint on plain http. Its read speed was not the problem
+(24M tokens/s from one worker here). What is done instead is what nanoGPT and OLMo-core do: raw uint16/uint32
+token files, memory-mapped, with a sampler whose whole position is a few integers per reader (rows taken from each
+source), saved in every checkpoint through :class:`zoo.data.loader.ResumableDataLoader` (which also serves again
+the batch Lightning fetched ahead, and gathers every rank's position under DDP).
 
-Each row is a window of the source's tokens, documents separated by the end-of-text token; ``document_ids``
-(:class:`zoo.data.PackedDataset`'s convention: the EOS opens the next document) are counted from those EOS tokens.
+Weights hold at token level up to one row at any point of the stream: every row is ``seq_len`` tokens of one
+source, and the next row comes from the source whose share so far is furthest below its weight (a deterministic
+interleave; the order inside each source is shuffled per epoch). ``document_ids`` follow
+:class:`zoo.data.PackedDataset` (the EOS opens the next document), counted from the EOS tokens of each row.
 """
 
 from __future__ import annotations
@@ -24,15 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from litdata import StreamingDataLoader
 from tokenizers import Tokenizer
 
+from zoo.data.loader import ResumableDataLoader
 from zoo.data.prepare import MANIFEST, TOKENIZER, read_manifest, source_key, tokenizer_fingerprint
 from zoo.data.tokenizer import TrainedBPE, default_cache_dir
 
@@ -82,9 +85,9 @@ class PreparedShards:
         """Every chunk the manifest lists is there with its size; else the chunk is named with its source."""
         for source in self.manifest["sources"]:
             for split in ("train", "validation"):
-                expected = source[split]["chunks"]
                 present = self._sizes(split, source["key"])
-                for name, size in expected.items():
+                for name, tokens in source[split]["chunks"]:
+                    size = tokens * np.dtype(self.manifest["dtype"]).itemsize
                     if present.get(name) != size:
                         what = "missing" if name not in present else f"{present[name]} bytes, not {size}"
                         raise ValueError(
@@ -148,33 +151,141 @@ class PreparedShards:
         return pairs
 
     # ---- loaders -----------------------------------------------------------------------------------------------
-    def loader(self, pairs: list[tuple[str, float]], *, split: str, seq_len: int, batch_size: int, num_workers: int,
-               seed: int, document_ids: bool, eos_id: int, world_size: int):  # fmt: skip
-        from litdata import CombinedStreamingDataset, StreamingDataset, TokensLoader
+    def chunk_path(self, split: str, key: str, name: str) -> Path:
+        """A chunk file on this machine: the folder's own, or (``s3://``) its copy in ``$ZOO_CACHE/prepared``,
+        downloaded on first use (under a temporary name, renamed when complete and of the manifest's size)."""
+        if not self.remote:
+            return Path(self.path) / split / key / name
+        local = default_cache_dir() / "prepared" / hashlib.sha256(self.path.encode()).hexdigest()[:16] / split / key
+        path = local / name
+        if not path.is_file():
+            local.mkdir(parents=True, exist_ok=True)
+            bucket, remote = self._s3_split(self.url(split, key) + "/" + name)
+            tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+            _s3().download_file(bucket, remote, str(tmp))
+            os.replace(tmp, path)
+        return path
 
+    def loader(self, pairs: list[tuple[str, float]], *, split: str, seq_len: int, batch_size: int, num_workers: int,
+               seed: int, document_ids: bool, eos_id: int, rank: int = 0, world_size: int = 1,
+               stall_timeout: float | None = None, describe=str) -> ResumableDataLoader:  # fmt: skip
+        """The training (weighted, shuffled, endless) or validation (every held-out row once) loader of this rank."""
         train = split == "train"
-        if self.remote:
-            _plain_http_endpoint()
-        cache = default_cache_dir() / "prepared" / hashlib.sha256(self.path.encode()).hexdigest()[:16]
-        streams = []
+        pairs = [(k, w) for k, w in pairs if train or self.by_key[k][split]["tokens"] >= seq_len]
         for key, _ in pairs:
-            if self.by_key[key][split]["tokens"] < seq_len:
-                if train:
-                    raise ValueError(f"data source {self.by_key[key]['label']} has fewer tokens in "
-                                     f"data.prepared={self.path!r} than one row of seq_len={seq_len}")  # fmt: skip
-                continue
-            kwargs = {"cache_dir": str(cache / split / key)} if self.remote else {}
-            streams.append(StreamingDataset(self.url(split, key), item_loader=TokensLoader(block_size=seq_len),
-                                            shuffle=train, drop_last=True, seed=seed, **kwargs))  # fmt: skip
-        weights = [w for (key, w) in pairs if self.by_key[key][split]["tokens"] >= seq_len]
-        if train:  # weighted; an epoch ends with the first source to run out (the next one reshuffles)
-            dataset = CombinedStreamingDataset(streams, seed=seed, weights=[w / sum(weights) for w in weights],
-                                               iterate_over_all=False)  # fmt: skip
-        else:  # every held-out row, each source's in order
-            dataset = CombinedStreamingDataset(streams, seed=seed, iterate_over_all=True)
-        return PreparedLoader(dataset, batch_size=batch_size, num_workers=num_workers, world_size=world_size,
-                              collate_fn=Rows(eos_id=eos_id, document_ids=document_ids), lag=1 if train else 0,
-                              pin_memory=torch.cuda.is_available())  # fmt: skip
+            if self.by_key[key][split]["tokens"] < seq_len * world_size * max(num_workers, 1):
+                raise ValueError(
+                    f"data source {self.by_key[key]['label']} holds {self.by_key[key][split]['tokens']} tokens in "
+                    f"data.prepared={self.path!r}, fewer than one row of seq_len={seq_len} for each of the "
+                    f"{world_size * max(num_workers, 1)} readers (devices × data.num_workers)"
+                )
+        rows = ShardRows(self, split, [k for k, _ in pairs], [w for _, w in pairs], seq_len=seq_len,
+                         batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, train=train,
+                         collate=Rows(eos_id=eos_id, document_ids=document_ids))  # fmt: skip
+        kwargs = {"batch_size": None, "num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+        if not train:
+            return torch.utils.data.DataLoader(rows, **kwargs)
+        return ResumableDataLoader(rows, world_size=world_size, persistent_workers=num_workers > 0,
+                                   snapshot_every_n_steps=1, stall_timeout=stall_timeout, describe=describe,
+                                   **kwargs)  # fmt: skip
+
+
+class ShardRows(torch.utils.data.IterableDataset):
+    """Batches of ``seq_len``-token rows from the shards of ``keys`` (see the module docstring), for one rank; each
+    DataLoader worker is a reader slot of its own. The state (:meth:`state_dict`) is the rows taken from each
+    source by this reader.
+
+    Args:
+        shards: the prepared folder.
+        split: ``train`` (weighted, shuffled, endless) or ``validation`` (each source's rows in order, once).
+        keys: the sources read; weights: their weights.
+        seq_len, batch_size, seed: rows, batch and shuffle settings.
+        rank, world_size: this process among the data-parallel processes.
+        train: whether this is the training stream.
+        collate: rows ``(B, T)`` → the batch.
+    """
+
+    def __init__(self, shards: PreparedShards, split: str, keys: list[str], weights: list[float], *, seq_len: int,
+                 batch_size: int, seed: int, rank: int, world_size: int, train: bool,
+                 collate: Rows) -> None:  # fmt: skip
+        super().__init__()
+        self.shards, self.split, self.keys = shards, split, keys
+        self.weights = np.array(weights, dtype=np.float64) / sum(weights)
+        self.seq_len, self.batch_size, self.seed, self.train, self.collate = seq_len, batch_size, seed, train, collate
+        self.rank, self.world_size = rank, world_size
+        self.taken = [0] * len(keys)  # rows taken from each source by this reader (the whole position)
+        self._loaded: list[int] | None = None
+
+    def state_dict(self) -> dict:
+        return {"taken": list(self.taken)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._loaded = list(state["taken"])
+
+    def _slot(self) -> tuple[int, int]:
+        worker = torch.utils.data.get_worker_info()
+        workers, index = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        return self.rank * workers + index, self.world_size * workers
+
+    def __iter__(self):
+        slot, slots = self._slot()
+        streams = [_Stream(self.shards, self.split, key) for key in self.keys]
+        if self._loaded is not None:
+            self.taken, self._loaded = self._loaded, None
+        else:
+            self.taken = [0] * len(self.keys)
+        rows_per_slot = [s.rows(self.seq_len) // slots for s in streams]  # the rows one reader takes per epoch
+        orders: dict[tuple[int, int], np.ndarray] = {}
+        batch = np.empty((self.batch_size, self.seq_len), dtype=streams[0].dtype if streams else np.uint16)
+        if not self.train:  # every source's rows in order, each reader every slots-th row
+            plan = [(i, r) for i, n in enumerate(rows_per_slot) for r in range(n)]
+            for start in range(0, len(plan) - self.batch_size + 1, self.batch_size):
+                for b, (i, r) in enumerate(plan[start : start + self.batch_size]):
+                    streams[i].read(slot + r * slots, self.seq_len, out=batch[b])
+                yield self.collate(batch)
+            return
+        while True:
+            for b in range(self.batch_size):
+                i = self._next_source()
+                epoch, r = divmod(self.taken[i], rows_per_slot[i])
+                order = orders.get((i, epoch))
+                if order is None:  # this source's row order in this epoch (the previous epoch's is dropped)
+                    orders = {k: v for k, v in orders.items() if k[0] != i}
+                    rng = np.random.default_rng([self.seed, i, epoch])
+                    order = orders[(i, epoch)] = rng.permutation(rows_per_slot[i] * slots)
+                streams[i].read(int(order[slot + r * slots]), self.seq_len, out=batch[b])
+                self.taken[i] += 1
+            yield self.collate(batch)
+
+    def _next_source(self) -> int:
+        """The source whose share of the rows taken so far is furthest below its weight (ties: the first)."""
+        total = sum(self.taken) + 1
+        return int(np.argmax(self.weights * total - np.array(self.taken)))
+
+
+class _Stream:
+    """One source's token stream in one split: its chunk files memory-mapped end to end."""
+
+    def __init__(self, shards: PreparedShards, split: str, key: str) -> None:
+        info = shards.by_key[key][split]
+        self.dtype = np.dtype(shards.manifest["dtype"])
+        self.chunks = [np.memmap(shards.chunk_path(split, key, name), dtype=self.dtype, mode="r", shape=(n,))
+                       for name, n in info["chunks"]]  # fmt: skip
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])  # token offset of each chunk
+
+    def rows(self, seq_len: int) -> int:
+        return int(self.starts[-1]) // seq_len
+
+    def read(self, row: int, seq_len: int, *, out: np.ndarray) -> None:
+        """Row ``row`` (tokens ``row·seq_len`` … ``+ seq_len``) into ``out``, across chunk ends where it spans them."""
+        start, filled = row * seq_len, 0
+        c = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while filled < seq_len:
+            chunk = self.chunks[c]
+            offset = start + filled - int(self.starts[c])
+            n = min(seq_len - filled, len(chunk) - offset)
+            out[filled : filled + n] = chunk[offset : offset + n]
+            filled, c = filled + n, c + 1
 
 
 class Rows:
@@ -184,25 +295,13 @@ class Rows:
     def __init__(self, *, eos_id: int, document_ids: bool) -> None:
         self.eos_id, self.document_ids = eos_id, document_ids
 
-    def __call__(self, rows: list) -> dict:
-        ids = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T)
+    def __call__(self, rows) -> dict:
+        ids = torch.from_numpy(np.asarray(rows, dtype=np.int64))  # (B, T)
         batch = {"input_ids": ids, "labels": ids.clone()}
         if self.document_ids:
             ends = torch.cumsum(ids == self.eos_id, dim=1)
             batch["document_ids"] = ends - ends[:, :1]
         return batch
-
-
-def _plain_http_endpoint() -> None:
-    """litdata (0.2.76) downloads chunks with obstore, whose HTTP client refuses an endpoint on plain ``http://``
-    (``BadScheme``: an S3-compatible store such as MinIO on a private network, or a test server on loopback), while
-    its boto3 path reads it. For such an endpoint litdata's downloader is told that obstore is missing, so it takes
-    the boto3 path (litdata offers no option for this; checked in tests/data/test_prepared.py)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    if endpoint.startswith("http://"):
-        from litdata.streaming import downloader
-
-        downloader._OBSTORE_AVAILABLE = False
 
 
 def _s3():
@@ -211,59 +310,8 @@ def _s3():
     return boto3.client("s3")
 
 
-class PreparedLoader(StreamingDataLoader):
-    """litdata's ``StreamingDataLoader`` that resumes with exactly the batches not yet trained on: the last ``lag``
-    batches handed out are saved with its state and served again first; under DDP every rank's state is gathered
-    into the checkpoint (rank 0 writes it) and each rank takes its own back.
-
-    Args:
-        lag: batches fetched ahead of training (Lightning's training fetcher prefetches 1).
-        world_size: processes reading disjoint shares; resuming with another value is refused.
-        *args, **kwargs: as for ``litdata.StreamingDataLoader``.
-    """
-
-    def __init__(self, *args, lag: int = 1, world_size: int = 1, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.lag, self.world_size = lag, world_size
-        self._recent: deque = deque(maxlen=max(lag, 1))
-        self._replay: list = []
-
-    def __iter__(self):
-        replay, self._replay = self._replay, []
-        self._recent.clear()
-        for batch in replay:
-            self._recent.append(batch)
-            yield batch
-        for batch in super().__iter__():
-            if self.lag:
-                self._recent.append(batch)
-            yield batch
-
-    def state_dict(self) -> dict:
-        own = {"loader": super().state_dict(), "pending": list(self._recent) if self.lag else []}
-        ranks = [own]
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            ranks = [None] * dist.get_world_size()
-            dist.all_gather_object(ranks, own)
-        return {"ranks": ranks, "world_size": self.world_size, "num_workers": self.num_workers}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        saved = {key: state_dict.get(key) for key in ("world_size", "num_workers")}
-        current = {"world_size": self.world_size, "num_workers": self.num_workers}
-        if saved != current:
-            raise ValueError(
-                f"the checkpoint's data position was saved with {saved} but this run has {current}: the shards are "
-                "split differently, so resuming would repeat or skip data. Resume with the same number of devices "
-                "(trainer.devices × trainer.num_nodes) and data.num_workers"
-            )
-        ranks = state_dict["ranks"]
-        rank = dist.get_rank() if len(ranks) > 1 and dist.is_available() and dist.is_initialized() else 0
-        self._replay = list(ranks[rank]["pending"])
-        super().load_state_dict(ranks[rank]["loader"])
-
-
 def is_prepared(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-__all__ = ["PreparedLoader", "PreparedShards", "Rows", "is_prepared", "read_manifest"]
+__all__ = ["PreparedShards", "Rows", "ShardRows", "is_prepared", "read_manifest"]
