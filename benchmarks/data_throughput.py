@@ -218,7 +218,7 @@ def h100_demand(recipe: Path) -> float:
 def prepared_rows(args, cache: str, tokenizer_path: str, pipeline_rate: float) -> list[str]:
     """The token-shard rows of the results table (see the module docstring)."""
     work = Path(tempfile.mkdtemp(dir=cache))
-    files = corpus_files(work, 20 if args.smoke else None)
+    files = corpus_files(work, 5 if args.smoke else None)
     lines = []
     prepare_rates = {}
     for threads in (1, 2)[: max(1, min(2, len(os.sched_getaffinity(0))))]:

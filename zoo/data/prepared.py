@@ -8,15 +8,16 @@
         ── each batch row from the source furthest below its weight ── ResumableDataLoader (batches as they are)
         ── {"input_ids": (B, T), "labels": (B, T)[, "document_ids": (B, T)]}
 
-Why not litdata, Lightning's own streaming library, which this module first used: its ``StreamingDataLoader``
-over a weighted ``CombinedStreamingDataset`` does not resume exactly with 2 DataLoader workers (litdata 0.2.76,
-measured on these shards, 128-token rows, batch 4: a state saved after 2, 3, 4, 8 or 10 batches resumed with
-other rows, some of them read twice; after 5, 6 or 7 it resumed exactly; with 0 or 1 worker always exactly), and
-its chunk downloads (obstore) refuse an S3-compatible endpoint on plain http. Its read speed was not the problem
-(24M tokens/s from one worker here). What is done instead is what nanoGPT and OLMo-core do: raw uint16/uint32
-token files, memory-mapped, with a sampler whose whole position is a few integers per reader (rows taken from each
-source), saved in every checkpoint through :class:`zoo.data.loader.ResumableDataLoader` (which also serves again
-the batch Lightning fetched ahead, and gathers every rank's position under DDP).
+Why not litdata, Lightning's own streaming library, which was tried first and measured on these shards: its
+``StreamingDataLoader`` over a weighted ``CombinedStreamingDataset`` does not resume exactly with 2 DataLoader
+workers (litdata 0.2.76, 32-token rows, batch 4: a state saved after 2, 3, 4, 8 or 10 batches resumed with other
+rows, some of them read twice; after 5, 6 or 7 it resumed exactly; with 0 or 1 worker always exactly), and its
+chunk downloads (obstore) refuse an S3-compatible endpoint on plain http (MinIO on a private network, a test server
+on loopback). Its read speed was not the problem (24M tokens/s from one worker, 128 × 512 rows). What is done
+instead is what nanoGPT and OLMo-core do: raw uint16/uint32 token files, memory-mapped, with a sampler whose whole
+position is a few integers per reader (rows taken from each source), saved in every checkpoint through
+:class:`zoo.data.loader.ResumableDataLoader` (which also serves again the batch Lightning fetched ahead, and gathers
+every rank's position under DDP).
 
 Weights hold at token level up to one row at any point of the stream: every row is ``seq_len`` tokens of one
 source, and the next row comes from the source whose share so far is furthest below its weight (a deterministic
@@ -264,24 +265,32 @@ class ShardRows(torch.utils.data.IterableDataset):
 
 
 class _Stream:
-    """One source's token stream in one split: its chunk files memory-mapped end to end."""
+    """One source's token stream in one split: its chunk files end to end, each memory-mapped when first read
+    (from object storage: downloaded then, so a run starts without waiting for every chunk)."""
 
     def __init__(self, shards: PreparedShards, split: str, key: str) -> None:
-        info = shards.by_key[key][split]
+        self.shards, self.split, self.key = shards, split, key
+        self.names = [name for name, _ in shards.by_key[key][split]["chunks"]]
+        self.starts = np.cumsum([0] + [n for _, n in shards.by_key[key][split]["chunks"]])  # token offset of each
         self.dtype = np.dtype(shards.manifest["dtype"])
-        self.chunks = [np.memmap(shards.chunk_path(split, key, name), dtype=self.dtype, mode="r", shape=(n,))
-                       for name, n in info["chunks"]]  # fmt: skip
-        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])  # token offset of each chunk
+        self.chunks: dict[int, np.memmap] = {}
 
     def rows(self, seq_len: int) -> int:
         return int(self.starts[-1]) // seq_len
+
+    def chunk(self, c: int) -> np.memmap:
+        if c not in self.chunks:
+            path = self.shards.chunk_path(self.split, self.key, self.names[c])
+            size = int(self.starts[c + 1] - self.starts[c])
+            self.chunks[c] = np.memmap(path, dtype=self.dtype, mode="r", shape=(size,))
+        return self.chunks[c]
 
     def read(self, row: int, seq_len: int, *, out: np.ndarray) -> None:
         """Row ``row`` (tokens ``row·seq_len`` … ``+ seq_len``) into ``out``, across chunk ends where it spans them."""
         start, filled = row * seq_len, 0
         c = int(np.searchsorted(self.starts, start, side="right")) - 1
         while filled < seq_len:
-            chunk = self.chunks[c]
+            chunk = self.chunk(c)
             offset = start + filled - int(self.starts[c])
             n = min(seq_len - filled, len(chunk) - offset)
             out[filled : filled + n] = chunk[offset : offset + n]
@@ -305,8 +314,10 @@ class Rows:
 
 
 def _s3():
-    import boto3  # an optional dependency: only s3:// folders need it
-
+    try:
+        import boto3  # an optional dependency: only s3:// folders need it
+    except ImportError:
+        raise ValueError("data.prepared=s3://… is read with boto3, which is not installed: pip install boto3") from None
     return boto3.client("s3")
 
 
