@@ -338,3 +338,17 @@ def test_a_weighted_source_the_shards_lack_is_named(corpus, prepared, tmp_path):
 def test_a_folder_that_is_no_prepare_is_named(corpus, tmp_path):
     with pytest.raises(ValueError, match=r"holds no manifest.json: it is not a finished"):
         mixture(corpus, tmp_path).setup("fit")
+
+
+def test_an_unreachable_hub_source_is_refused_in_seconds_and_nothing_is_written(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ZOO_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo", "data", "prepare", "--config", str(ROOT / "configs/recipes/gpt-s-5m.yaml"),
+         "--out", str(tmp_path / "shards")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "zoo data prepare: data source path='HuggingFaceFW/fineweb-edu'" in result.stderr, result.stderr[-3000:]
+    assert "point the source at them" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "shards" / "manifest.json").exists()
