@@ -134,7 +134,7 @@ def shard_mixture(files: list[Path], tokenizer: str, *, seq_len: int, batch_size
                   num_workers: int = 1):  # fmt: skip
     from zoo.data import Mixture, PretrainedTokenizer, Source
 
-    sources = [Source(data_files=str(f), weight=w, val_documents=5) for f, w in zip(files, (0.5, 0.5))]
+    sources = [Source(data_files=str(f), weight=w, val_documents=2) for f, w in zip(files, (0.5, 0.5))]
     return Mixture(sources=sources, tokenizer=PretrainedTokenizer(path=tokenizer), seq_len=seq_len,
                    batch_size=batch_size, num_workers=num_workers, prepared=prepared)  # fmt: skip
 
@@ -218,14 +218,18 @@ def h100_demand(recipe: Path) -> float:
 def prepared_rows(args, cache: str, tokenizer_path: str, pipeline_rate: float) -> list[str]:
     """The token-shard rows of the results table (see the module docstring)."""
     work = Path(tempfile.mkdtemp(dir=cache))
-    files = corpus_files(work, 5 if args.smoke else None)
+    files = corpus_files(work, 12 if args.smoke else None)
     lines = []
     prepare_rates = {}
     for threads in (1, 2)[: max(1, min(2, len(os.sched_getaffinity(0))))]:
-        encode = measure("encode", threads, files, tokenizer_path)
-        prepared = measure("prepare", threads, files, tokenizer_path, out=work / f"shards-{threads}")
-        prepare_rates[threads] = (prepared, encode)
-    shards = work / "shards-1"
+        # alternated, best of 2 each: on a shared host one lone timing may land on a busy moment
+        encode, prepared = [], []
+        for attempt in range(1 if args.smoke else 2):
+            encode.append(measure("encode", threads, files, tokenizer_path))
+            out = work / f"shards-{threads}-{attempt}"
+            prepared.append(measure("prepare", threads, files, tokenizer_path, out=out))
+        prepare_rates[threads] = (max(prepared), max(encode))
+    shards = work / "shards-1-0"
     batches, warmup = (3, 1) if args.smoke else (args.batches * 4, args.warmup)
     gpt = shard_mixture(files, tokenizer_path, seq_len=512, batch_size=128, prepared=str(shards))
     gpt.setup("fit")
