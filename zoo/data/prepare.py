@@ -99,7 +99,8 @@ def prepare(datamodule, out: str | os.PathLike, *, progress: bool = True, piece_
     vocab = tokenizer.get_vocab_size()
     dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
     keys, labels = source_keys(datamodule), datamodule.source_labels()
-    weights = [w for _, w in datamodule.sources("train")]
+    streams = {split: datamodule.sources(split) for split in SPLITS}  # built once: each costs datasets' hashing
+    weights = [w for _, w in streams["train"]]
     plan = {
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "sources": keys,
@@ -114,7 +115,7 @@ def prepare(datamodule, out: str | os.PathLike, *, progress: bool = True, piece_
         for i, (key, label, weight) in enumerate(zip(keys, labels, weights)):
             entry = {"key": key, "label": label, "weight": weight}
             for split in SPLITS:
-                dataset = datamodule.sources(split)[i][0]
+                dataset = streams[split][i][0]
                 entry[split] = _prepare_source(dataset, out / split / key, tokenizer=tokenizer, eos=eos, dtype=dtype,
                                                piece_documents=piece_documents, bar=bar)  # fmt: skip
             sources.append(entry)
