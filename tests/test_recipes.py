@@ -15,6 +15,7 @@ import dataclasses
 import json
 import re
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,11 @@ RECIPES = [
     *(CONFIGS / name for name in ("quickstart.yaml", "sft-quickstart.yaml", "diffusion-quickstart.yaml")),
 ]
 SEQ_LEN = 128
+LIMIT_FILES = 30  # stdlib files the shrunken corpus reads
 SHRUNK = {  # per data module: the sizes this test shrinks, nothing else
     "zoo.data.Mixture": ["--data.tokenizer_documents", "20"],  # documents per source a trained tokenizer reads
-    "zoo.data.StdlibCorpus": ["--data.limit_files", "30", "--data.val_fraction", "0.2"],  # some for validation
+    # some of the files for validation
+    "zoo.data.StdlibCorpus": ["--data.limit_files", str(LIMIT_FILES), "--data.val_fraction", "0.2"],
     "zoo.data.SFTDataModule": [],
 }
 
@@ -129,7 +132,7 @@ def test_recipe_trains_two_steps_offline(recipe, tokenizer_file, tmp_path, monke
         source = SFTSource if data["class_path"] == "zoo.data.SFTDataModule" else Source
         defaults = {field.name: field.default for field in dataclasses.fields(source)}
         assert saved["data"]["init_args"]["sources"] == [{**defaults, **entry} for entry in listed]
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False, mmap=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
     assert last["global_step"] == 2
     assert last["state_dict"]["tokens_seen"].item() == 2 * accumulate * SEQ_LEN
 
@@ -156,3 +159,62 @@ def test_unreachable_recipe_data_fail_fast_saying_how_to_go_local(recipe, named,
     assert result.returncode != 0
     assert re.search(named, result.stderr, flags=re.S), result.stderr[-3000:]
     assert not list(tmp_path.glob("run/**/*.ckpt"))
+
+
+PRETRAINING = [  # the recipes and quickstarts of pre-training data (instruction data are not prepared into shards)
+    r for r in RECIPES
+    if yaml.safe_load((r.values[0] if hasattr(r, "values") else r).read_text())["data"]["class_path"]
+    != "zoo.data.SFTDataModule"
+]
+
+
+@pytest.fixture(scope="session")
+def shards(tokenizer_file, tmp_path_factory) -> tuple[dict, Path]:
+    """The embedded corpus (its prose and code as two JSON Lines sources) prepared once with the shared tokenizer by
+    ``python -m zoo data prepare``: the data section every recipe trains from, and the shards' folder."""
+    folder = tmp_path_factory.mktemp("shards")
+    sources = []
+    for kind, weight in (("prose", 0.5), ("code", 0.5)):
+        with open(folder / f"{kind}.jsonl", "w") as f:
+            for doc in stdlib_documents(kind, stdlib_shards(kind, LIMIT_FILES)):
+                f.write(json.dumps({"text": doc["text"]}) + "\n")
+        sources.append(asdict(Source(path="json", data_files=str(folder / f"{kind}.jsonl"), weight=weight,
+                                     val_documents=3)))  # fmt: skip
+    tokenizer = {"class_path": "zoo.data.PretrainedTokenizer", "init_args": {"path": str(tokenizer_file)}}
+    data = {"class_path": "zoo.data.Mixture",
+            "init_args": {"sources": sources, "tokenizer": tokenizer, "seq_len": SEQ_LEN, "batch_size": 1}}  # fmt: skip
+    (folder / "data.yaml").write_text(yaml.safe_dump({"data": data}))
+    zoo_main(["data", "prepare", "--config", str(folder / "data.yaml"), "--out", str(folder / "out"), "--quiet"])
+    return data, folder / "out"
+
+
+@pytest.mark.parametrize("recipe", PRETRAINING, ids=rel)
+def test_recipe_trains_two_steps_from_prepared_shards(recipe, shards, tokenizer_file, tmp_path, monkeypatch):
+    """``zoo data prepare`` once, then ``zoo fit --config <recipe> --data.prepared DIR``: the recipe's own trainer,
+    model and schedule, its data swapped for the embedded corpus's shards (as the on-the-fly test above swaps it)."""
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    config = yaml.safe_load(recipe.read_text())
+    trainer = config["trainer"]
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    data, folder = shards
+    override = {"data": data}
+    model = config["model"]["init_args"]
+    if model.get("init_from"):
+        override["model"] = {"init_args": {"init_from": str(init_checkpoint(recipe, tmp_path.parent, tokenizer_file))}}
+    if model.get("compile"):
+        override.setdefault("model", {}).setdefault("init_args", {})["compile"] = False
+    if str(trainer.get("precision")).startswith("bf16") and cpu_bf16_units() is None:
+        override.setdefault("trainer", {})["precision"] = "32-true"  # see the module docstring
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    zoo_main([
+        "fit", "--config", str(recipe), "--config", str(tmp_path / "override.yaml"), "--data.prepared", str(folder),
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(2 * accumulate),
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["prepared"] == str(folder)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    assert last["global_step"] == 2
+    assert last["state_dict"]["tokens_seen"].item() == 2 * accumulate * SEQ_LEN
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["ranks"][0]["loader"]  # the data position

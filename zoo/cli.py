@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zero-shot task scores of a checkpoint, as lm-evaluation-harness computes them",
              "zoo.commands.eval:main"),
     "tokenizer": ("train a byte-level BPE tokenizer on a data config", "zoo.commands.tokenizer:main"),
+    "data": ("tokenize a run's data once into token shards (zoo data prepare)", "zoo.commands.data:main"),
     "checkpoint": ("convert a checkpoint of an older zoo so that it loads weights-only",
                    "zoo.commands.checkpoint:main"),
 }

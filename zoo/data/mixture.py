@@ -256,6 +256,10 @@ class Mixture(TextDataModule):
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
         document_mask: see :class:`zoo.data.TextDataModule`.
+        prepared: train from the token shards ``python -m zoo data prepare --config <this config> --out DIR`` wrote
+            (``DIR`` or its copy at ``s3://bucket/prefix``) instead of tokenizing on the fly: the sources' weights
+            still apply (each source must be in the shards), the tokenizer must be the shards' own. See
+            :mod:`zoo.data.prepared`.
     """
 
     def __init__(
@@ -270,6 +274,7 @@ class Mixture(TextDataModule):
         seed: int = 0,
         shuffle_buffer: int = 1000,
         document_mask: bool = False,
+        prepared: str | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -283,6 +288,35 @@ class Mixture(TextDataModule):
         check_weights(sources, what="source")
         self.source_specs = [s for s in sources if s.weight > 0]
         self.tokenizer_documents = tokenizer_documents
+        self.prepared = prepared
+        self._shards = None
+
+    # ---- from prepared token shards (zoo.data.prepared) --------------------------------------------------------
+    def shards(self):
+        if self._shards is None:
+            from zoo.data.prepared import PreparedShards
+
+            self._shards = PreparedShards(self.prepared)
+            self._shards.weights(self.source_specs)  # every source is there (named if not)
+            self._shards.check_files()
+        return self._shards
+
+    def load_tokenizer(self):
+        if self.prepared is not None and self.tokenizer is None:
+            self.tokenizer = self.shards().tokenizer(self.tokenizer_source)
+        return super().load_tokenizer()
+
+    def _loader(self, split: str):
+        if self.prepared is None:
+            return super()._loader(split)
+        trainer = self.trainer
+        return self.shards().loader(
+            self.shards().weights(self.source_specs), split=split, seq_len=self.seq_len, batch_size=self.batch_size,
+            num_workers=self.num_workers, seed=self.seed, document_ids=self.document_mask, eos_id=self.eos_id,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            stall_timeout=self.stall_timeout, describe=self.describe_stream,
+        )
 
     def sources(self, split: str) -> list[tuple[datasets.IterableDataset, float]]:
         pairs = []
