@@ -33,7 +33,9 @@ from zoo.training.checkpoints import (
     trust_checkpoints,
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
+from zoo.training.exits import SaveOnExit
 from zoo.training.guards import NonFiniteGuard
+from zoo.training.lock import RunLock
 from zoo.training.precision import SaveConfigWithNotes, choose_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
@@ -56,7 +58,8 @@ class ZooCLI(LightningCLI):
         quiet_dependency_warnings()
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         extra = defaults.get("callbacks", [])
-        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState()]
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState(), SaveOnExit(),
+                                 RunLock()]  # SaveOnExit before RunLock: a signal's save happens under the lock
         super().__init__(
             LanguageModel,
             TextDataModule,
