@@ -8,6 +8,7 @@ import datasets
 
 from zoo.data.base import TextDataModule
 from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_functions, stdlib_shards
+from zoo.data.mixture import check_weight
 from zoo.data.tokenizer import TokenizerSource
 
 _STRING = datasets.Value("string")
@@ -83,8 +84,7 @@ class StdlibCorpus(TextDataModule):
             document_mask=document_mask,
         )
         for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
-            if weight < 0:
-                raise ValueError(f"data {name}={weight} must be ≥ 0")
+            check_weight(f"data {name}", weight)
         if prose_weight + code_weight <= 0:
             raise ValueError("data prose_weight and code_weight are both 0: give at least one a positive weight")
         if not 0 < val_fraction < 1:
