@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from zoo.data.health import DataStallError
 from zoo.data.tokenizer import EOS, train_bpe
 
 
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     datamodule = data_module(Path(args.config))
     try:
         train(args, datamodule, special)
-    except (ValueError, OSError) as err:  # an unreachable source, an unreadable file: named, without a traceback
+    except (ValueError, OSError, DataStallError) as err:  # an unreachable, unreadable or stalled source: named
         raise SystemExit(f"zoo tokenizer: {err}") from None
 
 
 def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
-    texts = datamodule.tokenizer_texts()
+    texts = datamodule.tokenizer_training_texts()  # rows over data.max_row_chars skipped, progress, stall watch
     if args.documents is not None:
         texts = itertools.islice(texts, args.documents)
     counted = _Counting(texts)

@@ -248,6 +248,7 @@ class Mixture(TextDataModule):
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
         document_mask: see :class:`zoo.data.TextDataModule`.
+        max_row_chars: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -262,6 +263,7 @@ class Mixture(TextDataModule):
         seed: int = 0,
         shuffle_buffer: int = 1000,
         document_mask: bool = False,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -271,6 +273,7 @@ class Mixture(TextDataModule):
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             document_mask=document_mask,
+            max_row_chars=max_row_chars,
         )
         check_weights(sources, what="source")
         self.source_specs = [s for s in sources if s.weight > 0]

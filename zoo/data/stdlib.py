@@ -57,6 +57,7 @@ class StdlibCorpus(TextDataModule):
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
         document_mask: see :class:`zoo.data.TextDataModule`.
+        max_row_chars: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class StdlibCorpus(TextDataModule):
         seed: int = 0,
         shuffle_buffer: int = 256,
         document_mask: bool = False,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -82,6 +84,7 @@ class StdlibCorpus(TextDataModule):
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             document_mask=document_mask,
+            max_row_chars=max_row_chars,
         )
         for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
             check_weight(f"data {name}", weight)
