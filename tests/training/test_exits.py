@@ -142,3 +142,22 @@ def test_a_lock_held_on_another_host_is_refused(tmp_path):
     with pytest.raises(RunFolderInUseError, match="PID 1 on host some-other-node"):
         acquire(tmp_path)
     assert (tmp_path / LOCK_NAME).read_text() == "1 some-other-node\n"
+
+
+def test_under_slurm_sigterm_is_saved_and_the_requeue_left_to_lightning(tmp_path, cache, monkeypatch):
+    """With SLURM's variables set, Lightning's SLURMEnvironment (auto-requeue) handles the job's signals: SIGTERM
+    still writes last.ckpt at the step it stops at, and the exit is Lightning's (its SIGTERMException, status 0:
+    the requeue, on SIGUSR1, is what brings the job back)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    log = tmp_path / "losses.txt"
+    with pytest.raises(SIGTERMException) as stop:
+        fit(tmp_path, cache, "--trainer.max_steps", "6", "--checkpoint.every_n_train_steps", "2",
+            "--checkpoint.save_top_k", "0", callback("LossLog", path=str(log), kill_at=3, signal="SIGTERM"),
+            monkeypatch=monkeypatch)  # fmt: skip
+    assert stop.value.code is None  # Lightning's status, unchanged
+    last = tmp_path / "lightning_logs" / "version_4242" / "checkpoints" / "last.ckpt"  # SLURM: the job id
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
