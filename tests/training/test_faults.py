@@ -149,10 +149,10 @@ def uninterrupted(tmp_path_factory, cache) -> dict[int, float]:
 )
 def test_an_interrupted_run_resumes_with_the_uninterrupted_losses(name, status, saved, tmp_path, cache, uninterrupted):
     """Checkpoints every 2 steps; the signal arrives as step 5 starts. SIGKILL: the process dies at once, before
-    step 5; the last checkpoint is step 4's. SIGTERM (a scheduler's stop) and SIGINT (Ctrl+C): step 5 finishes, last.ckpt is written
-    at step 5 and the process exits with 143 / 130 (128 + the signal). Then `--ckpt_path last`: the resumed steps
-    must have the uninterrupted run's losses exactly (weights, AdamW moments, schedule, data position and random
-    state restored; CPU, one thread)."""
+    step 5; the last checkpoint is step 4's. SIGTERM (a scheduler's stop) and SIGINT (Ctrl+C): step 5 finishes,
+    last.ckpt is written at step 5 and the process exits with 143 / 130 (128 + the signal). Then `--ckpt_path
+    last`: the resumed steps must have the uninterrupted run's losses exactly (weights, AdamW moments, schedule,
+    data position and random state restored; CPU, one thread)."""
     log = tmp_path / "b.txt"
     args = [*SIX_STEPS, "--trainer.default_root_dir", str(tmp_path / "b")]
     code, out = finish(zoo_process(*args, callback("LossLog", path=str(log), kill_at=5, signal=name), cache=cache))
