@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -91,8 +92,8 @@ class SaveOnExit(Callback):
             self._save_last(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):  # a crash: the state may be half an update
-            self._restore_sigint()
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            self._restore_sigint()  # a crash (the state may be half an update), or a signal outside fit
             return
         signum = self._signal or signal.SIGTERM
         name = signal.Signals(signum).name

@@ -48,7 +48,7 @@ def acquire(directory: Path) -> Path:
                 raise RunFolderInUseError(
                     f"run folder {directory} is in use by another zoo fit (PID {pid}{where}; lock file {path}): "
                     "give this run its own --trainer.default_root_dir (or --checkpoint.dirpath), or wait for that "
-                    "run to end"
+                    "run to end (if that process is no zoo run, delete the lock file)"
                 ) from None
             rank_zero_warn(f"taking over the lock {path} of PID {pid}, which is no longer running (a run that "
                            "was killed); its files here are left as they are")  # fmt: skip
@@ -94,9 +94,12 @@ class RunLock(Callback):
         self._held: list[Path] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero:
+        if stage != "fit":
             return
-        folders = [Path(trainer.log_dir or trainer.default_root_dir)]  # checkpoints without dirpath go below it
+        log_dir = trainer.log_dir  # on every rank: Lightning broadcasts it from rank 0 (a collective)
+        if not trainer.is_global_zero:
+            return
+        folders = [Path(log_dir or trainer.default_root_dir)]  # checkpoints without dirpath go below it
         folders += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
                     if isinstance(cb, ModelCheckpoint) and cb.dirpath and "://" not in str(cb.dirpath)]  # fmt: skip
         for folder in dict.fromkeys(p.resolve() for p in folders):
