@@ -251,3 +251,76 @@ def test_a_stalled_training_stream_stops_after_stall_timeout(num_workers):
 def test_stall_timeout_is_checked():
     with pytest.raises(ValueError, match=r"stall_timeout=0 .* null"):
         Streams(empty, stall_timeout=0)
+
+
+# ---- rows too long to tokenize -----------------------------------------------------------------------------------
+
+
+def test_a_row_over_max_row_chars_is_counted_too_long_and_training_goes_on(tmp_path, caplog):
+    """One 200 kB row among short ones, with a 10 kB limit: the tokenizer's training text and the training stream
+    both drop it before the tokenizer sees it, counted as too_long; training goes on."""
+    import lightning as L
+
+    from tests.conftest import tiny_backbone
+    from zoo.objectives import CausalLM
+
+    rows = [json.dumps({"text": f"document {i} with a few words " * 2}).encode() for i in range(40)]
+    rows[20] = json.dumps({"text": "x" * 200_000}).encode()  # in the training part (the first 5 are held out)
+    path = write_lines(tmp_path / "huge.jsonl", rows)
+    dm = mixture(tmp_path, Source(data_files=path, val_documents=5), max_row_chars=10_000, shuffle_buffer=4)
+
+    feed = dm.tokenizer_training_texts()
+    texts = list(feed)
+    assert (len(texts), feed.too_long) == (34, 1) and max(map(len, texts)) < 10_000
+    with caplog.at_level("INFO"):
+        dm.load_tokenizer()  # trained on the same feed
+    assert any("tokenizer: learned from 34 documents" in m and "1 skipped as too_long (over data.max_row_chars=10000)"
+               in m for m in caplog.messages)  # fmt: skip
+
+    model = CausalLM(backbone=tiny_backbone(vocab_size=300, dim=16, n_layers=1, max_seq_len=16))
+    trainer = L.Trainer(max_steps=40, enable_checkpointing=False, logger=False, limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)  # 40 steps of 2 rows of 16 tokens: more than one pass over the 34 rows
+    assert trainer.global_step == 40
+    per_reason = dict(zip(REASONS, dm.skips.counts[0].tolist()))
+    assert per_reason["too_long"] >= 1 and sum(per_reason.values()) == per_reason["too_long"]
+
+
+def test_sft_examples_over_max_row_chars_are_too_long(tmp_path):
+    rows = [json.dumps({"instruction": f"Say {i}.", "output": f"{i}"}).encode() for i in range(10)]
+    rows[2] = json.dumps({"instruction": "Repeat.", "output": "y" * 5000}).encode()
+    path = write_lines(tmp_path / "sft.jsonl", rows)
+    tokenizer = TrainedBPE(vocab_size=300, cache_dir=str(tmp_path / "tok"))
+    dm = SFTDataModule(sources=[SFTSource(data_files=path, val_documents=6, weight=1.0)], format=Alpaca(),
+                       tokenizer=tokenizer, seq_len=256, batch_size=2, max_row_chars=1000)  # fmt: skip
+    dm.setup("validate")
+    counts = sum(row["skipped_by"][0] for row in dm.packer(dm._stream("validation"), train=False, seed=0))
+    assert dict(zip(REASONS, counts.tolist()))["too_long"] == 1 and int(counts.sum()) == 1
+
+
+def test_max_row_chars_is_checked():
+    with pytest.raises(ValueError, match="data max_row_chars=0 must be ≥ 1"):
+        Mixture(sources=[Source(data_files="x.jsonl")], tokenizer=None, seq_len=8, batch_size=1, max_row_chars=0)
+
+
+def test_tokenizer_training_reports_progress_and_stops_on_a_stalled_source(monkeypatch, caplog):
+    from zoo.data.health import TextFeed
+    from zoo.data.tokenizer import train_bpe
+
+    def stalling():
+        for i in range(3):
+            yield f"text number {i} " * 20
+        time.sleep(30)  # a hub that stopped answering
+        yield "never"
+
+    monkeypatch.setattr(TextFeed, "every", 0.0)  # a progress line after every document
+    feed = TextFeed(stalling(), max_chars=None, stall_timeout=1.0, describe=lambda: "sources slow.jsonl")
+    start = time.monotonic()
+    with caplog.at_level("INFO"), pytest.raises(DataStallError) as err:
+        train_bpe(feed, vocab_size=300)
+    assert time.monotonic() - start < 10
+    assert str(err.value) == (
+        "the tokenizer's training text gave no document for 1 s (data.stall_timeout) after 3 documents: sources "
+        "slow.jsonl. Check that the source is reachable, or raise data.stall_timeout for a slow one"
+    )
+    assert any(m.startswith("tokenizer: 3 documents (0.0M characters) read in") for m in caplog.messages)

@@ -78,6 +78,10 @@ def test_unreachable_hub_source_says_how_to_go_offline(monkeypatch):
     ("kwargs", "message"),
     [
         ({"data_files": "x.jsonl", "weight": -1.0}, "weight=-1.0"),
+        # NaN used to drop its source silently (NaN > 0 is false), inf to make every probability NaN
+        ({"data_files": "x.jsonl", "weight": float("nan")}, r"data source x.jsonl weight=nan must be a finite number"),
+        ({"data_files": "x.jsonl", "weight": float("inf")}, r"data source x.jsonl weight=inf must be a finite number"),
+        ({"data_files": "x.jsonl", "weight": float("-inf")}, r"weight=-inf must be a finite number ≥ 0"),
         ({}, "neither path nor data_files"),
         ({"data_files": "x.jsonl", "template": "no fields"}, "names no field"),
     ],
@@ -161,3 +165,16 @@ def test_a_hub_source_on_a_machine_without_the_hub_is_refused_at_once(monkeypatc
     with pytest.raises(ValueError, match=r"path='HuggingFaceFW/fineweb-edu'.*cannot reach.*data_files"):
         source.load("train")
     assert asked == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_stdlib_weights_are_refused_by_name(bad):
+    from zoo.data import StdlibCorpus, TrainedBPE
+
+    with pytest.raises(ValueError, match=f"data prose_weight={bad} must be a finite number"):
+        StdlibCorpus(tokenizer=TrainedBPE(vocab_size=300), seq_len=8, batch_size=1, prose_weight=bad)
+
+
+def test_a_mixture_whose_weights_sum_to_zero_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="all have weight 0"):
+        Mixture(sources=[Source(data_files="x.jsonl", weight=0.0)], tokenizer=None, seq_len=8, batch_size=1)

@@ -50,14 +50,15 @@ TINY = [
 
 class LossLog(L.Callback):
     """Appends ``step loss`` (the step counted from 1, the loss as ``repr``) to ``path`` after every training step,
-    flushed at once; with ``kill_at`` the process SIGKILLs itself when step ``kill_at`` is about to start."""
+    flushed at once; with ``kill_at`` the process sends itself ``signal`` (a name: SIGKILL, SIGTERM, SIGINT) when
+    step ``kill_at`` is about to start."""
 
-    def __init__(self, path: str, kill_at: int | None = None) -> None:
-        self.path, self.kill_at = path, kill_at
+    def __init__(self, path: str, kill_at: int | None = None, signal: str = "SIGKILL") -> None:
+        self.path, self.kill_at, self.signal = path, kill_at, signal
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.kill_at is not None and trainer.global_step + 1 == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with open(self.path, "a") as f:
@@ -125,35 +126,53 @@ def checkpoints(tmp: Path) -> dict[str, dict]:
     return {p.name: torch.load(p, map_location="cpu", weights_only=True) for p in found}
 
 
-# ---- 1. SIGKILL, then --ckpt_path last ---------------------------------------------------------------------------
+# ---- 1. SIGKILL, SIGTERM, SIGINT, then --ckpt_path last -------------------------------------------------------
+
+SIX_STEPS = ["--trainer.max_steps", "6", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "0"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache) -> dict[int, float]:
+    """The losses of the 6-step run that the interrupted runs are compared with."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    code, out = finish(zoo_process(*SIX_STEPS, "--trainer.default_root_dir", str(tmp / "a"),
+                                   callback("LossLog", path=str(tmp / "a.txt")), cache=cache))  # fmt: skip
+    assert code == 0, out
+    found = losses(tmp / "a.txt")
+    assert sorted(found) == [1, 2, 3, 4, 5, 6] and len(set(found.values())) == 6  # the losses do change
+    return found
 
 
 @pytest.mark.slow
-def test_a_run_killed_by_sigkill_resumes_with_the_uninterrupted_losses(tmp_path, cache):
-    """A: 6 steps uninterrupted. B: the same run, SIGKILLed as step 6 starts (the last checkpoint is step 4's), then
-    `--ckpt_path last`: its steps 5 and 6 must have A's losses exactly (weights, AdamW moments, schedule, data
-    position and random state restored; CPU, one thread)."""
-    common = ["--trainer.max_steps", "6", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "0"]
-    a_log, b_log = tmp_path / "a.txt", tmp_path / "b.txt"
-    a = zoo_process(*common, "--trainer.default_root_dir", str(tmp_path / "a"), callback("LossLog", path=str(a_log)),
-                    cache=cache)  # fmt: skip
-    b_args = [*common, "--trainer.default_root_dir", str(tmp_path / "b")]
-    b = zoo_process(*b_args, callback("LossLog", path=str(b_log), kill_at=6), cache=cache)
-    (code_a, out_a), (code_b, out_b) = finish(a), finish(b)
-    assert code_a == 0, out_a
-    assert code_b == -signal.SIGKILL, out_b
-    killed = losses(b_log)
-    assert sorted(killed) == [1, 2, 3, 4, 5]  # step 5 ran, but its checkpoint (every 2 steps) never came
+@pytest.mark.parametrize(
+    ("name", "status", "saved"),
+    [("SIGKILL", -signal.SIGKILL, 4), ("SIGTERM", 128 + signal.SIGTERM, 5), ("SIGINT", 128 + signal.SIGINT, 5)],
+)
+def test_an_interrupted_run_resumes_with_the_uninterrupted_losses(name, status, saved, tmp_path, cache, uninterrupted):
+    """Checkpoints every 2 steps; the signal arrives as step 5 starts. SIGKILL: the process dies at once, before
+    step 5; the last checkpoint is step 4's. SIGTERM (a scheduler's stop) and SIGINT (Ctrl+C): step 5 finishes,
+    last.ckpt is written at step 5 and the process exits with 143 / 130 (128 + the signal). Then `--ckpt_path
+    last`: the resumed steps must have the uninterrupted run's losses exactly (weights, AdamW moments, schedule,
+    data position and random state restored; CPU, one thread)."""
+    log = tmp_path / "b.txt"
+    args = [*SIX_STEPS, "--trainer.default_root_dir", str(tmp_path / "b")]
+    code, out = finish(zoo_process(*args, callback("LossLog", path=str(log), kill_at=5, signal=name), cache=cache))
+    assert code == status, out
+    interrupted = losses(log)
+    assert sorted(interrupted) == list(range(1, saved + 1))  # SIGTERM, SIGINT: step 5 ran to its end
+    last = tmp_path / "b" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == saved
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # written atomically: no temporary left
+    if name != "SIGKILL":
+        assert f"{name}: saved step 5 in {last}; resume with --ckpt_path last" in out
 
-    code, out = finish(zoo_process(*b_args, callback("LossLog", path=str(b_log)), "--ckpt_path", "last", cache=cache))
+    code, out = finish(zoo_process(*args, callback("LossLog", path=str(log)), "--ckpt_path", "last", cache=cache))
     assert code == 0, out
-    assert "version_0/checkpoints/last.ckpt" in out  # found in the killed run's folder, not the new version_1
-    uninterrupted = losses(a_log)
-    resumed = [tuple(map(float, line.split())) for line in b_log.read_text().split("\n")[5:] if line]
-    assert [int(step) for step, _ in resumed] == [5, 6]  # resumed from step 4: step 5 is trained again
-    assert {int(s): loss for s, loss in resumed} == {5: uninterrupted[5], 6: uninterrupted[6]}
-    assert killed == {s: uninterrupted[s] for s in range(1, 6)}
-    assert len(set(uninterrupted.values())) == 6  # the losses do change from step to step
+    assert "version_0/checkpoints/last.ckpt" in out  # found in the interrupted run's folder, not the new version_1
+    resumed = [tuple(map(float, line.split())) for line in log.read_text().split("\n")[saved:] if line]
+    assert [int(step) for step, _ in resumed] == list(range(saved + 1, 7))  # from the saved step on
+    assert {int(s): loss for s, loss in resumed} == {s: uninterrupted[s] for s in range(saved + 1, 7)}
+    assert interrupted == {s: uninterrupted[s] for s in range(1, saved + 1)}
 
 
 # ---- 2. atomic checkpoint files ----------------------------------------------------------------------------------

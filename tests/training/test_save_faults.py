@@ -147,3 +147,30 @@ def test_torn_files_of_a_running_process_are_kept(tmp_path):
         path.write_bytes(b"x")
     assert remove_torn_files(tmp_path) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours.name, other.name])
+
+
+def test_a_full_disk_reported_by_torch_as_its_writer_error_is_named(tmp_path, monkeypatch):
+    """torch.save turns the file's ENOSPC into `RuntimeError: [enforce fail at inline_container.cc:…] . unexpected
+    pos …` (the OSError only as its context): still a full disk, named as such, the previous file intact."""
+    from zoo.training import checkpoints
+
+    last = tmp_path / "last.ckpt"
+    checkpoints.atomic_save({"global_step": 2, "w": torch.ones(10)}, last)
+
+    class FullDisk(io.FileIO):
+        def write(self, data):  # the disk fills up after 1000 bytes of the new file
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoints, "open", FullDisk, raising=False)  # atomic_save's open of its temporary file
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # what torch itself makes of it
+        torch.save({"w": torch.ones(10_000)}, FullDisk(tmp_path / "probe", "wb"))
+    with pytest.raises(CheckpointWriteError) as err:
+        checkpoints.atomic_save({"global_step": 3, "w": torch.ones(10_000)}, last)
+    assert err.value.errno == errno.ENOSPC
+    assert isinstance(err.value.__cause__, RuntimeError) and "inline_container" in str(err.value.__cause__)
+    assert re.search(rf"no space left on the device \(\d+(\.\d)? (B|KiB|MiB|GiB) free in {re.escape(str(tmp_path))}; "
+                     r"the previous last.ckpt is intact\)", str(err.value))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "probe"]  # no temporary file left
+    assert torch.load(last, weights_only=True)["global_step"] == 2

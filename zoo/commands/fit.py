@@ -36,8 +36,10 @@ from zoo.training.checkpoints import (
     remove_torn_files,
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
+from zoo.training.exits import SaveOnExit
 from zoo.training.guards import NonFiniteGuard
 from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
+from zoo.training.lock import RunLock
 from zoo.training.precision import SaveConfigWithNotes, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
@@ -119,7 +121,9 @@ class ZooCLI(LightningCLI):
         quiet_dependency_warnings()
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         extra = defaults.get("callbacks", [])
-        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState(), LastCheckpointLink()]
+        # SaveOnExit before RunLock: a signal's save happens under the lock
+        defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), RandomState(), SaveOnExit(),
+                                 RunLock(), LastCheckpointLink()]  # fmt: skip
         super().__init__(
             LanguageModel,
             TextDataModule,

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
-    texts = datamodule.tokenizer_texts()
+    texts = datamodule.tokenizer_training_texts()  # rows over data.max_row_chars skipped, progress, stall watch
     if args.documents is not None:
         texts = itertools.islice(texts, args.documents)
     counted = _Counting(texts)

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from zoo.data.health import SkipTally
+from zoo.data.health import SkipTally, TextFeed, text_length
 from zoo.data.loader import ResumableDataLoader
 from zoo.data.packing import PackedDataset
 from zoo.data.rows import GOOD, code
@@ -52,7 +52,11 @@ class TextDataModule(L.LightningDataModule):
             as in GPT-2/Llama pre-training; a dense mask also costs attention speed on GPUs.
         stall_timeout: seconds the training stream may take to give one batch before the run stops with an error
             that names the sources and their counts (a hub that stopped answering, a stream left without usable
-            rows); ``null`` waits forever. Time spent training, validating or saving does not count.
+            rows); ``null`` waits forever. Time spent training, validating or saving does not count. The same
+            limit applies to each document a trained tokenizer waits for.
+        max_row_chars: a row whose text is longer than this many characters is skipped and counted as
+            ``too_long``, in training and in tokenizer training, before the tokenizer sees it (one huge line
+            would otherwise take the tokenizer minutes and gigabytes); ``null``: no limit.
     """
 
     columns: tuple[str, ...] = ("text",)  # what each source row carries into the pipeline
@@ -68,6 +72,7 @@ class TextDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         document_mask: bool = False,
         stall_timeout: float | None = 120.0,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__()
         if seq_len < 2:
@@ -82,7 +87,9 @@ class TextDataModule(L.LightningDataModule):
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.seed, self.shuffle_buffer, self.document_mask = seed, shuffle_buffer, document_mask
         self.tokenizer: Tokenizer | None = None
-        self.stall_timeout = stall_timeout
+        if max_row_chars is not None and max_row_chars < 1:
+            raise ValueError(f"data max_row_chars={max_row_chars} must be ≥ 1 character, or null (no limit)")
+        self.stall_timeout, self.max_row_chars = stall_timeout, max_row_chars
         self._skips: SkipTally | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------------------
@@ -113,9 +120,16 @@ class TextDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:  # rank 0 only: trains (and caches) the tokenizer once
         self.load_tokenizer()
 
+    def tokenizer_training_texts(self) -> TextFeed:
+        """:meth:`tokenizer_texts` as a tokenizer learns from them: rows longer than ``max_row_chars`` skipped and
+        counted, progress reported, and a source that gives no document for ``stall_timeout`` seconds stopped with
+        an error naming it (:class:`zoo.data.health.TextFeed`)."""
+        return TextFeed(self.tokenizer_texts(), max_chars=self.max_row_chars, stall_timeout=self.stall_timeout,
+                        describe=lambda: f"sources {'; '.join(self.describe_sources())}")  # fmt: skip
+
     def load_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
-            self.tokenizer = self.tokenizer_source.load(self.tokenizer_texts, self.fingerprint())
+            self.tokenizer = self.tokenizer_source.load(self.tokenizer_training_texts, self.fingerprint())
         return self.tokenizer
 
     @property
@@ -137,7 +151,7 @@ class TextDataModule(L.LightningDataModule):
         train = split == "train"
         streams = []
         for i, (dataset, _) in enumerate(pairs):
-            tag = functools.partial(_tag, source=i)
+            tag = functools.partial(_tag, source=i, max_chars=self.max_row_chars)
             dataset = dataset.map(tag).select_columns([*self.columns, "source", "reason"])
             if train:  # shard order reshuffled, repeated forever: the trainer's max_steps ends the run. Documents
                 # are shuffled later, by the packer, whose buffer is saved in checkpoints (datasets' is not).
@@ -266,8 +280,14 @@ class TextDataModule(L.LightningDataModule):
             )
 
 
-def _tag(row: dict, *, source: int) -> dict:
-    """``source`` (the index of the row's source) and ``reason`` (0, or why the row is skipped) on a text row."""
+def _tag(row: dict, *, source: int, max_chars: int | None) -> dict:
+    """``source`` (the index of the row's source) and ``reason`` (0, or why the row is skipped) on a text row; a
+    text (or, for instruction rows, all its pieces together) longer than ``max_chars`` is dropped as ``too_long``."""
+    text = row["text"]
     if "reason" in row:
-        return {"source": source}
-    return {"source": source, "reason": GOOD if row["text"] else code("none" if row["text"] is None else "empty")}
+        reason = row["reason"]
+    else:
+        reason = GOOD if text else code("none" if text is None else "empty")
+    if reason == GOOD and max_chars is not None and text_length(text) > max_chars:
+        return {"source": source, "reason": code("too_long"), "text": None}
+    return {"source": source, "reason": reason}

@@ -9,17 +9,22 @@
 
     ResumableDataLoader: waiting for a batch longer than stall_timeout, or a pass over the stream that gave none
         ──▶ DataStallError naming the sources and the counts so far
+
+    tokenizer training: TextFeed ── a row longer than max_row_chars ──▶ skipped, counted as too_long
+                                 ── progress every 30 s; no document for stall_timeout ──▶ DataStallError
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from zoo.data.rows import REASONS
 from zoo.errors import ZooError
@@ -125,3 +130,97 @@ class StallWatch:
 
     def got_batch(self) -> None:
         self.waited = 0.0
+
+
+def text_length(text: str | list[str] | None) -> int:
+    """Characters in a row's text: a string, or an instruction row's pieces (a list of strings) together."""
+    if text is None:
+        return 0
+    return len(text) if isinstance(text, str) else sum(len(piece) for piece in text if piece)
+
+
+class TextFeed:
+    """The texts a tokenizer learns from, as :func:`zoo.data.train_bpe` (``tokenizers``) pulls them: a text longer
+    than ``max_chars`` is skipped and counted (``too_long``), progress is reported every :attr:`every` seconds and
+    at the end, and a source that gives no text for ``stall_timeout`` seconds raises :class:`DataStallError`.
+
+    ``tokenizers`` pulls texts from its own worker threads, where no signal can reach (so :class:`StallWatch`
+    cannot apply): the source is read by a thread of its own into a small queue, and the wait for each text is a
+    ``queue.get`` with a timeout. Only waiting counts: the time ``tokenizers`` spends learning does not.
+
+    Args:
+        texts: the source's texts.
+        max_chars: the longest text used; ``None``: no limit.
+        stall_timeout: seconds to wait for one text; ``None``: forever.
+        describe: the sources, for the error.
+    """
+
+    every = 30.0  # seconds between progress lines
+
+    def __init__(
+        self,
+        texts: Iterable[str],
+        *,
+        max_chars: int | None,
+        stall_timeout: float | None,
+        describe: Callable[[], str] = lambda: "the data module's training text",
+    ) -> None:
+        self.texts, self.max_chars, self.stall_timeout, self.describe = texts, max_chars, stall_timeout, describe
+        self.documents = self.chars = self.too_long = 0
+
+    def __iter__(self) -> Iterator[str]:
+        items: queue.Queue = queue.Queue(maxsize=64)  # at most 64 texts of max_chars held
+        stop = threading.Event()
+        threading.Thread(target=self._read, args=(items, stop), name="zoo-tokenizer-text", daemon=True).start()
+        start = last_report = time.monotonic()
+        try:
+            while True:
+                try:
+                    kind, item = items.get(timeout=self.stall_timeout)
+                except queue.Empty:
+                    raise DataStallError(
+                        f"the tokenizer's training text gave no document for {self.stall_timeout:g} s "
+                        f"(data.stall_timeout) after {self.documents:,} documents: {self.describe()}. Check that the "
+                        "source is reachable, or raise data.stall_timeout for a slow one"
+                    ) from None
+                if kind == "error":
+                    raise item
+                if kind == "end":
+                    break
+                self.documents += 1
+                self.chars += len(item)
+                yield item
+                if time.monotonic() - last_report >= self.every:
+                    rank_zero_info(f"tokenizer: {self.progress()} read in {time.monotonic() - start:.0f} s")
+                    last_report = time.monotonic()
+        finally:
+            stop.set()
+        rank_zero_info(f"tokenizer: learned from {self.progress()}")
+
+    def progress(self) -> str:
+        """E.g. ``12,345 documents (45.6M characters), 1 skipped as too_long (over data.max_row_chars=1000000)``."""
+        skipped = (f", {self.too_long:,} skipped as too_long (over data.max_row_chars={self.max_chars})"
+                   if self.too_long else "")  # fmt: skip
+        return f"{self.documents:,} documents ({self.chars / 1e6:.1f}M characters){skipped}"
+
+    def _read(self, items: queue.Queue, stop: threading.Event) -> None:
+        def put(entry) -> bool:
+            while not stop.is_set():  # the consumer may have stopped (an error, or enough documents)
+                try:
+                    items.put(entry, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for text in self.texts:
+                if self.max_chars is not None and len(text) > self.max_chars:  # dropped here: never queued
+                    self.too_long += 1
+                    continue
+                if not put(("text", text)):
+                    return
+        except BaseException as err:  # handed to the consumer, which raises it where tokenizers called
+            put(("error", err))
+            return
+        put(("end", None))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import string
 from dataclasses import asdict, dataclass
 
@@ -69,8 +70,7 @@ class Source:
     def __post_init__(self) -> None:
         if self.path is None and self.data_files is None:
             raise ValueError("data source has neither path nor data_files: give a hub id as path or local data_files")
-        if self.weight < 0:
-            raise ValueError(f"data source {self.label} weight={self.weight} must be ≥ 0")
+        check_weight(f"data source {self.label} weight", self.weight)
         if self.val_documents < 1 and self.validation_split is None:
             raise ValueError(f"data source {self.label} val_documents={self.val_documents} must be ≥ 1")
         if self.template is not None:
@@ -231,6 +231,13 @@ def text_row(row: dict, *, spec: Source) -> dict:
     return {"text": text, "reason": GOOD if reason is None else code(reason)}
 
 
+def check_weight(name: str, weight: float) -> None:
+    """A sampling weight must be a finite number ≥ 0: ``.nan`` would silently drop its source (every comparison
+    with NaN is false) and ``.inf`` turn every probability into NaN. ``name`` says where it was given."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{name}={weight!r} must be a finite number ≥ 0 (0 leaves the source out), e.g. 0.5")
+
+
 def check_weights(sources, *, what: str) -> None:
     """A data module's ``sources`` must hold at least one source of positive weight."""
     if not sources:
@@ -260,6 +267,7 @@ class Mixture(TextDataModule):
             (``DIR`` or its copy at ``s3://bucket/prefix``) instead of tokenizing on the fly: the sources' weights
             still apply (each source must be in the shards), the tokenizer must be the shards' own. See
             :mod:`zoo.data.prepared`.
+        max_row_chars: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -275,6 +283,7 @@ class Mixture(TextDataModule):
         shuffle_buffer: int = 1000,
         document_mask: bool = False,
         prepared: str | None = None,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -284,6 +293,7 @@ class Mixture(TextDataModule):
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             document_mask=document_mask,
+            max_row_chars=max_row_chars,
         )
         check_weights(sources, what="source")
         self.source_specs = [s for s in sources if s.weight > 0]

@@ -96,6 +96,7 @@ class SFTDataModule(TextDataModule):
         num_workers: DataLoader worker processes (tokenization runs inside them).
         seed: shuffling and interleaving seed.
         shuffle_buffer: examples held in the training stream's shuffle buffer (saved in checkpoints).
+        max_row_chars: see :class:`zoo.data.TextDataModule` (the example's rendered pieces together).
     """
 
     columns = ("text", "train")
@@ -114,6 +115,7 @@ class SFTDataModule(TextDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -123,6 +125,7 @@ class SFTDataModule(TextDataModule):
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             document_mask=True,
+            max_row_chars=max_row_chars,
         )
         check_weights(sources, what="instruction source")
         if truncation not in TRUNCATION:

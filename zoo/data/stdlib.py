@@ -8,6 +8,7 @@ import datasets
 
 from zoo.data.base import TextDataModule
 from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_functions, stdlib_shards
+from zoo.data.mixture import check_weight
 from zoo.data.tokenizer import TokenizerSource
 
 _STRING = datasets.Value("string")
@@ -56,6 +57,7 @@ class StdlibCorpus(TextDataModule):
         seed: see :class:`zoo.data.TextDataModule`.
         shuffle_buffer: see :class:`zoo.data.TextDataModule`.
         document_mask: see :class:`zoo.data.TextDataModule`.
+        max_row_chars: see :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class StdlibCorpus(TextDataModule):
         seed: int = 0,
         shuffle_buffer: int = 256,
         document_mask: bool = False,
+        max_row_chars: int | None = 1_000_000,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -81,10 +84,10 @@ class StdlibCorpus(TextDataModule):
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             document_mask=document_mask,
+            max_row_chars=max_row_chars,
         )
         for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
-            if weight < 0:
-                raise ValueError(f"data {name}={weight} must be ≥ 0")
+            check_weight(f"data {name}", weight)
         if prose_weight + code_weight <= 0:
             raise ValueError("data prose_weight and code_weight are both 0: give at least one a positive weight")
         if not 0 < val_fraction < 1:

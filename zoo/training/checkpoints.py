@@ -97,7 +97,8 @@ class CheckpointWriteError(ZooError, OSError):
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)`` that never leaves a partial ``path`` behind (see :class:`AtomicCheckpointIO`).
-    A full disk raises :class:`CheckpointWriteError` naming the path and the free space."""
+    A full disk (also as ``torch.save`` reports it, wrapped in its zip writer's ``RuntimeError``) raises
+    :class:`CheckpointWriteError` naming the path and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename stays on one file system
     try:
@@ -108,11 +109,12 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = _disk_full(err)
+        if full is not None:
             free = shutil.disk_usage(path.parent).free
             kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} exists"
             raise CheckpointWriteError(
-                err.errno,
+                full,
                 f"could not write checkpoint {path}: no space left on the device ({_size(free)} free in "
                 f"{path.parent}; {kept}). Free space or point checkpoint.dirpath at a larger disk, then resume "
                 "with --ckpt_path last",
@@ -124,6 +126,19 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _disk_full(err: BaseException) -> int | None:
+    """``errno.ENOSPC`` or ``EDQUOT`` when ``err`` is a full disk or quota, else ``None``. ``torch.save`` writing to a
+    file object turns the file's ``OSError`` into a ``RuntimeError`` of its zip writer (``[enforce fail at
+    inline_container.cc:…] . unexpected pos …``) with the ``OSError`` as its context: the chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.errno
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _size(n: int) -> str:
