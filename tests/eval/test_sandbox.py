@@ -298,7 +298,8 @@ def test_without_bubblewrap_the_opt_in_runs_the_attack_uncontained(no_bwrap, att
     assert guarded.status == "failed" and "disabled in the code-evaluation sandbox" in guarded.message
 
 
-def test_with_bubblewrap_the_attack_is_contained(namespaces, attack):
+@pytest.mark.needs_bwrap
+def test_with_bubblewrap_the_attack_is_contained(attack):
     program, reached = attack
     result = run_program(program, timeout=10)
     assert result.passed, result.output
@@ -307,7 +308,8 @@ def test_with_bubblewrap_the_attack_is_contained(namespaces, attack):
     assert reached() == set()
 
 
-def test_the_files_of_a_program_are_limited_in_total(namespaces):
+@pytest.mark.needs_bwrap
+def test_the_files_of_a_program_are_limited_in_total():
     """30 files of 15 MiB each: every one is under the per-file limit (16 MiB), 450 MiB together; the working
     directory's tmpfs stops them at its size."""
     program = ("written = 0\ntry:\n    for i in range(30):\n        with open(f'f{i}', 'wb') as f:\n"

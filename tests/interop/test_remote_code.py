@@ -434,10 +434,11 @@ def test_an_existing_directory_is_replaced_only_with_overwrite(seeds, tmp_path, 
     assert (out / "modeling_zoo.py").exists() and not (out / "notes.txt").exists() and not _leftovers(tmp_path)
 
 
-def test_an_unknown_block_in_a_checkpoint_is_refused_by_name_before_writing(seeds, tmp_path, capsys):
+def test_an_unknown_block_in_a_checkpoint_is_refused_by_name_before_writing(seeds, tmp_path, capsys, monkeypatch):
     checkpoints, _, _ = seeds
-    state = torch.load(checkpoints["gpt-s-5m"], map_location="cpu", weights_only=False)
-    state["hyper_parameters"]["backbone"]["init_args"]["block"]["class_path"] = "tests.interop.test_remote_code.Pre"
+    monkeypatch.setenv("ZOO_TRUSTED_MODULES", __name__)  # the user vouches for their own block's module
+    state = torch.load(checkpoints["gpt-s-5m"], map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["backbone"]["init_args"]["block"]["class_path"] = f"{__name__}.Pre"
     torch.save(state, tmp_path / "custom.ckpt")
     code, err = _export(capsys, "--ckpt", tmp_path / "custom.ckpt", "--out", tmp_path / "out")
     assert code == 2 and "blocks.0 is a Pre, which the remote-code export cannot express" in err

@@ -60,10 +60,17 @@ def checkpoint(tmp_path_factory):
     return next(root.rglob("last.ckpt"))
 
 
-def test_the_commands_run_a_new_objective_through_its_own_sampler_and_scorer(checkpoint, tmp_path, capsys):
+def test_the_commands_run_a_new_objective_through_its_own_sampler_and_scorer(checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):
     from zoo.cli import main
     from zoo.objectives.base import LanguageModel as Base
+    from zoo.training.class_paths import TRUSTED_MODULES_ENV, ForeignClassPathError
 
+    # a checkpoint naming a class outside zoo loads only once the user vouches for that class's package
+    monkeypatch.delenv(TRUSTED_MODULES_ENV, raising=False)
+    with pytest.raises(ForeignClassPathError, match=f"{TRUSTED_MODULES_ENV}=tests"):
+        Base.from_checkpoint(str(checkpoint))
+    monkeypatch.setenv(TRUSTED_MODULES_ENV, __name__)
     model = Base.from_checkpoint(str(checkpoint))
     assert type(model).__name__ == "RecomputingLM"
 

@@ -14,7 +14,10 @@ anything is imported:
   ``torch.optim.adamw.AdamW``, as ``python -m zoo checkpoint convert`` writes them).
 
 Anything else is refused by name (:class:`ForeignClassPathError`) unless the checkpoint is trusted
-(``--trust-checkpoint``, ``$ZOO_TRUST_CHECKPOINTS=1``). Besides ``class_path``/``_class_path`` entries anywhere in
+(``--trust-checkpoint``, ``$ZOO_TRUST_CHECKPOINTS=1``). A user's own classes (an objective, a block or a data module
+of their package) are allowed by naming their packages in ``$ZOO_TRUSTED_MODULES`` (comma-separated:
+``ZOO_TRUSTED_MODULES=mypkg,lab.blocks``): that vouches for those modules only, and a file's pickles stay refused.
+Besides ``class_path``/``_class_path`` entries anywhere in
 the file, a dotted string among the model's hyperparameters whose first name is a module Python would find
 (jsonargparse reads such a string given for a class or a callable as an import path) is checked too; file names
 such as ``last.ckpt`` are not import paths and pass.
@@ -31,14 +34,23 @@ from zoo.errors import ZooError
 
 # The one allowlist: a class path must start with one of these, and name a class defined under one of them.
 PREFIXES = ("zoo.", "torch.optim.", "torch.nn.")
+TRUSTED_MODULES_ENV = "ZOO_TRUSTED_MODULES"  # the user's own packages, comma-separated
 KEYS = ("class_path", "_class_path")
 # Lightning's record of how LightningCLI built the model (it checks the value against its own allowlist too)
 INSTANTIATORS = frozenset({"lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module"})
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_DOTTED_OR_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class ForeignClassPathError(ZooError, ValueError):
     """A checkpoint names a class that zoo does not register: loading it would import (and run) another module."""
+
+
+def prefixes() -> tuple[str, ...]:
+    """:data:`PREFIXES` and the packages named in ``$ZOO_TRUSTED_MODULES`` (read at each check, so DDP's ranks and
+    subprocesses see what the user set)."""
+    names = [n.strip().rstrip(".") for n in os.environ.get(TRUSTED_MODULES_ENV, "").split(",")]
+    return PREFIXES + tuple(f"{n}." for n in names if n and _DOTTED_OR_NAME.match(n))
 
 
 def allowed(path: str) -> bool:
@@ -48,13 +60,14 @@ def allowed(path: str) -> bool:
     if not isinstance(path, str) or not _DOTTED.match(path) or "__" in path:  # __main__ would run a command
         return False
     module_name, _, name = path.rpartition(".")
-    if not path.startswith(PREFIXES):  # checked before anything is imported
+    allowed_prefixes = prefixes()
+    if not path.startswith(allowed_prefixes):  # checked before anything is imported
         return False
     try:
         target = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
         return False
-    return isinstance(target, type) and target.__module__.startswith(PREFIXES)
+    return isinstance(target, type) and f"{target.__module__}.".startswith(allowed_prefixes)
 
 
 def _import_path(value: str) -> bool:
@@ -110,6 +123,8 @@ def check_class_paths(checkpoint: dict, *, source: str) -> None:
             raise ForeignClassPathError(
                 f"{source} names class_path {path!r} (at {where.lstrip('/')}), which is not a zoo or torch class: "
                 f"loading it would import module {module!r} and run its code, so nothing was loaded. Use checkpoints "
-                "written by `python -m zoo fit`, or pass --trust-checkpoint (fit: --trust_checkpoint true; or "
-                "ZOO_TRUST_CHECKPOINTS=1) to load it anyway, only if you trust the file"
+                "written by `python -m zoo fit`; for a class of your own package, name the package in "
+                f"{TRUSTED_MODULES_ENV} (e.g. {TRUSTED_MODULES_ENV}={module.partition('.')[0]}); or pass "
+                "--trust-checkpoint (fit: --trust_checkpoint true; or ZOO_TRUST_CHECKPOINTS=1) to load it anyway, "
+                "only if you trust the file"
             )
