@@ -118,6 +118,7 @@ def test_a_finished_prepare_is_reused(corpus, prepared, capsys):
     assert "--data.prepared" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # subprocesses killed and restarted
 def test_prepare_killed_twice_continues_to_exactly_the_uninterrupted_shards(corpus, prepared, tmp_path):
     out = tmp_path / "shards"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -241,6 +242,7 @@ def fit_process(config: Path, root: Path, *args: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+@pytest.mark.slow  # subprocesses killed and restarted
 def test_fit_from_shards_resumes_bitwise_after_sigkill_twice(corpus, prepared, tmp_path):
     from tests.training.test_faults import losses
 

@@ -16,6 +16,8 @@ from tests.data.test_prepared import TINY_RUN, data_config, write_corpus
 from tests.training.test_multinode import free_port
 from zoo.cli import main as zoo_main
 
+pytestmark = pytest.mark.slow  # two nodes of processes with two workers each
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
