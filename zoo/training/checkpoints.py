@@ -175,14 +175,15 @@ def remove_torn_files(directory: Path) -> list[Path]:
     removed = []
     for path in directory.glob(".*.ckpt.*.tmp") if directory.is_dir() else ():
         match = _TORN.match(path.name)
-        if match is None or _alive(int(match["pid"])):
+        if match is None or process_alive(int(match["pid"])):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (its owner may be another user)."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from zoo.errors import ZooError
+from zoo.training.checkpoints import process_alive
 
 LOCK_NAME = ".zoo-fit.lock"
 
@@ -43,7 +44,7 @@ def acquire(directory: Path) -> Path:
             pid, host = _holder(path)
             if pid == os.getpid() and host == socket.gethostname():
                 return path
-            if pid is not None and (host != socket.gethostname() or _alive(pid)):
+            if pid is not None and (host != socket.gethostname() or process_alive(pid)):
                 where = "" if host == socket.gethostname() else f" on host {host}"
                 raise RunFolderInUseError(
                     f"run folder {directory} is in use by another zoo fit (PID {pid}{where}; lock file {path}): "
@@ -73,16 +74,6 @@ def _holder(path: Path) -> tuple[int | None, str | None]:
         return int(pid), host or socket.gethostname()
     except (OSError, ValueError):  # vanished, or half-written by a run starting this instant
         return None, None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 class RunLock(Callback):
