@@ -75,7 +75,8 @@ def run_checkpoint(path: str | os.PathLike, *, field: str = "init_from") -> Path
     if path.is_file():
         return path
     if path.is_dir():
-        dirs = sorted({p.parent for p in path.rglob("*.ckpt") if p.is_file()})
+        # the files themselves, not the run's link to one (it would tie with its target on modification time)
+        dirs = sorted({p.parent for p in path.rglob("*.ckpt") if p.is_file() and not p.is_symlink()})
         found = newest_good_checkpoint(dirs) if dirs else None
         if found is None:
             raise ValueError(f"{field}={path} is a folder without checkpoints: train the previous stage first (its "
