@@ -64,14 +64,14 @@ def test_the_payload_is_real(payload):
     marker.unlink()
 
 
-def test_library_readers_refuse_the_payload(payload):
+def library_readers(path: Path) -> dict:
+    """Every library function that reads a checkpoint file, by name, each a call reading ``path``."""
     from zoo.data.tokenizer import CheckpointTokenizer, tokenizer_from_checkpoint
     from zoo.eval.checkpoint import load_model
     from zoo.interop.export import export
     from zoo.objectives import LanguageModel
 
-    path, marker = payload
-    readers = {
+    return {
         "read_checkpoint": lambda: read_checkpoint(path),
         "AtomicCheckpointIO (the trainer's --ckpt_path read)": lambda: AtomicCheckpointIO().load_checkpoint(path),
         "LanguageModel.from_checkpoint": lambda: LanguageModel.from_checkpoint(str(path)),
@@ -80,7 +80,11 @@ def test_library_readers_refuse_the_payload(payload):
         "eval load_model": lambda: load_model(str(path), device="cpu"),
         "export": lambda: export(str(path), str(path.parent / "out")),
     }
-    for name, read in readers.items():
+
+
+def test_library_readers_refuse_the_payload(payload):
+    path, marker = payload
+    for name, read in library_readers(path).items():
         with pytest.raises(UntrustedCheckpointError) as err:
             read()
         refused(err.value, path)
@@ -370,23 +374,10 @@ def named(message: str, path: Path, case: str) -> None:
 
 
 def test_library_readers_refuse_a_foreign_class_path(foreign, capfd):
-    from zoo.data.tokenizer import CheckpointTokenizer, tokenizer_from_checkpoint
-    from zoo.eval.checkpoint import load_model
-    from zoo.interop.export import export
-    from zoo.objectives import LanguageModel
     from zoo.training import ForeignClassPathError
 
     path, case, marker = foreign
-    readers = {
-        "read_checkpoint": lambda: read_checkpoint(path),
-        "AtomicCheckpointIO": lambda: AtomicCheckpointIO().load_checkpoint(path),
-        "LanguageModel.from_checkpoint": lambda: LanguageModel.from_checkpoint(str(path)),
-        "tokenizer_from_checkpoint": lambda: tokenizer_from_checkpoint(path),
-        "CheckpointTokenizer": lambda: CheckpointTokenizer(path=str(path)).load(lambda: iter(()), ""),
-        "eval load_model": lambda: load_model(str(path), device="cpu"),
-        "export": lambda: export(str(path), str(path.parent / "out")),
-    }
-    for name, read in readers.items():
+    for name, read in library_readers(path).items():
         with pytest.raises(ForeignClassPathError) as err:
             read()
         named(str(err.value), path, case)

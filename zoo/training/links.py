@@ -37,20 +37,27 @@ def point_link(link: Path, target: Path) -> None:
 
 class LastCheckpointLink(Callback):
     """Keeps ``<default_root_dir>/last.ckpt`` pointing at the newest ``last.ckpt`` this run wrote: made once the
-    run's first checkpoint exists (a run that saved nothing leaves an earlier run's link alone), checked after every
-    batch, validation and at the end. A link follows each later save of that file by itself; a copy (where links
-    cannot be made) is refreshed when the file changes. Only rank 0 writes it."""
+    run's first checkpoint exists (a run that saved nothing leaves an earlier run's link alone). A save marks the link
+    due; the first batch end, validation end or end of the run after it (the file is written once the hook that
+    announced it returns) makes it, so a step without a save costs one flag test. A link follows each later save of
+    that file by itself; a copy (where links cannot be made) is refreshed when the file changes. Only rank 0 writes
+    it."""
 
     def __init__(self) -> None:
         self._made: tuple[str, int] | None = None  # (target, its modification time) the link was last made for
+        self._due = False  # a checkpoint was saved since the link was last checked
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._due = True
 
     def _update(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero:
+        if not self._due or not trainer.is_global_zero:
             return
         paths = [cb.last_model_path for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         target = next((Path(p) for p in paths if p and os.path.isfile(p)), None)
         if target is None:
-            return
+            return  # announced, not yet written (or a checkpoint without a last file): checked again later
+        self._due = False
         link = Path(trainer.default_root_dir) / LINK_NAME
         if link.resolve() == target.resolve() and link.is_symlink():
             return  # a link follows the file's later saves
@@ -74,6 +81,9 @@ class LastCheckpointLink(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._update(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._update(trainer)  # after ModelCheckpoint's own end-of-training save, which runs after this callback's
 
 
 def remove_empty_run_folder(trainer: L.Trainer) -> Path | None:
