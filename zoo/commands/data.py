@@ -17,6 +17,9 @@ import argparse
 import time
 from pathlib import Path
 
+from zoo.commands.errors import command
+from zoo.errors import ZooError
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zoo data", description=__doc__.split("\n\n")[0])
@@ -32,21 +35,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+@command("data prepare")
+def main(argv: list[str]) -> None:
     args, overrides = parser().parse_known_args(argv)
     bad = [a for a in overrides if a.startswith("-") and not a.startswith("--data.")]
     if bad:
-        raise SystemExit(f"zoo data prepare: unknown option {bad[0]}: see --help; besides "
-                         "--data.… overrides are read")  # fmt: skip
+        raise ZooError(f"unknown option {bad[0]}: see --help; besides --data.… overrides are read")
     datamodule = data_module(args.config, overrides)
     from zoo.data.prepare import prepare
 
     start = time.perf_counter()
-    try:
-        kwargs = {"piece_documents": args.piece_documents} if args.piece_documents else {}
-        manifest = prepare(datamodule, Path(args.out), progress=not args.quiet, threads=args.threads, **kwargs)
-    except (ValueError, OSError) as err:  # an unreachable source, a full disk: named, without a traceback
-        raise SystemExit(f"zoo data prepare: {err}") from None
+    kwargs = {"piece_documents": args.piece_documents} if args.piece_documents else {}
+    # an unreachable source, a full disk: named in one line by zoo.commands.errors.run_command
+    manifest = prepare(datamodule, Path(args.out), progress=not args.quiet, threads=args.threads, **kwargs)
     seconds = time.perf_counter() - start
     tokens = sum(s["train"]["tokens"] for s in manifest["sources"])
     print(f"{args.out}: {tokens:,} training tokens from {len(manifest['sources'])} sources, tokenizer sha256 "
@@ -60,21 +61,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def data_module(configs: list[str], overrides: list[str]):
-    """The run's data module, parsed and built as ``zoo fit`` builds it (the model section is parsed, not built)."""
-    from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
+    """The run's pre-training data module, parsed and built as ``zoo fit`` builds it."""
+    from zoo.commands.fit import build_data_module
 
-    for config in configs:
-        if not Path(config).is_file():
-            raise SystemExit(f"--config {config} does not exist")
-    try:
-        parser, parsed = parse_run_config([a for c in configs for a in ("--config", c)] + overrides,
-                                          optional=("model",))  # fmt: skip
-        if parsed.get("data") is None:
-            raise ValueError("expected a `data:` section with a class_path")
-        datamodule = instantiate_section(parser, parsed, "data")
-    except Exception as err:  # parser and constructor errors alike, named without a traceback
-        raise SystemExit(f"--config {configs[-1]} does not describe a data module: {config_error_text(err)}") from None
+    datamodule = build_data_module(configs, overrides)
     if not hasattr(datamodule, "sources") or type(datamodule).__name__ == "SFTDataModule":
-        raise SystemExit(f"zoo data prepare: data {type(datamodule).__name__} is not prepared (instruction data are "
-                         "formatted and masked per example): prepare a pre-training zoo.data.Mixture")  # fmt: skip
+        raise ZooError(f"data {type(datamodule).__name__} is not prepared (instruction data are formatted and masked "
+                       "per example): prepare a pre-training zoo.data.Mixture")  # fmt: skip
     return datamodule

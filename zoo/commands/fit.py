@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
@@ -317,6 +318,26 @@ def instantiate_section(parser: LightningArgumentParser, config: Namespace, key:
     """Build one section (``model`` or ``data``) of a config parsed by :func:`parse_run_config`, as ``zoo fit``
     builds it, leaving the others (the trainer may need hardware this machine lacks) unbuilt."""
     return parser.instantiate_classes(Namespace({key: config[key]}), instantiate_groups=False)[key]
+
+
+def build_data_module(configs: list[str], overrides: list[str] = ()):
+    """The data module that run configs' ``data:`` sections (or one data-module config) describe, with ``--data.…``
+    ``overrides``, parsed and built by the parser of ``python -m zoo fit`` (a run config's model section is parsed,
+    not built, and may be left out), so relative paths, ``--config`` merging and errors are fit's. Raises
+    :class:`ZooError` naming the config."""
+    for config in configs:
+        if not Path(config).is_file():
+            raise ZooError(f"--config {config} does not exist: give a run config or a data-module config (YAML)")
+    top = yaml.safe_load(Path(configs[0]).read_text()) if len(configs) == 1 else None
+    flag = "--data" if isinstance(top, dict) and "class_path" in top else "--config"  # a data-module config
+    try:
+        parser, parsed = parse_run_config([a for c in configs for a in (flag, str(c))] + list(overrides),
+                                          optional=("model",))  # fmt: skip
+        if parsed.get("data") is None:
+            raise ValueError("expected a `data:` section with a class_path (or a data-module config)")
+        return instantiate_section(parser, parsed, "data")
+    except Exception as err:  # parser and constructor errors alike, named without a traceback
+        raise ZooError(f"--config {configs[-1]} does not describe a data module: {config_error_text(err)}") from None
 
 
 def config_error_text(err: Exception) -> str:

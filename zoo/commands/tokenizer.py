@@ -22,8 +22,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 from zoo.commands.errors import command
 from zoo.data.tokenizer import EOS, train_bpe
 from zoo.errors import ZooError
@@ -55,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
             f"--vocab-size {args.vocab_size} is below the 256 byte symbols and {len(special)} special tokens: "
             f"use at least {256 + len(special)}"
         )
-    datamodule = data_module(Path(args.config))
+    from zoo.commands.fit import build_data_module
+
+    datamodule = build_data_module([args.config])
     train(args, datamodule, special)  # an unreachable source, an unreadable file: one line, by run_command
 
 
@@ -73,25 +73,6 @@ def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
         f"{tokenizer.get_vocab_size():,} tokens, {held_out_compression(tokenizer, datamodule):.2f} characters per "
         f"token on held-out text → {out / 'tokenizer.json'}"
     )
-
-
-def data_module(config: Path):
-    """The data module a run config's ``data:`` section (or a data-module config) describes, parsed and built by
-    the parser of ``python -m zoo fit`` (a run config's model section is parsed too, not built; it may be left out),
-    so relative paths, ``--config`` merging and errors are fit's."""
-    from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
-
-    if not config.is_file():
-        raise ZooError(f"--config {config} does not exist: give a run config or a data-module config (YAML)")
-    top = yaml.safe_load(config.read_text())
-    flag = "--data" if isinstance(top, dict) and "class_path" in top else "--config"  # a data-module config
-    try:
-        parser, parsed = parse_run_config([flag, str(config)], optional=("model",))
-        if parsed.get("data") is None:
-            raise ValueError("expected a `data:` section with a class_path (or a data-module config)")
-        return instantiate_section(parser, parsed, "data")
-    except Exception as err:  # parser and constructor errors alike, named without a traceback
-        raise ZooError(f"--config {config} does not describe a data module: {config_error_text(err)}") from None
 
 
 def write(tokenizer, out: Path, *, special_tokens: list[str]) -> Path:
