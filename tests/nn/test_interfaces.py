@@ -23,6 +23,7 @@ from zoo.nn import (
     SwiGLU,
     Transformer,
 )
+from zoo.nn.cache import new_cache_of
 from zoo.objectives import CausalLM, MaskedDiffusionLM
 
 FFNS = {
@@ -69,7 +70,7 @@ def test_every_ffn_takes_the_decoding_cache(name):
     ffn = FFNS[name](32)
     x = torch.randn(2, 5, 32)
     whole = ffn(x, None)
-    state: dict = {}
+    state = new_cache_of(ffn, 2, 5, device="cpu", dtype=torch.float32)  # its own typed state, or None
     stepwise = torch.cat([ffn(x[:, t : t + 1], state) for t in range(5)], dim=1)
     torch.testing.assert_close(stepwise, whole)
 

@@ -29,7 +29,6 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 from torch import Tensor, nn
 
-from zoo.nn.canon import Canon
 from zoo.nn.transformer import Transformer
 
 
@@ -118,12 +117,13 @@ class _Row:
 
 def left_padding_is_exact(backbone: Transformer) -> bool:
     """Whether a left-padded row decodes like its prompt alone: positions must enter only through attention as
-    relative offsets (rotary, or none) and nothing but the masked attention may mix positions. Learned absolute
-    positions shift with the padding; a Canon convolution reads the pads."""
+    relative offsets (rotary, or none) and nothing but the masked attention may mix positions (the decoding cache
+    says so: every state it keeps is read through the mask). Learned absolute positions shift with the padding; a
+    Canon convolution reads the pads."""
     probe = torch.zeros(1, dtype=torch.long, device=backbone.embed.weight.device)
     if backbone.position.absolute(probe) is not None:
         return False
-    return not any(isinstance(module, Canon) for module in backbone.modules())
+    return backbone.new_cache(1, 1).masked
 
 
 @contextmanager

@@ -39,7 +39,6 @@ from torch import Tensor
 
 from zoo.generation.autoregressive import left_padding_is_exact
 from zoo.generation.diffusion import REMASKING, DiffusionOutput, _after_eos, _check, _choose, _finish, _unmask
-from zoo.nn.canon import Canon
 from zoo.nn.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ def diffusion_generate(
                    n_blocks=n_blocks, gen_length=gen_length, block_length=block_length)  # fmt: skip
     if block_causal and shift:
         raise ValueError("block_causal=True with shift=True: block-diffusion models are trained without the AR shift")
-    if cache != "none" and any(isinstance(m, Canon) for m in backbone.modules()):
+    if cache != "none" and not backbone.new_cache(1, 1).rewindable:
         raise ValueError(f"cache={cache!r} cannot rewind a Canon layer's convolution state: use cache='none'")
     used = cache_used(cache, block_causal=block_causal, refresh=refresh)
     B, P = prompt.shape

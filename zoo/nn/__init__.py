@@ -2,14 +2,16 @@
 
 from zoo.nn.attention import (
     KERNELS,
+    AttentionCache,
     ExclusiveGroupedQueryAttention,
     GroupedQueryAttention,
     KVCache,
     eager_attention,
     sdpa_attention,
 )
-from zoo.nn.block import ParallelBlock, PreNormBlock, SandwichBlock
-from zoo.nn.canon import Canon
+from zoo.nn.block import BlockCache, ParallelBlock, PreNormBlock, SandwichBlock
+from zoo.nn.cache import ModuleCache
+from zoo.nn.canon import Canon, ConvTail
 from zoo.nn.ffn import GatedFFN, GeGLU, GeluMLP, SwiGLU
 from zoo.nn.moe import RoutedFFN
 from zoo.nn.norm import LayerNorm, RMSNorm
@@ -18,7 +20,10 @@ from zoo.nn.transformer import DecodingCache, Transformer
 
 __all__ = [
     "KERNELS",
+    "AttentionCache",
+    "BlockCache",
     "Canon",
+    "ConvTail",
     "DecodingCache",
     "ExclusiveGroupedQueryAttention",
     "GatedFFN",
@@ -28,6 +33,7 @@ __all__ = [
     "KVCache",
     "LayerNorm",
     "LearnedPositions",
+    "ModuleCache",
     "NoPositions",
     "ParallelBlock",
     "PositionEncoding",

@@ -14,12 +14,14 @@ Query head ``h`` reads key/value head ``h // (H / Hkv)``: MHA is ``Hkv = H``, MQ
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.nn.cache import ModuleCache, new_cache_of
 from zoo.nn.position import apply_rotary
 
 
@@ -66,7 +68,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, mask: Tenso
 KERNELS: dict[str, AttentionKernel] = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 
-class KVCache:
+class KVCache(ModuleCache):
     """Keys and values of one attention layer, preallocated to ``max_len`` positions.
 
     ``length`` is where the next write starts; ``filled`` is how many positions hold keys and values. ``append``
@@ -76,6 +78,12 @@ class KVCache:
 
         cache  [ prefix | block | suffix ]    seek(start of block), pass over the block: the block's keys and
                           ^^^^^               values are rewritten, the prefix's and suffix's are read as cached
+
+    **Static** (after :meth:`follow`: ``cursor`` is a 0-dim integer tensor shared by every layer, the position of
+    the pass's first token): a pass writes at the cursor's positions and attention reads the whole buffer, the
+    positions not yet written (or, causal, after each query) hidden by the mask the cache adds. Shapes are then the
+    same at every decoding step and nothing is read back to Python, so a compiled step runs without recompiling;
+    the backbone moves the cursor. A static cache is not rewound.
     """
 
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, *, device, dtype) -> None:
@@ -83,6 +91,13 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.length = 0
         self.filled = 0
+        self.cursor: Tensor | None = None  # () int64, static caches only (:meth:`follow`)
+
+    masked = True
+
+    @property
+    def rewindable(self) -> bool:
+        return self.cursor is None
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:  # (B, Hkv, T, D) -> (B, Hkv, S, D)
         end = self.length + k.shape[2]
@@ -93,11 +108,41 @@ class KVCache:
         self.length, self.filled = end, max(self.filled, end)
         return self.k[:, :, : self.filled], self.v[:, :, : self.filled]
 
+    def update(
+        self, k: Tensor, v: Tensor, *, mask: Tensor | None, causal: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        """Store a pass's keys and values (B, Hkv, T, D); return what attention reads: keys and values
+        (B, Hkv, S, D), the mask (B or 1, 1, T, S) or ``None``, and whether the kernel adds causality itself."""
+        if self.cursor is None:
+            k, v = self.append(k, v)
+            return k, v, mask, causal
+        T, S = k.shape[2], self.k.shape[2]
+        positions = self.cursor + torch.arange(T, device=k.device)  # (T,)
+        self.k.index_copy_(2, positions, k.to(self.k.dtype))
+        self.v.index_copy_(2, positions, v.to(self.v.dtype))
+        keys = torch.arange(S, device=k.device)
+        last = positions[:, None] if causal else positions[-1:, None]  # (T or 1, 1): the last key each query reads
+        visible = (keys[None, :] <= last)[None, None]  # (1, 1, T or 1, S)
+        return self.k, self.v, visible if mask is None else mask & visible, False
+
+    def follow(self, cursor: Tensor) -> None:
+        self.cursor = cursor
+
     def seek(self, position: int) -> None:
         """Make the next :meth:`append` write from ``position`` (at most :attr:`filled`) on."""
+        if self.cursor is not None:
+            raise ValueError("a static KV cache is not rewound: build the cache with static=False to seek")
         if not 0 <= position <= self.filled:
             raise ValueError(f"KV cache seek to position {position}: only positions 0..{self.filled} are filled")
         self.length = position
+
+
+@dataclass
+class AttentionCache(ModuleCache):
+    """Decoding state of :class:`GroupedQueryAttention`: its keys and values, and its Canon-B layer's tail."""
+
+    kv: KVCache
+    canon_b: ModuleCache | None = None
 
 
 class GroupedQueryAttention(nn.Module):
@@ -160,13 +205,13 @@ class GroupedQueryAttention(nn.Module):
         *,
         rope: tuple[Tensor, Tensor] | None = None,  # cos, sin: (T, R/2) at the absolute positions of x
         mask: Tensor | None = None,  # (B or 1, 1, T, S) bool, True = may attend; combined with `causal`
-        cache: dict | None = None,  # this layer's decoding state; None = whole sequence from position 0
+        cache: AttentionCache | None = None,  # decoding state (new_cache); None = whole sequence from position 0
     ) -> Tensor:  # (B, T, C)
         B, T, _ = x.shape
         H, Hkv = self.n_heads, self.n_kv_heads
         qkv = self.qkv(x)  # (B, T, (H + 2·Hkv)·D)
         if self.canon is not None:
-            qkv = self.canon(qkv, None if cache is None else cache.setdefault("canon_b", {}))
+            qkv = self.canon(qkv, None if cache is None else cache.canon_b)
         heads = qkv.view(B, T, H + 2 * Hkv, self.head_dim)  # query heads, then key heads, then value heads
         # split, not slicing: the gradient of a split is one concatenation, that of each slice a zero-filled
         # tensor of the whole input's size
@@ -180,9 +225,10 @@ class GroupedQueryAttention(nn.Module):
         q, k = qk.split((H, Hkv), dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D) × 2
         own_v = v  # (B, Hkv, T, D): the queries' own values, wherever the cache writes them
+        causal = self.causal
         if cache is not None:
-            k, v = cache["kv"].append(k, v)  # (B, Hkv, S, D)
-        y = KERNELS[self.kernel](q, k, v, causal=self.causal, mask=mask, scale=self.head_dim**-0.5)  # (B, H, T, D)
+            k, v, mask, causal = cache.kv.update(k, v, mask=mask, causal=causal)  # (B, Hkv, S, D) × 2
+        y = KERNELS[self.kernel](q, k, v, causal=causal, mask=mask, scale=self.head_dim**-0.5)  # (B, H, T, D)
         y = self.combine_heads(y, own_v)
         return self.out(y.transpose(1, 2).reshape(B, T, self.q_size))
 
@@ -201,8 +247,10 @@ class GroupedQueryAttention(nn.Module):
             if module is not None:
                 module.init_weights(std=std, residual_std=residual_std)
 
-    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> dict:
-        return {"kv": KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)}
+    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> AttentionCache:
+        """Empty decoding state: keys and values for ``max_len`` positions, and Canon-B's tail."""
+        kv = KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, device=device, dtype=dtype)
+        return AttentionCache(kv, new_cache_of(self.canon, batch_size, max_len, device=device, dtype=dtype))
 
     def extra_repr(self) -> str:
         return (

@@ -7,9 +7,23 @@ components are factories too, so YAML composes a block without code.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from zoo.nn.cache import ModuleCache, new_cache_of
+
+
+@dataclass
+class BlockCache(ModuleCache):
+    """Decoding state of a block: its attention's (keys, values, Canon-B), Canon-A's and Canon-C's tails, and its
+    FFN's (Canon-D of a gated FFN); ``None`` for a part that keeps none."""
+
+    attention: ModuleCache | None
+    canon_a: ModuleCache | None = None
+    canon_c: ModuleCache | None = None
+    ffn: ModuleCache | None = None
 
 
 class PreNormBlock(nn.Module):
@@ -46,24 +60,24 @@ class PreNormBlock(nn.Module):
         self.ffn = ffn(dim)
 
     def forward(
-        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: BlockCache | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
         x = x + self.attention_branch(x, rope=rope, mask=mask, cache=cache)
         return x + self.ffn_branch(x, cache)
 
     def attention_branch(
-        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: BlockCache | None
     ) -> Tensor:  # norm → [Canon-A] → attention: (B, T, C) -> (B, T, C), before it joins the stream
         h = self.attention_norm(x)
         if self.canon_a is not None:
-            h = self.canon_a(h, None if cache is None else cache.setdefault("canon_a", {}))
-        return self.attention(h, rope=rope, mask=mask, cache=cache)
+            h = self.canon_a(h, None if cache is None else cache.canon_a)
+        return self.attention(h, rope=rope, mask=mask, cache=None if cache is None else cache.attention)
 
-    def ffn_branch(self, x: Tensor, cache: dict | None) -> Tensor:  # norm → [Canon-C] → FFN: (B, T, C) -> (B, T, C)
+    def ffn_branch(self, x: Tensor, cache: BlockCache | None) -> Tensor:  # norm → [Canon-C] → FFN: (B,T,C) -> (B,T,C)
         h = self.ffn_norm(x)
         if self.canon_c is not None:
-            h = self.canon_c(h, None if cache is None else cache.setdefault("canon_c", {}))
-        return self.ffn(h, cache)
+            h = self.canon_c(h, None if cache is None else cache.canon_c)
+        return self.ffn(h, None if cache is None else cache.ffn)
 
     # The block owns its mixer: the backbone, objectives and samplers ask the block, never its attention module.
     @property
@@ -85,9 +99,15 @@ class PreNormBlock(nn.Module):
         """Query heads × head size: the width of attention's scores and weighted sum, for FLOPs."""
         return self.attention.n_heads * self.attention.head_dim
 
-    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> dict:
-        """Empty decoding state of this layer (keys and values, Canon buffers) for ``max_len`` positions."""
-        return self.attention.new_cache(batch_size, max_len, device=device, dtype=dtype)
+    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> BlockCache:
+        """Empty decoding state of this layer (keys and values, Canon tails) for ``max_len`` positions."""
+        args = (batch_size, max_len)
+        return BlockCache(
+            attention=new_cache_of(self.attention, *args, device=device, dtype=dtype),
+            canon_a=new_cache_of(self.canon_a, *args, device=device, dtype=dtype),
+            canon_c=new_cache_of(self.canon_c, *args, device=device, dtype=dtype),
+            ffn=new_cache_of(self.ffn, *args, device=device, dtype=dtype),
+        )
 
     @torch.no_grad()
     def init_weights(self, *, std: float, residual_std: float) -> None:
@@ -107,7 +127,7 @@ class ParallelBlock(PreNormBlock):
     """
 
     def forward(
-        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: BlockCache | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
         return x + self.attention_branch(x, rope=rope, mask=mask, cache=cache) + self.ffn_branch(x, cache)
 
@@ -138,7 +158,7 @@ class SandwichBlock(PreNormBlock):
         self.post_ffn_norm = norm(dim)
 
     def forward(
-        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: dict | None
+        self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, cache: BlockCache | None
     ) -> Tensor:  # (B, T, C) -> (B, T, C)
         x = x + self.post_attention_norm(self.attention_branch(x, rope=rope, mask=mask, cache=cache))
         return x + self.post_ffn_norm(self.ffn_branch(x, cache))

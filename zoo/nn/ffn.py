@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.nn.cache import ModuleCache, new_cache_of
+
 Activation = Literal["silu", "gelu", "relu"]
 """The gate activation of a gated FFN: ``silu`` (SwiGLU), ``gelu`` (GeGLU; see ``approximate``) or ``relu``."""
 
@@ -52,8 +54,8 @@ class GeluMLP(nn.Module):
         self.up = nn.Linear(dim, hidden_dim, bias=bias)
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
-        """``cache``: the layer's decoding state, unused here (every FFN takes it, so blocks call all alike)."""
+    def forward(self, x: Tensor, cache: ModuleCache | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: decoding state, none here (every FFN takes it, so blocks call all alike)."""
         return self.down(self.act(self.up(x)))
 
     @torch.no_grad()
@@ -96,13 +98,17 @@ class GatedFFN(nn.Module):
         self.canon = canon(2 * hidden_dim) if canon is not None else None
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
-        """``cache``: the layer's decoding state (Canon-D keeps its last inputs there); ``None`` = whole sequence."""
+    def forward(self, x: Tensor, cache: ModuleCache | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: this FFN's decoding state (:meth:`new_cache`: Canon-D's tail); ``None`` = whole sequence."""
         h = self.gate_up(x)  # (B, T, 2F)
         if self.canon is not None:
-            h = self.canon(h, None if cache is None else cache.setdefault("canon_d", {}))
+            h = self.canon(h, cache)
         gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
         return self.down(self.act(gate) * up)
+
+    def new_cache(self, batch_size: int, max_len: int, *, device, dtype) -> ModuleCache | None:
+        """Empty decoding state: Canon-D's tail, or ``None`` without Canon-D."""
+        return new_cache_of(self.canon, batch_size, max_len, device=device, dtype=dtype)
 
     @torch.no_grad()
     def init_weights(self, *, std: float, residual_std: float) -> None:

@@ -72,8 +72,8 @@ class RoutedFFN(nn.Module):
         """Expert weights a token does not use (for FLOPs per token: only ``top_k`` experts run)."""
         return (self.n_experts - self.top_k) * (self.gate_up[0].numel() + self.down[0].numel())
 
-    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
-        """``cache``: the layer's decoding state, unused here (every FFN takes it, so blocks call all alike)."""
+    def forward(self, x: Tensor, cache: object | None = None) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """``cache``: decoding state, none here (every FFN takes it, so blocks call all alike)."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)  # (N, C)
         logits = self.router(flat)  # (N, E)

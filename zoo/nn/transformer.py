@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.nn.cache import ModuleCache
 from zoo.nn.position import PositionEncoding
 
 
@@ -127,8 +128,10 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,  # (T,) absolute positions; default: consecutive, after the cache
     ) -> Tensor:  # (B, T, C), after the final norm
         T = input_ids.shape[1]
-        start = cache.length if cache is not None else 0
-        if positions is None:
+        if cache is not None and cache.static:  # checked against max_seq_len when built; nothing read back here
+            positions = cache.positions(T, device=input_ids.device) if positions is None else positions
+        elif positions is None:
+            start = cache.length if cache is not None else 0
             if start + T > self.max_seq_len:
                 raise ValueError(
                     f"sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}: shorten the input "
@@ -151,7 +154,7 @@ class Transformer(nn.Module):
             else:
                 x = block(x, rope=rope, mask=mask, cache=cache.layers[i] if cache is not None else None)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.norm(x)
 
     def forward(
@@ -172,15 +175,23 @@ class Transformer(nn.Module):
         losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
         return torch.stack(losses).sum() if losses else None
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> DecodingCache:
-        """Empty decoding state for ``batch_size`` sequences of up to ``max_len`` (default ``max_seq_len``) tokens."""
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, *, static: bool = False, device=None, dtype=None
+    ) -> DecodingCache:
+        """Empty decoding state for ``batch_size`` sequences of up to ``max_len`` (default ``max_seq_len``) tokens,
+        on ``device`` in ``dtype`` (default: the weights'). ``static``: fixed shapes for a compiled decoding step
+        (:class:`DecodingCache`)."""
         max_len = self.max_seq_len if max_len is None else max_len
+        if static and max_len > self.max_seq_len:
+            raise ValueError(
+                f"a static cache of {max_len} positions exceeds the model's max_seq_len={self.max_seq_len}: "
+                "shorten the request"
+            )
         weight = self.embed.weight
-        layers = [
-            block.new_cache(batch_size, max_len, device=weight.device, dtype=weight.dtype)
-            for block in self.blocks
-        ]
-        return DecodingCache(layers)
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        layers = [block.new_cache(batch_size, max_len, device=device, dtype=dtype) for block in self.blocks]
+        return DecodingCache(layers, max_len=max_len, static=static, device=device)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward) at context ``seq_len``, after PaLM (Chowdhery et al.,
@@ -209,29 +220,89 @@ class Transformer(nn.Module):
 
 
 class DecodingCache:
-    """Per-layer decoding state (KV cache, Canon buffers) and the position where the next pass starts (``length``:
-    the number of positions already processed, when decoding left to right)."""
+    """A backbone's decoding state: one state per layer (:class:`zoo.nn.block.BlockCache`, typed as
+    :mod:`zoo.nn.cache` describes) and the position where the next pass starts.
 
-    def __init__(self, layers: list[dict]) -> None:
+    Dynamic (default): ``length`` counts the positions already processed, in Python, and attention reads the
+    filled positions only. Static (``static=True``): the position is ``cursor``, a 0-dim tensor moved in place, and
+    attention reads every position of the preallocated buffers under a mask; a decoding step then has the same
+    shapes and the same Python state at every position, what a compiled step needs (``torch.compile``).
+    """
+
+    def __init__(self, layers: list, *, max_len: int, static: bool = False, device=None) -> None:
         self.layers = layers
-        self.length = 0
+        self.max_len = max_len
+        self._length = 0
+        self.cursor: Tensor | None = None  # () int64, static only
+        if static:
+            self.cursor = torch.zeros((), dtype=torch.long, device=device)
+            for layer in self.states():
+                layer.follow(self.cursor)
+
+    def states(self) -> list[ModuleCache]:
+        """The layers' states (a layer keeping none is left out)."""
+        return [layer for layer in self.layers if isinstance(layer, ModuleCache)]
+
+    def leaves(self) -> list[ModuleCache]:
+        """Every leaf state of every layer (keys and values, convolution tails)."""
+        return [leaf for layer in self.states() for leaf in layer.leaves()]
+
+    @property
+    def static(self) -> bool:
+        return self.cursor is not None
+
+    @property
+    def rewindable(self) -> bool:
+        """Whether :meth:`seek` can move back (only keys and values, dynamic)."""
+        return all(leaf.rewindable for leaf in self.leaves())
+
+    @property
+    def masked(self) -> bool:
+        """Whether every layer reads past positions only through attention's mask (no convolution tail): then a
+        masked position, such as a left pad, changes nothing."""
+        return all(leaf.masked for leaf in self.leaves())
+
+    @property
+    def length(self) -> int:
+        """Positions processed so far (the next pass starts here). Static: read from the cursor."""
+        return self._length if self.cursor is None else int(self.cursor)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        if self.cursor is None:
+            self._length = value
+        else:
+            self.cursor.fill_(value)
+
+    def positions(self, T: int, *, device) -> Tensor:  # (T,): the absolute positions of the next pass's tokens
+        if self.cursor is None:
+            return torch.arange(self._length, self._length + T, device=device)
+        return self.cursor + torch.arange(T, device=device)
+
+    def advance(self, T: int) -> None:
+        """A pass of ``T`` tokens is done."""
+        if self.cursor is None:
+            self._length += T
+        else:
+            self.cursor += T
 
     @property
     def filled(self) -> int:
         """Positions holding keys and values (past :attr:`length` after a :meth:`seek` back)."""
-        return max((layer["kv"].filled for layer in self.layers if "kv" in layer), default=self.length)
+        return max((leaf.filled for leaf in self.leaves() if leaf.filled is not None), default=self.length)
 
     def seek(self, position: int) -> None:
         """Start the next pass at ``position``: its tokens get positions ``position, position + 1, …`` and their keys
         and values replace those cached there, while attention still reads every cached position (prefix and
         suffix). Masked-diffusion samplers use it to re-encode a block between cache refreshes. Only keys and
-        values can be rewound; a layer with other state (a Canon convolution's buffer) is refused."""
-        for i, layer in enumerate(self.layers):
-            if set(layer) != {"kv"}:
+        values can be rewound; a layer with other state (a Canon convolution's tail) is refused."""
+        for i, layer in enumerate(self.states()):
+            if not layer.rewindable:
+                kept = sorted({type(leaf).__name__ for leaf in layer.leaves() if not leaf.rewindable})
                 raise ValueError(
-                    f"decoding state of layer {i} holds {sorted(set(layer) - {'kv'})} besides keys and values: it "
-                    "cannot be rewound (use the sampler without a KV cache for backbones with Canon layers)"
+                    f"decoding state of layer {i} holds {kept} besides keys and values: it cannot be rewound (use "
+                    "the sampler without a KV cache for backbones with Canon layers)"
                 )
-        for layer in self.layers:
-            layer["kv"].seek(position)
-        self.length = position
+        for layer in self.states():
+            layer.seek(position)
+        self._length = position
