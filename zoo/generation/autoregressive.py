@@ -29,6 +29,8 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 from torch import Tensor, nn
 
+from zoo.generation import compiled
+from zoo.generation.compiled import cannot_compile, compile_choice
 from zoo.nn.transformer import Transformer
 
 
@@ -126,6 +128,24 @@ def left_padding_is_exact(backbone: Transformer) -> bool:
     return backbone.new_cache(1, 1).masked
 
 
+def compile_wanted(*, cache_length: int | None) -> bool:
+    """What ``compile="auto"`` decides: compiled when the caller fixes ``cache_length`` (a loop of requests that
+    share one compiled step), eager for a request on its own. On the 2-core CPU compiling the quickstart's step
+    took 45–75 s and saved about 2–3 ms per decoding step (benchmarks/results/decode-compiled-cpu-2026-12-07.md):
+    paid back after some 20,000 steps, far more than one request makes."""
+    return cache_length is not None
+
+
+def _use_compiled_step(backbone: Transformer, choice: str, *, cache_length: int | None) -> bool:
+    """Whether to decode with the compiled step; ``compile="true"`` where it cannot work warns once, runs eagerly."""
+    if choice == "false" or (choice == "auto" and not compile_wanted(cache_length=cache_length)):
+        return False
+    reason = cannot_compile(backbone.embed.weight.device)
+    if reason is not None:
+        compiled.DECODE_STEP.fail(reason)
+    return True  # the static cache also serves the eager fallback: the same tokens either way
+
+
 @contextmanager
 def decoding_layout(backbone: nn.Module) -> Iterator[None]:
     """While inside, every ``nn.Linear`` weight of ``backbone`` on the CPU is held column-major (the same values,
@@ -171,6 +191,8 @@ def generate(
     tokenizer: Tokenizer | None = None,
     on_token: Callable[[int, int, str], None] | None = None,
     generator: torch.Generator | None = None,
+    compile: str | bool = "auto",
+    cache_length: int | None = None,
 ) -> Generation:
     """Continue each prompt by up to ``max_new_tokens`` tokens, all prompts in one batch.
 
@@ -193,6 +215,14 @@ def generate(
             stop string is held back until resolved); the pieces of a row join to exactly its ``texts`` entry.
         generator: random source for sampling; seeded, the same call gives the same tokens. (A prompt sampled in
             a batch draws different random numbers than alone, so only greedy results are batch-independent.)
+        compile: ``true``: decode over a static KV cache with a ``torch.compile``d one-token step
+            (:mod:`zoo.generation.compiled`; the same tokens as eager, greedy or sampled with the same seed; the
+            first call compiles, which takes seconds to minutes, later calls of the same shapes reuse it; where the
+            backend cannot compile, eager with one warning). ``false``: eager, a cache that grows with the text.
+            ``auto`` (default): compiled when ``cache_length`` is given, else eager (:func:`compile_wanted`).
+        cache_length: positions of the static cache (``compile``); default the request's, the longest prompt +
+            ``max_new_tokens``. A loop of requests of different lengths (an evaluation) passes one length, e.g. the
+            model's ``max_seq_len``, so every request reuses the step compiled for it.
 
     On the CPU the weights are read in :func:`decoding_layout` for the call; a caller that generates many times
     (an evaluation loop) can enter it once around the loop.
@@ -226,10 +256,23 @@ def generate(
             "generate decodes causal models, but this backbone's attention has causal=False: sample masked-diffusion "
             "models with zoo.generation.diffusion"
         )
+    static = _use_compiled_step(backbone, compile_choice(compile), cache_length=cache_length)
+    if cache_length is not None:
+        if cache_length > backbone.max_seq_len:
+            raise ValueError(
+                f"cache_length={cache_length} exceeds the model's max_seq_len={backbone.max_seq_len}: lower it"
+            )
+        if longest + max_new_tokens > cache_length:
+            raise ValueError(
+                f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs {longest + max_new_tokens} "
+                f"positions and the static cache holds cache_length={cache_length}: raise cache_length (at most "
+                f"max_seq_len={backbone.max_seq_len}) or lower max_new_tokens"
+            )
     options = {
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size, "eos_id": eos_id,
-        "stop": tuple(stop), "tokenizer": tokenizer, "generator": generator,
+        "stop": tuple(stop), "tokenizer": tokenizer, "generator": generator, "static": static,
+        "cache_length": cache_length,
     }  # fmt: skip
     if len({len(p) for p in prompts}) == 1 or left_padding_is_exact(backbone):
         groups = [list(range(len(prompts)))]
@@ -275,20 +318,26 @@ def _decode(
     tokenizer: Tokenizer | None,
     on_token: Callable[[int, int, str], None] | None,
     generator: torch.Generator | None,
+    static: bool,
+    cache_length: int | None,
 ) -> tuple[list[_Row], int]:
-    """One batch: left-pad, prefill, then one token per step until every row has finished."""
+    """One batch: left-pad, prefill, then one token per step until every row has finished. ``static``: the
+    cache is preallocated to ``cache_length`` positions (default the request's) and each step is the compiled
+    :data:`zoo.generation.compiled.DECODE_STEP`."""
     device = backbone.embed.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
     pad = eos_id if eos_id is not None else 0  # any id: pads are never attended to
     ids = torch.full((B, P), pad, dtype=torch.long, device=device)  # (B, P), left-padded
-    valid = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)  # (B, S): key positions to attend
+    S = cache_length if static and cache_length is not None else P + max_new_tokens  # cache positions
+    valid = torch.zeros(B, S, dtype=torch.bool, device=device)  # (B, S): key positions to attend
     for b, p in enumerate(prompts):
         ids[b, P - len(p) :] = torch.tensor(list(p), dtype=torch.long, device=device)
         valid[b, P - len(p) :] = True
     padded = not bool(valid[:, :P].all())
     mask = None
-    if padded:  # (B, 1, P, P): real keys, plus each pad sees itself (so no query row is empty)
-        mask = valid[:, None, None, :P] | torch.eye(P, dtype=torch.bool, device=device)
+    keys = S if static else P  # a static cache is read whole (what is not written yet is hidden by the cache)
+    if padded:  # (B, 1, P, keys): real keys, plus each pad sees itself (so no query row is empty)
+        mask = valid[:, None, None, :keys] | torch.eye(P, keys, dtype=torch.bool, device=device)
     seen = None  # (B, V): tokens in each row's context, kept only for the repetition penalty
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, backbone.vocab_size, dtype=torch.bool, device=device)
@@ -298,8 +347,8 @@ def _decode(
     rows = [_Row(history=list(p), stream=DecodeStream(skip_special_tokens=True) if tokenizer is not None else None)
             for p in prompts]  # fmt: skip
 
-    cache = backbone.new_cache(B, P + max_new_tokens)
-    # prefill; the LM head only at the last position, the one whose logits are used
+    cache = backbone.new_cache(B, S, static=static)
+    # prefill (eager: run once); the LM head only at the last position, the one whose logits are used
     logits = backbone.head(backbone.features(ids, mask=mask, cache=cache)[:, -1]).float()  # (B, V)
     passes = 1
     for step in range(max_new_tokens):
@@ -319,9 +368,13 @@ def _decode(
                          last=step == max_new_tokens - 1)  # fmt: skip
         if all(row.reason is not None for row in rows):
             break
-        S = P + step + 1  # keys after this step's token is written to the cache
-        step_mask = valid[:, None, None, :S] if padded else None  # (B, 1, 1, S)
-        logits = backbone(next_tokens[:, None], mask=step_mask, cache=cache)[:, -1].float()
+        if static:  # the same shapes at every step: (B, 1) tokens, the (B, 1, 1, S) mask, the cache's buffers
+            step_mask = valid[:, None, None, :] if padded else None  # (B, 1, 1, S)
+            logits = compiled.DECODE_STEP(backbone, cache, next_tokens[:, None], step_mask)
+        else:
+            keys = P + step + 1  # keys after this step's token is written to the cache
+            step_mask = valid[:, None, None, :keys] if padded else None  # (B, 1, 1, keys)
+            logits = backbone(next_tokens[:, None], mask=step_mask, cache=cache)[:, -1].float()
         passes += 1
     return rows, passes
 

@@ -1,0 +1,90 @@
+"""The decoding step under ``torch.compile``, with an eager fallback.
+
+Autoregressive decoding runs one position per step through every layer; for a small model on a CPU most of a
+step's time is the per-operation overhead of eager PyTorch (dispatch and one small kernel per op), which a
+compiled step removes (the gpt-fast approach): a static KV cache preallocated to the request's length
+(:class:`zoo.nn.DecodingCache` with ``static=True``), the position as a tensor, and one graph of fixed shapes
+for the one-token step. Compiling takes seconds to minutes; a step compiled once is reused by every later call
+with the same shapes (the same batch size and cache length; a second shape makes dynamo compile a shape-generic
+graph).
+
+Where the backend cannot compile (no C++ compiler for inductor's CPU code, an unsupported operation), the step
+runs eagerly with one warning that names the reason, never an error in the middle of decoding.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+COMPILE_CHOICES = ("auto", "true", "false")
+
+# What torch.compile is asked for. "default" inductor: "max-autotune-no-cudagraphs" searched GEMM templates for
+# minutes on the 2-core CPU and decoded no faster (benchmarks/results/decode-compiled-cpu-2026-12-07.md).
+MODE = "default"
+BACKEND: str | Callable = "inductor"
+
+
+def compile_choice(value: str | bool) -> str:
+    """``compile`` as given by a user (``auto``, ``true``, ``false`` or a bool) as one of :data:`COMPILE_CHOICES`."""
+    text = str(value).lower() if isinstance(value, (bool, str)) else None
+    if text not in COMPILE_CHOICES:
+        raise ValueError(f"compile={value!r} is unknown; choose one of {list(COMPILE_CHOICES)}")
+    return text
+
+
+def cannot_compile(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot work here, known before trying (``None``: it may)."""
+    if sys.platform == "win32":
+        return "torch.compile's inductor backend is not supported on Windows"
+    if device.type == "cpu" and BACKEND == "inductor" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "inductor compiles C++ for the CPU and no C++ compiler (g++, c++, clang++) is on PATH"
+    return None
+
+
+def _step(backbone, cache, tokens: Tensor, mask: Tensor | None) -> Tensor:  # (B, 1) -> logits (B, V), fp32
+    return backbone(tokens, mask=mask, cache=cache)[:, -1].float()
+
+
+class DecodeStep:
+    """``step(backbone, cache, tokens, mask) -> logits``: one decoding step, compiled on first use, or eager after
+    compiling failed (one warning naming the reason, then eager for the rest of the process)."""
+
+    def __init__(self) -> None:
+        self.compiled: Callable | None = None
+        self.failure: str | None = None
+
+    def __call__(self, backbone, cache, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        if self.failure is None:
+            if self.compiled is None:
+                # fullgraph: one graph or an error (then eager), never a step half run compiled and half eager
+                self.compiled = torch.compile(
+                    _step, backend=BACKEND, mode=None if MODE == "default" else MODE, fullgraph=True
+                )
+            try:
+                return self.compiled(backbone, cache, tokens, mask)
+            except Exception as error:  # compiling failed before anything ran: the cache is unchanged
+                self.fail(_reason(error))
+        return _step(backbone, cache, tokens, mask)
+
+    def fail(self, reason: str) -> None:
+        """Run eagerly from now on, saying why once."""
+        if self.failure is None:
+            self.failure = reason
+            warnings.warn(f"the compiled decoding step runs eagerly: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a compile error (dynamo wraps the backend's own), as ``Type: first line``."""
+    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+        error = inner
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
+DECODE_STEP = DecodeStep()
