@@ -1,15 +1,22 @@
-"""Decoding speed of llama.cpp on zoo's GGUF export against zoo's own ``generate``, on the CPU.
+"""Decoding speed of llama.cpp on zoo's GGUF export against zoo's own ``generate``, eager and compiled, on the CPU.
 
 What the export buys a user on a CPU: the same model (a checkpoint, or random weights of the quickstart's shape),
-batch 1, the same prompts (16 tokens of the stdlib corpus) and the same number of new tokens (greedy, EOS ignored),
-the same number of threads for torch and llama.cpp (``--threads``), one process. Each round runs zoo and then
-llama.cpp at every GGUF type (f32, f16, q8_0) on every prompt, so drifts in clock speed or load hit all alike; the
-median tokens/s over ``--rounds`` is reported (prompt processing included on both sides), with the ratio to zoo and
-how many rows gave exactly zoo's greedy tokens::
+the same prompts (16 tokens of the stdlib corpus) and the same number of new tokens (greedy, EOS ignored), the same
+number of threads for torch and llama.cpp (``--threads``), one process. At each batch size (``--batch-sizes``),
+each round runs zoo eager (``generate(compile=False)``), zoo compiled (``compile=True``: a static KV cache and a
+``torch.compile``d step; its first call, which compiles, is a warm-up timed apart) and llama.cpp at every GGUF type
+(f32, f16, q8_0), the order of the sides reversed every other round, so drifts in clock speed or load hit all
+alike; the median tokens/s over ``--rounds`` is reported (prompt processing included on every side), with the
+ratios to zoo eager and to llama.cpp f32 and how many rows gave exactly zoo eager's greedy tokens. Batch 1 decodes
+``--prompts`` prompts one at a time; batch B decodes B prompts in one call of zoo's ``generate``, and one after
+another in llama.cpp (``Llama.generate`` decodes one sequence)::
 
     python benchmarks/gguf_speed.py                                          # random weights, quickstart shape
     python benchmarks/gguf_speed.py --ckpt runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt
     python benchmarks/gguf_speed.py --smoke                                  # seconds: a tiny model, CI
+
+The smoke mode traces the compiled step with the ``aot_eager`` backend (the same graph, no C++ to build), so it
+checks the code paths in seconds, not inductor's speed.
 
 Needs llama-cpp-python (``pip install -e ".[gguf]"``).
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import subprocess
@@ -67,10 +75,10 @@ def prompts(tokenizer, n: int, length: int) -> list[list[int]]:
     raise RuntimeError("the stdlib corpus gave too few prompts")
 
 
-def zoo_run(backbone, ids: list[int], new: int) -> list[int]:
+def zoo_run(backbone, rows: list[list[int]], new: int, *, compile: bool) -> list[list[int]]:
     from zoo.generation import generate
 
-    return generate(backbone, [ids], max_new_tokens=new, temperature=0.0).tokens[0]
+    return generate(backbone, rows, max_new_tokens=new, temperature=0.0, compile=compile).tokens
 
 
 def llama_run(llm, ids: list[int], new: int) -> list[int]:
@@ -101,60 +109,82 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4, help="prompts per round")
     p.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt")
     p.add_argument("--new-tokens", type=int, default=100, help="new tokens per prompt (greedy, EOS ignored)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     p.add_argument("--smoke", action="store_true", help="a tiny model, 2 prompts, 8 tokens, 1 round (CI)")
     args = p.parse_args()
     if args.smoke:
         args.dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab, args.context = 32, 2, 4, 2, 64, 300, 64
         args.prompts, args.prompt_tokens, args.new_tokens, args.rounds, args.ckpt = 2, 8, 8, 1, None
+        args.batch_sizes = "1,2"
     import llama_cpp
 
+    from zoo.generation import compiled
     from zoo.interop.gguf import write_gguf
 
+    if args.smoke:
+        compiled.BACKEND = "aot_eager"
     torch.set_num_threads(args.threads)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     backbone, tokenizer, eos, weights = model_and_tokenizer(args)
-    rows = prompts(tokenizer, args.prompts, args.prompt_tokens)
+    all_rows = prompts(tokenizer, max(args.prompts, *batch_sizes), args.prompt_tokens)
     if args.prompt_tokens + args.new_tokens > backbone.max_seq_len:
         raise SystemExit(f"--prompt-tokens + --new-tokens exceed the model's context {backbone.max_seq_len}")
+    load = [f"{os.getloadavg()[0]:.1f}"]
+    results = []
     with tempfile.TemporaryDirectory() as folder:
         llms = {}
         for outtype in OUTTYPES:
             path = write_gguf(backbone, tokenizer, Path(folder) / f"m-{outtype}.gguf", eos=eos, outtype=outtype)
             llms[outtype] = llama_cpp.Llama(model_path=str(path), n_ctx=backbone.max_seq_len, n_threads=args.threads,
                                             n_threads_batch=args.threads, verbose=False)  # fmt: skip
-        runners = {"zoo": lambda ids: zoo_run(backbone, ids, args.new_tokens)}
-        runners |= {
-            f"llama.cpp {t}": (lambda ids, llm=llm: llama_run(llm, ids, args.new_tokens)) for t, llm in llms.items()
-        }
-        for run in runners.values():  # warm-up: first-call allocations and caches
-            run(rows[0])
-        speeds: dict[str, list[float]] = {name: [] for name in runners}
-        tokens: dict[str, list[list[int]]] = {name: [] for name in runners}
-        for r in range(args.rounds):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                outs = [run(ids) for ids in rows]
-                seconds = time.perf_counter() - start
-                speeds[name].append(len(rows) * args.new_tokens / seconds)
-                if r == 0:
-                    tokens[name] = outs
+        for batch in batch_sizes:
+            chunks = [all_rows[:batch]] if batch > 1 else [[row] for row in all_rows[: args.prompts]]
+            n_rows = sum(len(c) for c in chunks)
+            runners = {
+                "zoo eager": lambda chunk: zoo_run(backbone, chunk, args.new_tokens, compile=False),
+                "zoo compiled": lambda chunk: zoo_run(backbone, chunk, args.new_tokens, compile=True),
+            }
+            runners |= {
+                f"llama.cpp {t}": (lambda chunk, llm=llm: [llama_run(llm, ids, args.new_tokens) for ids in chunk])
+                for t, llm in llms.items()
+            }
+            start = time.perf_counter()
+            runners["zoo compiled"](chunks[0])  # compiles (or reuses the step compiled for these shapes)
+            compile_seconds = time.perf_counter() - start
+            for run in runners.values():  # warm-up: first-call allocations and caches
+                run(chunks[0])
+            speeds: dict[str, list[float]] = {name: [] for name in runners}
+            tokens: dict[str, list[list[int]]] = {}
+            for r in range(args.rounds):
+                order = list(runners) if r % 2 == 0 else list(reversed(runners))
+                for name in order:
+                    start = time.perf_counter()
+                    outs = [row for chunk in chunks for row in runners[name](chunk)]
+                    speeds[name].append(n_rows * args.new_tokens / (time.perf_counter() - start))
+                    tokens.setdefault(name, outs)
+                load.append(f"{os.getloadavg()[0]:.1f}")
+            results.append((batch, n_rows, compile_seconds, speeds, tokens))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     cpu, flags = cpu_description()
-    print(f"# llama.cpp on zoo's GGUF export vs zoo `generate`, {datetime.date.today()}")
+    print(f"# llama.cpp on zoo's GGUF export vs zoo `generate` (eager, compiled), {datetime.date.today()}")
     print(f"machine: {cpu}, {torch.get_num_threads()} torch thread(s), llama.cpp n_threads={args.threads}; "
-          f"CPU flags: {flags}")  # fmt: skip
-    print(f"torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, commit {commit.stdout.strip()}")
+          f"CPU flags: {flags}; load average (1 min) at the start and after each round: {' '.join(load)}")  # fmt: skip
+    print(f"torch {torch.__version__}, llama-cpp-python {llama_cpp.__version__}, commit {commit.stdout.strip()}, "
+          f"compile backend {compiled.BACKEND if isinstance(compiled.BACKEND, str) else 'custom'}")  # fmt: skip
     print(f"model: {weights}, {backbone.num_parameters():,} parameters ({backbone.n_layers} × {backbone.dim}, "
-          f"vocab {backbone.vocab_size}); batch 1, {len(rows)} prompts × {args.prompt_tokens} tokens, "
-          f"{args.new_tokens} new tokens, greedy; median of {args.rounds} alternating round(s)")  # fmt: skip
+          f"vocab {backbone.vocab_size}); prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
+          f"greedy; median of {args.rounds} alternating round(s)")  # fmt: skip
     print(f"command: python benchmarks/gguf_speed.py {' '.join(sys.argv[1:])}\n")
-    print("| engine | tokens/s | × zoo | rows with zoo's greedy tokens |")
-    print("|---|---:|---:|---:|")
-    base = statistics.median(speeds["zoo"])
-    for name in runners:
-        speed = statistics.median(speeds[name])
-        same = sum(a == b for a, b in zip(tokens[name], tokens["zoo"]))
-        print(f"| {name} | {speed:,.1f} | {speed / base:.2f}× | {same}/{len(rows)} |")
+    print("| batch | engine | tokens/s | × zoo eager | × llama.cpp f32 | rows with zoo eager's greedy tokens |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for batch, n_rows, compile_seconds, speeds, tokens in results:
+        base, peer = statistics.median(speeds["zoo eager"]), statistics.median(speeds["llama.cpp f32"])
+        for name in speeds:
+            speed = statistics.median(speeds[name])
+            same = sum(a == b for a, b in zip(tokens[name], tokens["zoo eager"]))
+            print(f"| {batch} | {name} | {speed:,.1f} | {speed / base:.2f}× | {speed / peer:.2f}× | {same}/{n_rows} |")
+        print(f"| {batch} | (zoo compiled: first call, compiling included) | {compile_seconds:.1f} s | | | |")
 
 
 if __name__ == "__main__":
