@@ -118,8 +118,8 @@ class KVCache(ModuleCache):
             return k, v, mask, causal
         T, S = k.shape[2], self.k.shape[2]
         positions = self.cursor + torch.arange(T, device=k.device)  # (T,)
-        self.k.index_copy_(2, positions, k.to(self.k.dtype))
-        self.v.index_copy_(2, positions, v.to(self.v.dtype))
+        self.k[:, :, positions] = k.to(self.k.dtype)  # index_put_: written in place, also when compiled
+        self.v[:, :, positions] = v.to(self.v.dtype)
         keys = torch.arange(S, device=k.device)
         last = positions[:, None] if causal else positions[-1:, None]  # (T or 1, 1): the last key each query reads
         visible = (keys[None, :] <= last)[None, None]  # (1, 1, T or 1, S)
