@@ -26,8 +26,9 @@ from torch import Tensor
 
 COMPILE_CHOICES = ("auto", "true", "false")
 
-# What torch.compile is asked for. "default" inductor: "max-autotune-no-cudagraphs" searched GEMM templates for
-# minutes on the 2-core CPU and decoded no faster (benchmarks/results/decode-compiled-cpu-2026-12-07.md).
+# What torch.compile is asked for: inductor's default mode. On the 2-core CPU "max-autotune-no-cudagraphs" (with
+# frozen, prepacked weights) took twice as long to compile (100 s against 47 s at batch 8) and decoded no faster
+# (benchmarks/results/decode-compiled-cpu-2026-12-07.md).
 MODE = "default"
 BACKEND: str | Callable = "inductor"
 
