@@ -131,8 +131,8 @@ def left_padding_is_exact(backbone: Transformer) -> bool:
 def compile_wanted(*, cache_length: int | None) -> bool:
     """What ``compile="auto"`` decides: compiled when the caller fixes ``cache_length`` (a loop of requests that
     share one compiled step), eager for a request on its own. On the 2-core CPU compiling the quickstart's step
-    took 45–75 s and saved about 2–3 ms per decoding step (benchmarks/results/decode-compiled-cpu-2026-12-07.md):
-    paid back after some 20,000 steps, far more than one request makes."""
+    took 41–74 s and saved 2.7–4.2 ms per decoding step (benchmarks/results/decode-compiled-cpu-2026-12-07.md):
+    paid back after some 10,000–27,000 steps, far more than one request makes."""
     return cache_length is not None
 
 
