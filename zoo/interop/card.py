@@ -118,10 +118,12 @@ def _architecture(backbone: Transformer) -> list[tuple[str, str]]:
     return rows
 
 
-def render_card(backbone: Transformer, facts: CardFacts, *, library_name: str, usage: str, files: str) -> str:
-    """The card's Markdown. ``usage`` is a Python snippet that loads the export; ``files`` says what it holds."""
+def render_card(model, facts: CardFacts, *, library_name: str, usage: str, files: str) -> str:
+    """The card's Markdown for ``model`` (the trained objective: its backbone and its description). ``usage`` is a
+    Python snippet that loads the export; ``files`` says what it holds."""
     rows, datasets = _mixture(facts.data)
-    diffusion = not backbone.causal
+    backbone: Transformer = model.backbone
+    diffusion = model.description.diffusion
     front = {"library_name": library_name, "pipeline_tag": "text-generation"}
     if facts.license:
         front["license"] = facts.license
@@ -168,9 +170,7 @@ def usage_snippet(card: str) -> str:
 
 def transformers_card(model, *, remote: bool) -> dict:
     """What the card of a transformers directory says: its library, files and a usage snippet (run by the tests)."""
-    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
-
-    diffusion = isinstance(model, MaskedDiffusionLM)
+    diffusion = model.description.diffusion
     trust = ", trust_remote_code=True" if remote else ""
     call = ("model.generate(ids)  # masked-diffusion sampling, settings from generation_config.json" if diffusion
             else "model.generate(ids, max_new_tokens=16, do_sample=False)")  # fmt: skip

@@ -167,7 +167,7 @@ def export(
             card = transformers_card(model, remote=format == "remote-code")
         facts = card_facts(checkpoint, ckpt, name=directory.name, license=license, eval_results=report)
         facts.extra_tags = card["tags"]
-        text = render_card(model.backbone, facts, library_name=card["library_name"], usage=card["usage"],
+        text = render_card(model, facts, library_name=card["library_name"], usage=card["usage"],
                            files=card["files"])  # fmt: skip
         (staging / "README.md").write_text(text, encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp's folders are private; the export is an ordinary directory
