@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from zoo.nn import Transformer
+
+if TYPE_CHECKING:
+    from zoo.training.loading import Loaded
 
 
 @dataclass
@@ -67,15 +71,13 @@ def read_eval_results(path: str | Path) -> dict:
     return report
 
 
-def card_facts(checkpoint: dict, ckpt: str | Path, *, name: str, license: str | None = None,
+def card_facts(loaded: Loaded, *, name: str, license: str | None = None,
                eval_results: dict | None = None) -> CardFacts:  # fmt: skip
-    """The facts of a card from a loaded checkpoint (``torch.load``) and its path."""
-    tokens = checkpoint.get("state_dict", {}).get("tokens_seen")
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
+    """The facts of a card from a loaded checkpoint (:func:`zoo.training.loading.load_checkpoint`: its step, tokens
+    and objective) and the run folder around its file (``config.yaml``)."""
     return CardFacts(
-        name=name, objective=class_path.rpartition(".")[2] or "unknown", steps=checkpoint.get("global_step"),
-        tokens=int(tokens) if tokens is not None else None, data=run_data_config(ckpt), eval_results=eval_results,
-        license=license,
+        name=name, objective=loaded.objective or "unknown", steps=loaded.step, tokens=loaded.tokens,
+        data=run_data_config(loaded.path), eval_results=eval_results, license=license,
     )  # fmt: skip
 
 
