@@ -96,17 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     if checkpoint.ckpt is None:  # no checkpoint named: the help of zoo's families, or the parser's error
         parser().parse_args(argv)
         return
-    from zoo.data.tokenizer import tokenizer_from_checkpoint
-    from zoo.objectives.base import LanguageModel
+    from zoo.training.loading import load_checkpoint
 
-    model = LanguageModel.from_checkpoint(checkpoint.ckpt, map_location=checkpoint.device,
-                                          trust=checkpoint.trust_checkpoint).eval()  # fmt: skip
-    family = model.description.sampler
-    refuse_other_families(argv, family, holder=f"{checkpoint.ckpt} holds a {type(model).__name__}")
+    # one read: the model (in eval mode, on the device), its tokenizer and end-of-text token
+    loaded = load_checkpoint(checkpoint.ckpt, device=checkpoint.device, trust=checkpoint.trust_checkpoint)
+    family = loaded.model.description.sampler
+    refuse_other_families(argv, family, holder=f"{checkpoint.ckpt} holds a {type(loaded.model).__name__}")
     args = parser([family]).parse_args(argv)
     args.stop = [unescape(s) for s in args.stop]
-    tokenizer, eos = tokenizer_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
-    run(args, model, tokenizer, eos)  # a ValueError/OSError is printed as one line by zoo.commands.errors.run_command
+    run(args, loaded.model, loaded.tokenizer, loaded.eos)  # a ValueError/OSError: one line (commands.errors)
 
 
 def read_ahead(argv: list[str]) -> argparse.Namespace:
