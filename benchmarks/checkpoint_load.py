@@ -1,13 +1,15 @@
-"""Checkpoint load time: weights-only loading (what zoo does now) against full unpickling (its peer, and what zoo
-did before), on one checkpoint file in one run. Weights-only loading must not make loading slow.
+"""Checkpoint load time: what each command reads before it works, and weights-only loading against full unpickling
+(its peer, and what zoo did before), on one checkpoint file in one run.
 
-Rows (median of ``--repeats`` runs each, the file in the page cache after a first read):
+Rows (median of ``--repeats`` runs each, the file in the page cache after a first read; "reads" counts the calls of
+``torch.load`` on the file during one load):
 
 * ``torch.load``: the file alone, ``weights_only=False`` (peer) vs ``weights_only=True``.
-* ``generate's load``: what ``python -m zoo generate`` reads before sampling — the objective (class from the file,
-  then Lightning's ``load_from_checkpoint``) and the tokenizer. Before: three full unpicklings (the class read, the
-  model read, the tokenizer read). Now: the class read and the tokenizer read weights-only with tensors mapped
-  (``mmap``), the model read weights-only.
+* each command's load of model + tokenizer + EOS + step: ``generate`` (``LanguageModel.from_checkpoint``, then
+  ``tokenizer_from_checkpoint``: three reads), ``eval`` (``zoo.eval.checkpoint.load_model``), ``export`` (the model,
+  then ``read_checkpoint`` in full for the card's step count, then the tokenizer), and
+  ``zoo.training.loading.load_checkpoint``: one memory-mapped weights-only read, the model built from the
+  hyper-parameters and the state dict loaded into it (the commands use it where it exists).
 
     python -m zoo fit --config configs/quickstart.yaml --trainer.max_steps 4 --model.schedule.init_args.warmup_steps 1
     python benchmarks/checkpoint_load.py runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt
@@ -22,6 +24,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -34,6 +37,21 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def count_reads(fn: Callable[[], object]) -> int:
+    """How many times ``fn`` calls ``torch.load`` (every reader of a checkpoint, Lightning's included, goes
+    through it)."""
+    real = torch.load
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    with mock.patch("torch.load", counting):
+        fn()
+    return len(calls)
 
 
 def tiny_checkpoint() -> str:
@@ -55,6 +73,31 @@ def tiny_checkpoint() -> str:
     return str(next(root.rglob("last.ckpt")))
 
 
+def command_loads(ckpt: str) -> list[tuple[str, Callable[[], object]]]:
+    """(name, load) of what each command reads before it works, as the tree at hand does it."""
+    from zoo.data.tokenizer import tokenizer_from_checkpoint
+    from zoo.eval.checkpoint import load_model
+    from zoo.objectives.base import LanguageModel
+    from zoo.training.checkpoints import read_checkpoint
+
+    def generate_three_reads() -> None:  # zoo generate before the one-read loader
+        LanguageModel.from_checkpoint(ckpt, map_location="cpu").eval()
+        tokenizer_from_checkpoint(ckpt)
+
+    def export_before() -> None:  # zoo export before the one-read loader: the model, then the file in full
+        LanguageModel.from_checkpoint(ckpt, map_location="cpu").eval()
+        tokenizer_from_checkpoint(read_checkpoint(ckpt))
+
+    rows = [("generate, before (objective + tokenizer: 3 reads)", generate_three_reads),
+            ("export, before (objective + full read for the card)", export_before),
+            ("eval's load_model (as the tree has it)", lambda: load_model(ckpt, device="cpu"))]  # fmt: skip
+    try:
+        loading = importlib.import_module("zoo.training.loading")
+    except ImportError:
+        return rows
+    return [*rows, ("load_checkpoint (one mmap weights-only read)", lambda: loading.load_checkpoint(ckpt))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", nargs="?", help="a checkpoint written by `python -m zoo fit`")
@@ -66,32 +109,21 @@ def main() -> None:
         args.ckpt, args.repeats = tiny_checkpoint(), 1
     elif args.ckpt is None:
         p.error("give a checkpoint (or --smoke)")
-    from zoo.data.tokenizer import tokenizer_from_checkpoint
-    from zoo.objectives.base import LanguageModel
-
-    def generate_before() -> None:  # zoo before weights-only loading, step by step
-        checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)  # the objective's class
-        module, _, name = checkpoint["hyper_parameters"]["_class_path"].rpartition(".")
-        target = getattr(importlib.import_module(module), name)
-        target.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
-        tokenizer_from_checkpoint(torch.load(args.ckpt, map_location="cpu", weights_only=False))
-
-    def generate_now() -> None:
-        LanguageModel.from_checkpoint(args.ckpt, map_location="cpu")
-        tokenizer_from_checkpoint(args.ckpt)
-
-    rows = [
-        ("torch.load", lambda: torch.load(args.ckpt, map_location="cpu", weights_only=False),
-         lambda: torch.load(args.ckpt, map_location="cpu", weights_only=True)),
-        ("generate's load (objective + tokenizer)", generate_before, generate_now),
-    ]  # fmt: skip
     size = os.path.getsize(args.ckpt) / 2**20
     print(f"{args.ckpt}: {size:.1f} MiB, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| what | full unpickling (s) | weights-only (s) | full / weights-only |")
+    full = median_seconds(lambda: torch.load(args.ckpt, map_location="cpu", weights_only=False), args.repeats)
+    safe = median_seconds(lambda: torch.load(args.ckpt, map_location="cpu", weights_only=True), args.repeats)
+    mapped = median_seconds(lambda: torch.load(args.ckpt, map_location="cpu", weights_only=True, mmap=True),
+                            args.repeats)  # fmt: skip
+    print("| torch.load | full unpickling (s) | weights-only (s) | weights-only, mmap (s) |")
     print("|---|---:|---:|---:|")
-    for name, before, now in rows:
-        a, b = median_seconds(before, args.repeats), median_seconds(now, args.repeats)
-        print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    print(f"| the file | {full:.3f} | {safe:.3f} | {mapped:.3f} |")
+    print()
+    print("| a command's load (model + tokenizer + EOS + step) | reads | seconds |")
+    print("|---|---:|---:|")
+    for name, load in command_loads(args.ckpt):
+        reads = count_reads(load)
+        print(f"| {name} | {reads} | {median_seconds(load, args.repeats):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -101,14 +101,14 @@ def load_models(args) -> dict:
         return {"ar": random_backbone(args), "diffusion": random_backbone(args, causal=False),
                 "mask_id": args.vocab - 1, "shift": False, "block_causal": None}  # fmt: skip
     from zoo.data.tokenizer import tokenizer_from_checkpoint
-    from zoo.generation import block_causal_size
     from zoo.objectives import LanguageModel
 
     ar = LanguageModel.from_checkpoint(args.ar_ckpt, map_location="cpu")
     diffusion = LanguageModel.from_checkpoint(args.diffusion_ckpt, map_location="cpu")
     tokenizer, eos = tokenizer_from_checkpoint(args.ar_ckpt)
-    return {"ar": ar.backbone, "diffusion": diffusion.backbone, "mask_id": diffusion.mask_id,
-            "shift": getattr(diffusion, "shift", False), "block_causal": block_causal_size(diffusion),
+    described = diffusion.description
+    return {"ar": ar.backbone, "diffusion": diffusion.backbone, "mask_id": described.mask_id,
+            "shift": described.shift, "block_causal": described.block_size,
             "tokenizer": tokenizer, "eos": eos}  # fmt: skip
 
 

@@ -5,7 +5,6 @@ import torch
 
 from tests.conftest import tiny_backbone
 from zoo.generation import confidence_threshold, diffusion_generate, low_confidence_remasking
-from zoo.generation.fast_diffusion import block_causal_size
 from zoo.nn import Canon, GroupedQueryAttention
 
 V, MASK = 64, 63
@@ -171,18 +170,17 @@ def test_block_causal_models_get_an_exact_cache(cache):
     assert not torch.allclose(model(x)[:, :7], model(y)[:, :7])
 
 
-def test_block_causal_size_reads_the_conversion_schedule():
+def test_the_description_gives_the_block_size_of_the_conversion_schedule():
     from zoo.objectives import MaskedDiffusionLM
     from zoo.objectives.conversion import AttentionAnnealing, BlockWarmupStableDecay
 
-    def lm(conversion):
-        return MaskedDiffusionLM(backbone=bidirectional(), mask_id=MASK, conversion=conversion)
+    def block_size(conversion):
+        return MaskedDiffusionLM(backbone=bidirectional(), mask_id=MASK, conversion=conversion).description.block_size
 
-    assert block_causal_size(lm(BlockWarmupStableDecay(warmup_blocks=[1, 4], warmup_steps=4, stable_steps=2,
-                                                       decay_block=8))) == 8  # fmt: skip
-    assert block_causal_size(lm(BlockWarmupStableDecay(warmup_blocks=[1], warmup_steps=2, stable_steps=2))) is None
-    assert block_causal_size(lm(AttentionAnnealing(anneal_steps=3))) is None
-    assert block_causal_size(lm(None)) is None
+    assert block_size(BlockWarmupStableDecay(warmup_blocks=[1, 4], warmup_steps=4, stable_steps=2, decay_block=8)) == 8
+    assert block_size(BlockWarmupStableDecay(warmup_blocks=[1], warmup_steps=2, stable_steps=2)) is None
+    assert block_size(AttentionAnnealing(anneal_steps=3)) is None
+    assert block_size(None) is None
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""A new objective is one file: it defines its loss, names its sampler and its scorer, and `zoo fit`, `zoo generate`
-and `zoo eval` run it without a change to the commands. The objective here is a plain causal LM whose sampler
-recomputes the whole sequence at every step (no KV cache) and always picks the most likely token."""
+"""A new objective is one file: it defines its loss and describes itself (its kind, its scoring and a sampler family
+of its own: an options class and a sample function), and `zoo fit`, `zoo generate` and `zoo eval` run it without a
+change to the commands. The objective here is a plain causal LM whose sampler recomputes the whole sequence (or its
+last `window` tokens) at every step, without a KV cache, and always picks the most likely token."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -10,14 +12,54 @@ import torch.nn.functional as F
 
 from tests.commands.test_cli import TINY
 from zoo.generation import Generation, answer_text
-from zoo.objectives import LanguageModel
+from zoo.objectives import LanguageModel, ModelDescription, ModelKind, SamplerFamily, Scoring
+
+
+@dataclass(frozen=True)
+class RecomputingOptions:
+    """Recomputing checkpoints: greedy decoding without a KV cache
+
+    Args:
+        max_new_tokens: tokens to generate at most
+        window: each step reads only the last this many tokens (0 = the whole sequence)
+    """
+
+    max_new_tokens: int = 16
+    window: int = 0
+
+
+@torch.no_grad()
+def recompute(backbone, prompts, options: RecomputingOptions, *, description, temperature, eos_id, stop, tokenizer,
+              generator, on_token):  # fmt: skip
+    """The family's sampler: one full forward pass per new token, the most likely token each time."""
+    if options.window < 0:
+        raise ValueError(f"window={options.window} must be ≥ 0 (0 = the whole sequence)")
+    RecomputingLM.calls.append(options)
+    tokens = []
+    for prompt in prompts:
+        ids = list(prompt)
+        for _ in range(options.max_new_tokens):
+            ids.append(int(backbone(torch.tensor([ids[-options.window :]]))[0, -1].argmax()))
+            if ids[-1] == eos_id:
+                break
+        tokens.append(ids[len(prompt) :])
+    answers = [answer_text(tokenizer, t, eos_id=eos_id, stop=stop) for t in tokens]
+    return Generation(tokens=tokens, texts=[a for a, _ in answers], finish_reasons=[r for _, r in answers],
+                      forward_passes=sum(len(t) for t in tokens))  # fmt: skip
+
+
+RECOMPUTING = SamplerFamily(name="recomputing", options=RecomputingOptions, sample=recompute, length="max_new_tokens")
 
 
 class RecomputingLM(LanguageModel):
     """Next-token cross-entropy, greedy sampling by full recomputation, exact log-likelihoods."""
 
-    sampler_kind = "autoregressive"
-    samples_drawn = 0  # counts calls of its own sampler, so the test can tell that the commands used it
+    calls: list[RecomputingOptions] = []  # the options of each call of its own sampler, for the test to read
+
+    @property
+    def description(self) -> ModelDescription:
+        return ModelDescription(kind=ModelKind.AUTOREGRESSIVE, sampler=RECOMPUTING, scoring=Scoring.LOG_LIKELIHOOD,
+                                shift=True)  # fmt: skip
 
     def loss(self, batch):
         input_ids, labels = batch["input_ids"], batch["labels"]
@@ -25,27 +67,6 @@ class RecomputingLM(LanguageModel):
         targets = labels[:, 1:]
         n = (targets != -100).sum()
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100), n
-
-    @torch.no_grad()
-    def sample(self, prompts, *, max_new_tokens, eos_id=None, stop=(), tokenizer=None, **ignored):
-        type(self).samples_drawn += 1
-        tokens = []
-        for prompt in prompts:
-            ids = list(prompt)
-            for _ in range(max_new_tokens):
-                ids.append(int(self.backbone(torch.tensor([ids]))[0, -1].argmax()))
-                if ids[-1] == eos_id:
-                    break
-            tokens.append(ids[len(prompt) :])
-        answers = [answer_text(tokenizer, t, eos_id=eos_id, stop=stop) for t in tokens]
-        return Generation(tokens=tokens, texts=[a for a, _ in answers], finish_reasons=[r for _, r in answers],
-                          forward_passes=sum(len(t) for t in tokens))  # fmt: skip
-
-    def scorer(self, *, tokenizer, eos, batch_size=32, mc_num=128, seed=0):
-        from zoo.eval.scoring import CausalScorer
-
-        return CausalScorer(backbone=self.backbone, tokenizer=tokenizer, prefix_id=tokenizer.token_to_id(eos),
-                            max_length=self.backbone.max_seq_len, batch_size=batch_size)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +95,9 @@ def test_the_commands_run_a_new_objective_through_its_own_sampler_and_scorer(che
     model = Base.from_checkpoint(str(checkpoint))
     assert type(model).__name__ == "RecomputingLM"
 
-    before = RecomputingLM.samples_drawn
+    RecomputingLM.calls.clear()
     main(["generate", "--ckpt", str(checkpoint), "--prompt", "def f(", "--max-new-tokens", "5"])
-    assert RecomputingLM.samples_drawn == before + 1
+    assert RecomputingLM.calls == [RecomputingOptions(max_new_tokens=5, window=0)]
     assert capsys.readouterr().out.startswith("def f(")
 
     arc = [{"id": "q", "question": "Which is a gas?", "answerKey": "B",
@@ -88,3 +109,37 @@ def test_the_commands_run_a_new_objective_through_its_own_sampler_and_scorer(che
           "--output", str(out)])  # fmt: skip
     results = json.loads(out.read_text())
     assert results["results"]["arc_easy"]["n"] == 1 and results["elbo"] is False
+
+
+def test_zoo_generate_takes_the_new_sampler_familys_own_options(checkpoint, capsys, monkeypatch):
+    """The family's own option (--window) is listed by --help for its checkpoint, parsed, type-checked and handed to
+    its sample function; the samplers of zoo's objectives never see it, and their options are refused by name."""
+    from zoo.cli import main
+    from zoo.training.class_paths import TRUSTED_MODULES_ENV
+
+    monkeypatch.setenv(TRUSTED_MODULES_ENV, __name__)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--ckpt", str(checkpoint), "--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "Recomputing checkpoints: greedy decoding without a KV cache" in help_text
+    assert "--window WINDOW" in help_text and "each step reads only the last this many tokens" in help_text
+    listed = help_text.split("\noptions:", 1)[1]  # after the description's examples
+    assert "--top-p" not in listed and "--gen-length" not in listed  # other families' options are not listed
+
+    RecomputingLM.calls.clear()
+    main(["generate", "--ckpt", str(checkpoint), "--prompt", "def f(", "--prompt", "import os", "--window", "3",
+          "--max-new-tokens", "4", "--stop", "\\n"])  # fmt: skip
+    assert RecomputingLM.calls == [RecomputingOptions(max_new_tokens=4, window=3)]
+    out = capsys.readouterr().out
+    assert out.startswith("def f(") and "\nimport os" in out
+
+    for args, message in [(["--window", "-1"], "window=-1 must be ≥ 0"),
+                          (["--window", "two"], "window=two: expected a value of type int"),
+                          (["--steps", "8"], "--steps: options of masked-diffusion checkpoints"),
+                          (["--top-p", "0.5"], "--top-p: options of autoregressive checkpoints")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--ckpt", str(checkpoint), "--prompt", "x", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "its options are --max-new-tokens, --window" in err

@@ -70,9 +70,11 @@ def library_readers(path: Path) -> dict:
     from zoo.eval.checkpoint import load_model
     from zoo.interop.export import export
     from zoo.objectives import LanguageModel
+    from zoo.training.loading import load_checkpoint
 
     return {
         "read_checkpoint": lambda: read_checkpoint(path),
+        "load_checkpoint (generate, eval, export)": lambda: load_checkpoint(path),
         "AtomicCheckpointIO (the trainer's --ckpt_path read)": lambda: AtomicCheckpointIO().load_checkpoint(path),
         "LanguageModel.from_checkpoint": lambda: LanguageModel.from_checkpoint(str(path)),
         "tokenizer_from_checkpoint": lambda: tokenizer_from_checkpoint(path),
@@ -168,6 +170,7 @@ def old_style(checkpoint: dict, *, hyperparameters: bool = True) -> dict:
 def test_an_older_checkpoint_is_refused_trusted_on_request_and_converted(trained, tmp_path, cache, monkeypatch, capsys):
     from zoo.cli import main
     from zoo.objectives import LanguageModel
+    from zoo.training.loading import load_checkpoint
 
     plain = torch.load(trained, map_location="cpu", weights_only=True)
     old, new = tmp_path / "old.ckpt", tmp_path / "new.ckpt"
@@ -271,8 +274,10 @@ def test_a_bare_pickle_payload_is_refused_as_not_a_checkpoint(tmp_path):
 
     marker, path = tmp_path / "marker", tmp_path / "bare.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}))
+    from zoo.training.loading import load_checkpoint
+
     for read in (lambda: read_checkpoint(path), lambda: LanguageModel.from_checkpoint(str(path)),
-                 lambda: AtomicCheckpointIO().load_checkpoint(path)):  # fmt: skip
+                 lambda: AtomicCheckpointIO().load_checkpoint(path), lambda: load_checkpoint(path)):  # fmt: skip
         with pytest.raises(ValueError) as err:
             read()
         message = str(err.value)
@@ -285,6 +290,7 @@ def test_a_legacy_format_file_and_a_directory_are_named(tmp_path, trained, cache
     """torch's pre-zip format: read whole (torch maps only zip archives) when it is plain data, named when it holds
     objects; a directory given as a checkpoint is named as one, with the checkpoint files inside it."""
     from zoo.objectives import LanguageModel
+    from zoo.training.loading import load_checkpoint
 
     plain = torch.load(trained, map_location="cpu", weights_only=True)
     legacy, objects = tmp_path / "legacy.ckpt", tmp_path / "objects.ckpt"
@@ -292,6 +298,7 @@ def test_a_legacy_format_file_and_a_directory_are_named(tmp_path, trained, cache
     torch.save(old_style(plain), objects, _use_new_zipfile_serialization=False)
     assert read_checkpoint(legacy, mmap=True)["global_step"] == plain["global_step"]
     assert type(LanguageModel.from_checkpoint(str(legacy))).__name__ == "CausalLM"
+    assert load_checkpoint(legacy).step == plain["global_step"]
     with pytest.raises(ValueError) as err:
         read_checkpoint(objects, mmap=True)
     assert f"checkpoint {objects} is in torch's legacy format" in str(err.value) and "mmap" not in str(err.value)
@@ -299,7 +306,8 @@ def test_a_legacy_format_file_and_a_directory_are_named(tmp_path, trained, cache
     folder = trained.parent
     readers = {"read_checkpoint": lambda: read_checkpoint(folder), "from_checkpoint":
                lambda: LanguageModel.from_checkpoint(str(folder)), "checkpoint_io":
-               lambda: AtomicCheckpointIO().load_checkpoint(folder), "fit --ckpt_path": lambda: fit(
+               lambda: AtomicCheckpointIO().load_checkpoint(folder), "load_checkpoint": lambda: load_checkpoint(folder),
+               "fit --ckpt_path": lambda: fit(
                    tmp_path / "run", cache, "--trainer.max_steps", "3", "--ckpt_path", str(folder),
                    monkeypatch=monkeypatch)}  # fmt: skip
     for name, read in readers.items():

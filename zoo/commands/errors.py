@@ -125,7 +125,7 @@ def explain_parser_error(message: str, options: Iterable[str] = ()) -> str:
         given = named.group(1) if named else given
         return f"{field}: class_path {given} does not exist{did_you_mean(given, known_classes())}"
     if keys and value is not None and len(value) < 80:
-        return f"{field}={value}: {reason}"
+        return f"{field}={value}{' ' if reason.startswith('must be') else ': '}{reason}"
     return f"{field}: {reason}" if keys else reason
 
 
@@ -138,9 +138,13 @@ def _innermost_reason(message: str) -> tuple[str, str | None]:
     reason = re.sub(r"(Parser key \"[^\"]+\":\s*|Problem with given class_path '[^']+':\s*)", "", reason)
     reason = re.sub(r"Type \S+(?:\[.*?\]\])? expects a function or a callable class:\s*", "", reason)
     reason = re.sub(r"Expected a <class '(?:builtins\.)?([\w.]+)'>", r"expected a value of type \1", reason)
+    reason = re.sub(r"Expected a typing\.Literal\[(.*)\]\.", r"choose from \1.", reason)  # as argparse's choices
     reason, _, value = reason.partition(" Got value: ")
     value = re.split(r"\. Got value: ", value)[0].rstrip(".") if value else None
-    return reason.strip().rstrip("."), value
+    reason = reason.strip().rstrip(".")
+    if reason == "expected a value of type float" and value and value.lower().lstrip("+-") in ("nan", "inf"):
+        reason = "must be a finite number"  # jsonargparse reads nan and inf as text, not as floats
+    return reason, value
 
 
 def did_you_mean(given: str, candidates: Iterable[str], *, strip: str = "") -> str:

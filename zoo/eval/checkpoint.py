@@ -10,23 +10,13 @@ def load_model(
     ckpt: str, *, device: str, tokenizer_path: str | None = None, eos_token: str | None = None,
     trust: bool | None = None,
 ):
-    """(objective in eval mode, tokenizer, eos token, global step) of a zoo checkpoint, read weights-only
-    (``trust``: see :func:`zoo.training.checkpoints.trust_checkpoints`)."""
-    from tokenizers import Tokenizer
+    """(objective in eval mode, tokenizer, eos token, global step) of a zoo checkpoint, from one weights-only read
+    (:func:`zoo.training.loading.load_checkpoint`; ``trust``: see :func:`zoo.training.checkpoints.trust_checkpoints`).
+    ``tokenizer_path``/``eos_token``: a ``tokenizer.json`` for a checkpoint that carries no tokenizer."""
+    from zoo.training.loading import load_checkpoint
 
-    from zoo.data.tokenizer import EOS, tokenizer_from_checkpoint
-    from zoo.objectives.base import LanguageModel
-    from zoo.training.checkpoints import read_checkpoint
-
-    checkpoint = read_checkpoint(ckpt, mmap=True, trust=trust)  # a missing, foreign or untrusted file is named
-    if tokenizer_path is not None:
-        tokenizer, eos = Tokenizer.from_file(tokenizer_path), eos_token or EOS
-    else:
-        tokenizer, eos = tokenizer_from_checkpoint(checkpoint)
-    model = LanguageModel.from_checkpoint(ckpt, map_location=device, trust=trust).eval()
-    if tokenizer.token_to_id(eos) is None:
-        raise ValueError(f"the tokenizer has no end-of-text token {eos!r}: pass --eos-token")
-    return model, tokenizer, eos, int(checkpoint.get("global_step", 0))
+    loaded = load_checkpoint(ckpt, device=device, trust=trust, tokenizer=tokenizer_path, eos_token=eos_token)
+    return loaded.model, loaded.tokenizer, loaded.eos, loaded.step
 
 
 def make_scorer(model, tokenizer, eos: str, *, batch_size: int = 32, mc_num: int = 128, seed: int = 0):

@@ -43,8 +43,6 @@ from zoo.generation.sampling import sample
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("low_confidence", "threshold")
-# gen_kwargs zoo's AR decoding understands (the rest of a task's gen_kwargs are named in a warning and ignored)
-AR_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size")
 
 
 @register_model("zoo")
@@ -122,7 +120,8 @@ class ZooLM(LM):
         self._device = next(model.parameters()).device
         self.batch_size, self.seed = batch_size, int(seed)
         self.max_gen_toks = int(max_gen_toks) if max_gen_toks is not None else min(256, self.max_length // 2)
-        self.diffusion = getattr(model, "sampler_kind", None) == "diffusion"
+        self.description = model.description
+        self.diffusion = self.description.diffusion
         self.sampler, self.block_length, self.steps, self.threshold = sampler, block_length, steps, threshold
         self.scorer = make_scorer(model, tok, eos, batch_size=batch_size, mc_num=int(mc_num), seed=self.seed)
         self.format: PromptFormat | None = FORMATS[chat_format]() if chat_format else None
@@ -211,12 +210,16 @@ class ZooLM(LM):
             threshold = self.threshold if self.sampler == "threshold" else None
             return {**options, "block_length": min(self.block_length, max_gen_toks), "threshold": threshold,
                     "steps": max_gen_toks * self.steps}  # fmt: skip
-        ignored = sorted(set(kwargs) - set(AR_KWARGS))
+        # a gen_kwarg that names an option of the model's sampler family (top_k, top_p, ...) sets it, converted to
+        # the type of the option's default; the others are named in a warning and ignored
+        family = self.description.sampler
+        defaults = family.options()
+        names = set(family.option_names()) - {family.length}
+        ignored = sorted(set(kwargs) - names - {"do_sample", "temperature"})
         if ignored:
-            log.warning("gen_kwargs %s are not used by zoo's decoding and were ignored", ignored)
-        return {**options, "top_k": int(kwargs.get("top_k") or 0), "top_p": float(kwargs.get("top_p") or 1.0),
-                "repetition_penalty": float(kwargs.get("repetition_penalty") or 1.0),
-                "no_repeat_ngram_size": int(kwargs.get("no_repeat_ngram_size") or 0)}  # fmt: skip
+            log.warning("gen_kwargs %s are not used by zoo's %s sampling and were ignored", ignored, family.name)
+        return {**options, **{name: _as_default(kwargs[name], getattr(defaults, name))
+                              for name in sorted(names & set(kwargs))}}  # fmt: skip
 
     # ---- chat templates ----------------------------------------------------------------------------------------
     @property
@@ -237,6 +240,13 @@ class ZooLM(LM):
         if self.format is None:
             self.chat_template(True)  # raises the message above
         return render_chat(self.format, chat_history, eos=self.eos, add_generation_prompt=add_generation_prompt)
+
+
+def _as_default(value, default):
+    """A gen_kwargs value as the type of the option's default (``top_k: "40"`` → 40); a missing one: the default."""
+    if value is None or value == "":
+        return default
+    return type(default)(value) if isinstance(default, (bool, int, float, str)) else value
 
 
 def render_chat(fmt: PromptFormat, messages: list[dict[str, str]], *, eos: str, add_generation_prompt: bool) -> str:

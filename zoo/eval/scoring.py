@@ -252,7 +252,9 @@ class ElboScorer(Scorer):
     """Monte-Carlo ELBO lower bounds on ``log p(continuation | context)`` from a masked-diffusion model.
 
     Args:
-        model: a :class:`zoo.objectives.MaskedDiffusionLM` (its mask token and shift are used).
+        model: the masked-diffusion network (``backbone(ids) -> logits``), or a ``MaskedDiffusionLM``.
+        mask_id: its mask token (``None``: the ``MaskedDiffusionLM``'s).
+        shift: its logits at position ``i`` predict token ``i + 1`` (``None``: as the ``MaskedDiffusionLM``).
         mc_num: Monte-Carlo samples per request.
         batch_size: samples per forward pass.
         seed: each request's masks are seeded by this, so a figure is reproducible.
@@ -261,12 +263,14 @@ class ElboScorer(Scorer):
 
     elbo = True
 
-    def __init__(self, *, model: nn.Module, tokenizer: Tokenizer, prefix_id: int, max_length: int, mc_num: int = 128,
-                 batch_size: int = 32, seed: int = 0) -> None:  # fmt: skip
+    def __init__(self, *, model: nn.Module, mask_id: int | None = None, shift: bool | None = None,
+                 tokenizer: Tokenizer, prefix_id: int, max_length: int, mc_num: int = 128, batch_size: int = 32,
+                 seed: int = 0) -> None:  # fmt: skip
         super().__init__(tokenizer=tokenizer, prefix_id=prefix_id, max_length=max_length)
         if mc_num < 1:
             raise ValueError(f"mc_num={mc_num} must be ≥ 1")
         self.model, self.mc_num, self.batch_size, self.seed = model, mc_num, batch_size, seed
+        self.mask_id, self.shift = mask_id, shift
 
     def score_tokens(self, pairs: list[TokenPair]) -> list[tuple[float, bool]]:
         from zoo.objectives.elbo import elbo_loglikelihood
@@ -281,7 +285,8 @@ class ElboScorer(Scorer):
             if key not in done:
                 done[key] = elbo_loglikelihood(
                     self.model, torch.tensor(ctx, device=device), torch.tensor(cont, device=device),
-                    mc_num=self.mc_num, batch_size=self.batch_size, seed=self.seed,
+                    mask_id=self.mask_id, shift=self.shift, mc_num=self.mc_num, batch_size=self.batch_size,
+                    seed=self.seed,
                 )  # fmt: skip
             out.append((done[key], False))
         return out

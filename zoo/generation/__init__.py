@@ -13,7 +13,7 @@ from zoo.generation.autoregressive import (
     top_p_filter,
 )
 from zoo.generation.diffusion import DiffusionOutput, confidence_threshold, low_confidence_remasking
-from zoo.generation.fast_diffusion import block_causal_size, diffusion_generate
+from zoo.generation.fast_diffusion import diffusion_generate
 from zoo.generation.sampling import answer_text, sample, sample_diffusion
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "Generation",
     "answer_text",
     "banned_ngram_tokens",
-    "block_causal_size",
     "confidence_threshold",
     "decoding_layout",
     "diffusion_generate",

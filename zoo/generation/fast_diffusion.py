@@ -47,15 +47,6 @@ CACHES = ("none", "prefix", "dual")
 REFRESH = ("block", "step")
 
 
-def block_causal_size(model) -> int | None:
-    """The block size a masked-diffusion model was last trained block-causal with (its conversion schedule ends in
-    block diffusion, ``BlockWarmupStableDecay(decay_block=…)``), or ``None`` for a bidirectional model."""
-    conversion = getattr(model, "conversion", None)
-    if conversion is None or not getattr(conversion, "block_diffusion", False):
-        return None
-    return getattr(conversion, "decay_block", None)
-
-
 def cache_used(cache: str, *, block_causal: bool, refresh: str = "block") -> str:
     """The KV cache :func:`diffusion_generate` runs for these options: ``none``, ``prefix``/``dual`` (approximate)
     or ``exact`` (a block-causal model; refreshing it every step would be a full pass per step, i.e. ``none``)."""
@@ -141,7 +132,7 @@ def diffusion_generate(
             for block-causal models).
         refresh: ``block`` (the cache is refreshed at each block's first step, Fast-dLLM) or ``step`` (every step).
         block_causal: sample block-causal (each block sees the prompt, earlier blocks and itself), as a model
-            converted with ``BlockWarmupStableDecay(decay_block=…)`` was trained (:func:`block_causal_size`).
+            converted with ``BlockWarmupStableDecay(decay_block=…)`` was trained (its description's ``block_size``).
         temperature: 0 = greedy; else Gumbel-max sampling at this temperature.
         remasking: ``low_confidence`` or ``random`` (which positions a step's share keeps).
         eos_id: end-of-text id; everything after an answer's first EOS becomes EOS.

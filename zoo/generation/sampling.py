@@ -2,8 +2,9 @@
 
 ::
 
-    sample(model, prompts, max_new_tokens=…) ─▶ model.sample(…) ─▶ CausalLM: KV-cache decoding (autoregressive)
-                                                                 └▶ MaskedDiffusionLM: the diffusion samplers
+    sample(model, prompts, max_new_tokens=…) ─▶ model.sample(…) ─▶ model.description.sampler
+                                                                 ├▶ autoregressive: KV-cache decoding
+                                                                 └▶ masked-diffusion: the diffusion samplers
 
 Both return a :class:`zoo.generation.Generation`. Decoding an answer (cut at the first EOS, decoded, cut before
 the first stop string) is written once, in :func:`answer_text`.
@@ -19,8 +20,8 @@ from zoo.generation.autoregressive import Generation
 
 
 def sample(model, prompts: Sequence[Sequence[int]], **options) -> Generation:
-    """Continue each prompt (token ids) with ``model``'s own sampler; ``options`` as that sampler takes them
-    (:meth:`zoo.objectives.CausalLM.sample`, :meth:`zoo.objectives.MaskedDiffusionLM.sample`)."""
+    """Continue each prompt (token ids) with ``model``'s own sampler (:meth:`zoo.objectives.LanguageModel.sample`:
+    the sampler family its description names); ``options`` as that family's options class names them."""
     return model.sample(prompts, **options)
 
 
@@ -43,9 +44,12 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 def sample_diffusion(
-    model,
+    backbone,
     prompts: Sequence[Sequence[int]],
     *,
+    mask_id: int,
+    shift: bool = False,
+    block_size: int | None = None,
     max_new_tokens: int,
     temperature: float = 0.0,
     eos_id: int | None = None,
@@ -59,33 +63,34 @@ def sample_diffusion(
     cache: str = "none",
     refresh: str = "block",
 ) -> Generation:
-    """A masked-diffusion objective's answers of ``max_new_tokens`` tokens to each prompt
-    (:func:`zoo.generation.diffusion_generate`): LLaDA's low-confidence remasking over ``steps`` (default: one token
-    per step), confidence-threshold parallel decoding when ``threshold`` is given (with ``steps`` too: at least each
-    step's share), in semi-autoregressive blocks of ``block_length`` tokens (default: a block-causal model's
-    ``decay_block``, else 32 where that divides ``max_new_tokens``, else one block), with a block-wise KV ``cache``
-    (``none``, ``prefix``, ``dual``; exact for a block-causal model). Prompts of different lengths run as one
-    left-padded batch (prompts of one length at a time where padding would change the answers). ``tokens`` holds
-    each whole answer (after its first EOS everything is EOS); ``texts`` are cut at the EOS and the stop strings."""
+    """A masked-diffusion ``backbone``'s answers of ``max_new_tokens`` tokens to each prompt
+    (:func:`zoo.generation.diffusion_generate`), with the model's ``mask_id``, ``shift`` and ``block_size`` (a
+    block-causal model's blocks, else ``None``) as its :class:`~zoo.objectives.description.ModelDescription` gives
+    them: LLaDA's low-confidence remasking over ``steps`` (default: one token per step), confidence-threshold
+    parallel decoding when ``threshold`` is given (with ``steps`` too: at least each step's share), in
+    semi-autoregressive blocks of ``block_length`` tokens (default: ``block_size``, else 32 where that divides
+    ``max_new_tokens``, else one block), with a block-wise KV ``cache`` (``none``, ``prefix``, ``dual``; exact for a
+    block-causal model). Prompts of different lengths run as one left-padded batch (prompts of one length at a time
+    where padding would change the answers). ``tokens`` holds each whole answer (after its first EOS everything is
+    EOS); ``texts`` are cut at the EOS and the stop strings."""
     from zoo.generation.autoregressive import left_padding_is_exact
-    from zoo.generation.fast_diffusion import block_causal_size, diffusion_generate
+    from zoo.generation.fast_diffusion import diffusion_generate
 
-    block = block_causal_size(model)
     if block_length is None:
-        block_length = block or (32 if max_new_tokens % 32 == 0 else max_new_tokens)
+        block_length = block_size or (32 if max_new_tokens % 32 == 0 else max_new_tokens)
     if steps is None and threshold is None:
         steps = max_new_tokens
-    common = {"mask_id": model.mask_id, "vocab_size": model.backbone.vocab_size, "gen_length": max_new_tokens,
+    common = {"mask_id": mask_id, "vocab_size": backbone.vocab_size, "gen_length": max_new_tokens,
               "block_length": block_length, "steps": steps, "threshold": threshold, "remasking": remasking,
-              "cache": cache, "refresh": refresh, "block_causal": block is not None, "temperature": temperature,
-              "eos_id": eos_id, "shift": model.shift, "generator": generator}  # fmt: skip
+              "cache": cache, "refresh": refresh, "block_causal": block_size is not None, "temperature": temperature,
+              "eos_id": eos_id, "shift": shift, "generator": generator}  # fmt: skip
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):  # one batch, or one per prompt length where padding is not exact
-        groups.setdefault(0 if left_padding_is_exact(model.backbone) else len(ids), []).append(i)
+        groups.setdefault(0 if left_padding_is_exact(backbone) else len(ids), []).append(i)
     tokens: list[list[int] | None] = [None] * len(prompts)
     passes = 0
     for rows in groups.values():
-        out = diffusion_generate(model.backbone, [list(prompts[i]) for i in rows], **common)
+        out = diffusion_generate(backbone, [list(prompts[i]) for i in rows], **common)
         passes += out.forward_passes
         for i, answer in zip(rows, out.answer.tolist()):
             tokens[i] = answer

@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from zoo.nn import Transformer
+
+if TYPE_CHECKING:
+    from zoo.training.loading import Loaded
 
 
 @dataclass
@@ -67,15 +71,13 @@ def read_eval_results(path: str | Path) -> dict:
     return report
 
 
-def card_facts(checkpoint: dict, ckpt: str | Path, *, name: str, license: str | None = None,
+def card_facts(loaded: Loaded, *, name: str, license: str | None = None,
                eval_results: dict | None = None) -> CardFacts:  # fmt: skip
-    """The facts of a card from a loaded checkpoint (``torch.load``) and its path."""
-    tokens = checkpoint.get("state_dict", {}).get("tokens_seen")
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
+    """The facts of a card from a loaded checkpoint (:func:`zoo.training.loading.load_checkpoint`: its step, tokens
+    and objective) and the run folder around its file (``config.yaml``)."""
     return CardFacts(
-        name=name, objective=class_path.rpartition(".")[2] or "unknown", steps=checkpoint.get("global_step"),
-        tokens=int(tokens) if tokens is not None else None, data=run_data_config(ckpt), eval_results=eval_results,
-        license=license,
+        name=name, objective=loaded.objective or "unknown", steps=loaded.step, tokens=loaded.tokens,
+        data=run_data_config(loaded.path), eval_results=eval_results, license=license,
     )  # fmt: skip
 
 
@@ -118,10 +120,12 @@ def _architecture(backbone: Transformer) -> list[tuple[str, str]]:
     return rows
 
 
-def render_card(backbone: Transformer, facts: CardFacts, *, library_name: str, usage: str, files: str) -> str:
-    """The card's Markdown. ``usage`` is a Python snippet that loads the export; ``files`` says what it holds."""
+def render_card(model, facts: CardFacts, *, library_name: str, usage: str, files: str) -> str:
+    """The card's Markdown for ``model`` (the trained objective: its backbone and its description). ``usage`` is a
+    Python snippet that loads the export; ``files`` says what it holds."""
     rows, datasets = _mixture(facts.data)
-    diffusion = not backbone.causal
+    backbone: Transformer = model.backbone
+    diffusion = model.description.diffusion
     front = {"library_name": library_name, "pipeline_tag": "text-generation"}
     if facts.license:
         front["license"] = facts.license
@@ -168,9 +172,7 @@ def usage_snippet(card: str) -> str:
 
 def transformers_card(model, *, remote: bool) -> dict:
     """What the card of a transformers directory says: its library, files and a usage snippet (run by the tests)."""
-    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
-
-    diffusion = isinstance(model, MaskedDiffusionLM)
+    diffusion = model.description.diffusion
     trust = ", trust_remote_code=True" if remote else ""
     call = ("model.generate(ids)  # masked-diffusion sampling, settings from generation_config.json" if diffusion
             else "model.generate(ids, max_new_tokens=16, do_sample=False)")  # fmt: skip

@@ -89,31 +89,13 @@ def auto_format(model) -> str:
     return "hf"
 
 
-def _tokenizer(checkpoint: dict, ckpt: str, max_len: int, *, path: str | None = None, eos_token: str | None = None):
-    """The run's tokenizer (or the ``tokenizer.json`` at ``path``) as a transformers fast tokenizer."""
+def fast_tokenizer(tokenizer, eos: str, max_len: int):
+    """A ``tokenizers.Tokenizer`` and its end-of-text token as a transformers fast tokenizer (``eos`` also as bos
+    and pad)."""
     from transformers import PreTrainedTokenizerFast
 
-    from zoo.data.tokenizer import EOS, PretrainedTokenizer, tokenizer_from_checkpoint
-
-    if path is not None:
-        if not Path(path).is_file():
-            raise ValueError(f"--tokenizer {path} is not a file: give the model's tokenizer.json")
-        source = PretrainedTokenizer(path=path, eos_token=eos_token or EOS)
-        tokenizer, eos = source.load(lambda: iter(()), ""), source.eos_token
-    else:
-        try:
-            tokenizer, eos = tokenizer_from_checkpoint(checkpoint)
-        except ValueError as err:
-            raise ValueError(
-                f"checkpoint {ckpt} carries no tokenizer (it was not trained through a zoo data module): pass the "
-                "tokenizer.json it was trained with as --tokenizer"
-            ) from err
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos,
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, bos_token=eos, pad_token=eos,
                                    model_max_length=max_len)  # fmt: skip
-    eos_id = fast.convert_tokens_to_ids(eos)
-    if eos_id is None or eos_id == fast.unk_token_id:
-        raise ValueError(f"the checkpoint's tokenizer has no end-of-text token {eos!r}")
-    return fast
 
 
 def export(
@@ -139,8 +121,7 @@ def export(
             :func:`zoo.training.checkpoints.trust_checkpoints`; ``None`` = ``$ZOO_TRUST_CHECKPOINTS``).
     """
     from zoo.interop.card import card_facts, read_eval_results, render_card, transformers_card
-    from zoo.objectives.base import LanguageModel
-    from zoo.training.checkpoints import read_checkpoint
+    from zoo.training.loading import load_checkpoint
 
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format={format!r} is unknown: choose auto or one of {sorted(FORMATS)}")
@@ -154,9 +135,10 @@ def export(
     if format == "gguf":
         require_gguf()
     report = read_eval_results(eval_results) if eval_results else None
-    model = LanguageModel.from_checkpoint(ckpt, map_location="cpu", trust=trust).eval()  # foreign, untrusted: named
-    checkpoint = read_checkpoint(ckpt, trust=trust)  # steps and tokens for the model card
-    fast = _tokenizer(checkpoint, ckpt, model.backbone.max_seq_len, path=tokenizer, eos_token=eos_token)
+    # one read of the file: model, tokenizer, steps and tokens for the card (foreign, untrusted: named)
+    loaded = load_checkpoint(ckpt, trust=trust, tokenizer=tokenizer, eos_token=eos_token)
+    model = loaded.model
+    fast = fast_tokenizer(loaded.tokenizer, loaded.eos, model.backbone.max_seq_len)
     format = auto_format(model) if format == "auto" else format
     options = {"outtype": outtype} if format == "gguf" else {}
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -165,9 +147,9 @@ def export(
         card = FORMATS[format](model, fast, staging, dtype=dtype, **options)
         if card is None:  # a transformers directory
             card = transformers_card(model, remote=format == "remote-code")
-        facts = card_facts(checkpoint, ckpt, name=directory.name, license=license, eval_results=report)
+        facts = card_facts(loaded, name=directory.name, license=license, eval_results=report)
         facts.extra_tags = card["tags"]
-        text = render_card(model.backbone, facts, library_name=card["library_name"], usage=card["usage"],
+        text = render_card(model, facts, library_name=card["library_name"], usage=card["usage"],
                            files=card["files"])  # fmt: skip
         (staging / "README.md").write_text(text, encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp's folders are private; the export is an ordinary directory

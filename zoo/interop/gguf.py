@@ -236,9 +236,9 @@ def write_gguf(
         outtype: ``f32``, ``f16`` (2-D weights; norms stay f32) or ``q8_0`` (2-D weights whose rows are a multiple
             of 32 values; others f16).
         name: ``general.name`` of the file.
-        mask_id: a masked-diffusion model's mask token (``MaskedDiffusionLM.mask_id``): writes the ``llada``
+        mask_id: a masked-diffusion model's mask token (its description's ``mask_id``): writes the ``llada``
             architecture; ``None`` for a causal LM.
-        shift: the diffusion model's logits at position ``i`` predict token ``i + 1`` (``MaskedDiffusionLM.shift``).
+        shift: the diffusion model's logits at position ``i`` predict token ``i + 1`` (its description's ``shift``).
     """
     import gguf
 
@@ -317,27 +317,26 @@ def export_gguf(
 ) -> dict:
     """``python -m zoo export --format gguf``: write ``model`` (a causal LM or masked-diffusion objective) into
     ``directory`` as ``model-<outtype>.gguf``; returns what its model card says (:mod:`zoo.interop.card`)."""
-    from zoo.objectives.masked_diffusion import MaskedDiffusionLM
-
     if outtype is None:
         if dtype == torch.bfloat16:
             raise ValueError("--dtype bfloat16 has no GGUF export here: use --outtype f32, f16 or q8_0")
         outtype = "f16" if dtype == torch.float16 else "f32"
-    diffusion = isinstance(model, MaskedDiffusionLM)
+    description = model.description
+    diffusion = description.diffusion
     path = write_gguf(model.backbone, tokenizer, directory / f"model-{outtype}.gguf", eos=eos, outtype=outtype,
-                      name=directory.name, mask_id=model.mask_id if diffusion else None,
-                      shift=bool(getattr(model, "shift", False)))  # fmt: skip
+                      name=directory.name, mask_id=description.mask_id if diffusion else None,
+                      shift=diffusion and description.shift)  # fmt: skip
     n_ctx = model.backbone.max_seq_len
     if diffusion:  # llama-cpp-python has no diffusion sampler: one bidirectional pass fills every masked position
         shift = "logits = np.concatenate([logits[:1], logits[:-1]])  # position i predicts token i + 1\n"
-        shift = shift if model.shift else ""
+        shift = shift if description.shift else ""
         usage = f"""
 import llama_cpp  # pip install llama-cpp-python
 import numpy as np
 
 llm = llama_cpp.Llama(model_path="{path.name}", n_ctx={n_ctx}, n_batch={n_ctx}, n_ubatch={n_ctx}, verbose=False)
 prompt = llm.tokenize(b"def parse(", add_bos=False)
-ids = prompt + [{model.mask_id}] * 8  # the mask token, id {model.mask_id}
+ids = prompt + [{description.mask_id}] * 8  # the mask token, id {description.mask_id}
 # one bidirectional pass over the whole sequence, with logits at every position (llama.cpp's C API)
 batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
 for i, token in enumerate(ids):

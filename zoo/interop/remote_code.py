@@ -226,12 +226,9 @@ def save_remote_code(
 def write_remote_code(model, tokenizer, directory: Path, *, dtype: torch.dtype) -> None:
     """Write a checkpoint's ``LanguageModel`` (causal or masked diffusion) and its transformers tokenizer into
     ``directory`` (which exists)."""
-    kind = getattr(model, "sampler_kind", None)
-    if kind not in ("autoregressive", "diffusion"):
-        raise ValueError(f"{type(model).__name__} samples as {kind!r}: the remote-code export carries autoregressive "
-                         "and masked-diffusion sampling only")  # fmt: skip
-    diffusion = kind == "diffusion"
+    description = model.description
+    diffusion = description.diffusion
     save_remote_code(model.backbone, directory, dtype=dtype, eos_id=tokenizer.eos_token_id,
-                     mask_id=model.mask_id if diffusion else None,
-                     shift=diffusion and bool(getattr(model, "shift", False)))  # fmt: skip
+                     mask_id=description.mask_id if diffusion else None,
+                     shift=diffusion and description.shift)  # fmt: skip
     tokenizer.save_pretrained(directory)

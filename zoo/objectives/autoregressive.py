@@ -8,6 +8,8 @@ from torch import Tensor
 from zoo.nn.losses import linear_cross_entropy
 from zoo.nn.masks import document_mask
 from zoo.objectives.base import LanguageModel
+from zoo.objectives.description import ModelDescription, ModelKind, Scoring
+from zoo.objectives.samplers import AUTOREGRESSIVE
 
 
 class CausalLM(LanguageModel):
@@ -26,26 +28,11 @@ class CausalLM(LanguageModel):
                 "(bidirectional attention belongs to masked-diffusion objectives)"
             )
 
-    sampler_kind = "autoregressive"
-
-    def sample(self, prompts, **options):
-        """KV-cache decoding (:func:`zoo.generation.generate`); ``options`` as it takes them."""
-        from zoo.generation.autoregressive import generate
-
-        return generate(self.backbone, prompts, **options)
-
-    def sampling_context(self):
-        """Decoding's weight layout, entered once around many :meth:`sample` calls."""
-        from zoo.generation.autoregressive import decoding_layout
-
-        return decoding_layout(self.backbone)
-
-    def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
-        """Exact log-likelihoods (:class:`zoo.eval.CausalScorer`)."""
-        from zoo.eval.scoring import CausalScorer
-
-        return CausalScorer(backbone=self.backbone, tokenizer=tokenizer, prefix_id=tokenizer.token_to_id(eos),
-                            max_length=self.backbone.max_seq_len, batch_size=batch_size)  # fmt: skip
+    @property
+    def description(self) -> ModelDescription:
+        """An autoregressive model: KV-cache decoding (fp32 on a CPU), exact log-likelihoods."""
+        return ModelDescription(kind=ModelKind.AUTOREGRESSIVE, sampler=AUTOREGRESSIVE, scoring=Scoring.LOG_LIKELIHOOD,
+                                shift=True, cpu_precision="32-true")  # fmt: skip
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T) each

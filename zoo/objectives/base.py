@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from zoo.nn.transformer import Transformer
+from zoo.objectives.description import ModelDescription, Scoring
 from zoo.optim.fused import prefer_fused
 from zoo.optim.muon import optimizer_groups
 from zoo.optim.schedules import Constant, Schedule
@@ -149,25 +151,58 @@ class LanguageModel(L.LightningModule):
         """Return (mean loss over target tokens, number of target tokens)."""
         raise NotImplementedError
 
-    # Each objective names its own sampler and scorer: generation and evaluation call these and never ask which
+    # Each objective describes itself once (`description`): its kind, sampler family, scorer and the facts its
+    # sampler needs. Generation, evaluation, the exporters and the card ask the description and never which
     # objective they hold, so a new objective plugs into `zoo generate`, `zoo eval` and the eval callback by
-    # defining them. `sampler_kind` tells the command line which group of sampling flags applies.
-    sampler_kind: ClassVar[Literal["autoregressive", "diffusion"] | None] = None
+    # giving one.
+    @property
+    def description(self) -> ModelDescription:
+        """What kind of model this is (:class:`zoo.objectives.description.ModelDescription`)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no description: define its `description` property")
 
-    def sample(self, prompts: list[list[int]], **options):
-        """Continue each prompt (token ids); returns a :class:`zoo.generation.Generation`."""
-        raise NotImplementedError(f"{type(self).__name__} defines no sampler: give it a `sample` method")
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        temperature: float = 0.0,
+        eos_id: int | None = None,
+        stop: Sequence[str] = (),
+        tokenizer=None,
+        generator: torch.Generator | None = None,
+        on_token=None,
+        options=None,
+        **values,
+    ):
+        """Continue each prompt (token ids) with the description's sampler family; returns a
+        :class:`zoo.generation.Generation`. ``options``: an instance of the family's options class, or the options by
+        name in ``values`` (``max_new_tokens`` stands for the family's answer length)."""
+        description = self.description
+        family = description.sampler
+        if options is None:
+            options = family.make_options(**values)
+        elif values:
+            raise ValueError(f"give the sampling options as options= or by name, not both: {sorted(values)}")
+        return family.sample(self.backbone, prompts, options, description=description, temperature=temperature,
+                             eos_id=eos_id, stop=stop, tokenizer=tokenizer, generator=generator,
+                             on_token=on_token)  # fmt: skip
 
     def sampling_context(self):
         """A context manager entered around many :meth:`sample` calls (e.g. a weight layout for decoding)."""
-        import contextlib
-
-        return contextlib.nullcontext()
+        return self.description.sampling_context(self.backbone)
 
     def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
-        """The :class:`zoo.eval.Scorer` that gives this objective's log-likelihoods (``mc_num`` and ``seed`` are
-        for objectives that estimate them)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no scorer: give it a `scorer` method")
+        """The :class:`zoo.eval.Scorer` of the description's scoring: exact log-likelihoods
+        (:class:`zoo.eval.CausalScorer`) or Monte-Carlo ELBO bounds (:class:`zoo.eval.ElboScorer`, ``mc_num`` samples,
+        seeded)."""
+        from zoo.eval.scoring import CausalScorer, ElboScorer
+
+        description = self.description
+        common = {"tokenizer": tokenizer, "prefix_id": tokenizer.token_to_id(eos),
+                  "max_length": self.backbone.max_seq_len, "batch_size": batch_size}  # fmt: skip
+        if description.scoring is Scoring.ELBO:
+            return ElboScorer(model=self.backbone, mask_id=description.mask_id, shift=description.shift,
+                              mc_num=mc_num, seed=seed, **common)  # fmt: skip
+        return CausalScorer(backbone=self.backbone, **common)
 
     def load_backbone(self, path: str, *, grow_vocab: bool = False) -> None:
         """Copy the backbone weights of checkpoint ``path`` exactly; a mismatched architecture is refused with

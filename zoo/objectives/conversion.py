@@ -60,9 +60,14 @@ class ConversionSchedule:
     """Base class: :meth:`plan` returns the step's :class:`Plan`, or ``None`` for plain bidirectional attention.
 
     ``block_diffusion`` tells the objective whether plans may cut the sequence into blocks (the AR shift is not
-    supported there)."""
+    supported there); ``final_block`` is the block size a model trained to the schedule's end is block-causal
+    with, which its sampler keeps (``None``: bidirectional)."""
 
     block_diffusion: bool = False
+
+    @property
+    def final_block(self) -> int | None:
+        return None
 
     def plan(self, step: int, seq_len: int, *, device, generator: torch.Generator | None = None) -> Plan | None:
         raise NotImplementedError
@@ -115,6 +120,10 @@ class BlockWarmupStableDecay(ConversionSchedule):
             raise ValueError(f"BlockWarmupStableDecay decay_block={decay_block} must be ≥ 1 or null")
         self.warmup_blocks, self.warmup_steps = list(warmup_blocks), warmup_steps
         self.stable_steps, self.decay_block = stable_steps, decay_block
+
+    @property
+    def final_block(self) -> int | None:
+        return self.decay_block
 
     def block_size(self, step: int, seq_len: int) -> int:
         if step < self.warmup_steps:

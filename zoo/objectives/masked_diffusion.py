@@ -31,6 +31,8 @@ from torch import Tensor
 from zoo.nn.masks import document_mask
 from zoo.objectives.base import LanguageModel
 from zoo.objectives.conversion import ConversionSchedule
+from zoo.objectives.description import ModelDescription, ModelKind, Scoring
+from zoo.objectives.samplers import MASKED_DIFFUSION
 
 
 class MaskedDiffusionLM(LanguageModel):
@@ -125,21 +127,13 @@ class MaskedDiffusionLM(LanguageModel):
             u = (torch.arange(n, device=device) + u[:1]) / n
         return self.eps + (1 - self.eps) * u
 
-    sampler_kind = "diffusion"
-
-    def sample(self, prompts, **options):
-        """The diffusion samplers (:func:`zoo.generation.sample_diffusion`); ``options`` as it takes them."""
-        from zoo.generation.sampling import sample_diffusion
-
-        return sample_diffusion(self, prompts, **options)
-
-    def scorer(self, *, tokenizer, eos: str, batch_size: int = 32, mc_num: int = 128, seed: int = 0):
-        """Monte-Carlo ELBO lower bounds (:class:`zoo.eval.ElboScorer`, ``mc_num`` samples, seeded)."""
-        from zoo.eval.scoring import ElboScorer
-
-        return ElboScorer(model=self, tokenizer=tokenizer, prefix_id=tokenizer.token_to_id(eos),
-                          max_length=self.backbone.max_seq_len, mc_num=mc_num, batch_size=batch_size,
-                          seed=seed)  # fmt: skip
+    @property
+    def description(self) -> ModelDescription:
+        """A masked-diffusion model: its mask token, shift and (block-causal models) block size, the diffusion
+        samplers, ELBO bounds."""
+        block = self.conversion.final_block if self.conversion is not None else None
+        return ModelDescription(kind=ModelKind.MASKED_DIFFUSION, sampler=MASKED_DIFFUSION, scoring=Scoring.ELBO,
+                                mask_id=self.mask_id, shift=self.shift, block_size=block)  # fmt: skip
 
     def loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, *, converting: bool = True

@@ -129,11 +129,12 @@ INFERENCE_PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
 
 def inference_autocast(
-    precision: str, device: torch.device | str, *, sampler_kind: str = "diffusion"
+    precision: str, device: torch.device | str, *, preferred: str | None = None
 ) -> tuple[str, contextlib.AbstractContextManager]:
     """The precision a forward-only job (generation) runs at, and the context to run it in: ``bf16-mixed`` is bf16
     autocast (fp32 weights, bf16 matmuls), ``32-true`` plain fp32. ``auto`` is the device's fastest
-    (:func:`choose_precision`), except for autoregressive decoding on a CPU, which stays fp32: each step reads one
+    (:func:`choose_precision`), unless the model prefers another on this device (``preferred``, from its description's
+    ``preferred_precision``): autoregressive decoding on a CPU stays fp32, as each step reads one
     position per row, so its time goes to per-call overheads that autocast's casts add to (the quickstart model at
     batch 8 decoded at 0.85× of fp32 under bf16 autocast on an AVX512-BF16 CPU, 0.57× at batch 1, while the
     diffusion sampler's passes over whole blocks ran 1.3–2× faster; ``benchmarks/results/``). Refuses bf16 on a GPU
@@ -142,8 +143,7 @@ def inference_autocast(
         raise ValueError(f"precision={precision!r} is unknown; choose one of {list(INFERENCE_PRECISIONS)}")
     device = torch.device(device)
     if precision == "auto":
-        cpu_decoding = device.type == "cpu" and sampler_kind == "autoregressive"
-        precision = "32-true" if cpu_decoding else choose_precision(device.type).precision
+        precision = preferred if preferred is not None else choose_precision(device.type).precision
     if precision == "32-true":
         return precision, contextlib.nullcontext()
     if device.type == "cuda" and not gpu_bf16_units():
