@@ -23,6 +23,10 @@ class AutoregressiveOptions:
         top_p: nucleus probability (1 = all)
         repetition_penalty: CTRL-style penalty on tokens already in the context (1 = none)
         no_repeat_ngram_size: forbid repeated n-grams of this size (0 = off)
+        compile: decode over a static KV cache with a torch.compile'd one-token step (true; the first call compiles,
+            about a minute on a 2-core CPU), eagerly (false), or compiled only when cache_length is given (auto)
+        cache_length: positions of the static cache, the same for every request so that one compiled step serves
+            them all (default: the request's longest prompt + max_new_tokens)
     """
 
     max_new_tokens: int = 100
@@ -30,6 +34,8 @@ class AutoregressiveOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    compile: Literal["auto", "true", "false"] = "auto"
+    cache_length: int | None = None
 
 
 def sample_autoregressive(backbone, prompts, options: AutoregressiveOptions, *, description, temperature, eos_id,
