@@ -101,7 +101,7 @@ def load_checkpoint(
         except ValueError:
             raise ValueError(
                 f"checkpoint {path} carries no tokenizer (it was not trained through a zoo data module): pass the "
-                "tokenizer.json it was trained with as --tokenizer"
+                "tokenizer.json it was trained with, e.g. --tokenizer path/to/tokenizer.json"
             ) from None
     eos_id = text_tokenizer.token_to_id(eos)
     if eos_id is None:
