@@ -24,11 +24,11 @@ import yaml
 
 from tests.test_configs import CONFIGS, rel, stated_count
 from zoo.cli import main as zoo_main
-from zoo.commands.fit import instantiate_section, parse_run_config
 from zoo.data import SFTSource, Source
 from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import EOS, train_bpe
 from zoo.training.precision import choose_precision, cpu_bf16_units
+from zoo.training.run_config import instantiate_section, parse_run_config
 
 SLOW_PARAMETERS = 20_000_000  # recipes of larger models (their own backbone files state it) run under ZOO_TEST_SLOW=1
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zoo.commands.fit import ZooCLI, instantiate_section, parse_run_config
+from zoo.commands.fit import ZooCLI
 from zoo.data.mixture import Source
+from zoo.training.run_config import instantiate_section, parse_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 STDLIB = ROOT / "configs" / "data" / "stdlib.yaml"

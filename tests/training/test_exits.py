@@ -86,7 +86,7 @@ def test_every_recipe_keeps_its_final_step(recipe):
     whatever the recipe's max_steps is against its interval (the run above shows it is written there)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from zoo.commands.fit import parse_run_config
+    from zoo.training.run_config import parse_run_config
 
     _, config = parse_run_config(["--config", str(recipe)], optional=("data", "model"))
     checkpoint = ModelCheckpoint(**config.checkpoint.as_dict())

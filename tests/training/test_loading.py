@@ -85,7 +85,7 @@ def test_a_checkpoint_of_another_shape_or_without_tokenizer_is_named(trained, tm
     del checkpoint["StdlibCorpus"]
     bare = tmp_path / "bare.ckpt"
     torch.save(checkpoint, bare)
-    with pytest.raises(ValueError, match=rf"checkpoint {bare} carries no tokenizer .* as --tokenizer"):
+    with pytest.raises(ValueError, match=rf"checkpoint {bare} carries no tokenizer .* --tokenizer path/to/tokenizer"):
         load_checkpoint(bare)
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text(load_checkpoint(trained).tokenizer.to_str())

@@ -170,7 +170,6 @@ def old_style(checkpoint: dict, *, hyperparameters: bool = True) -> dict:
 def test_an_older_checkpoint_is_refused_trusted_on_request_and_converted(trained, tmp_path, cache, monkeypatch, capsys):
     from zoo.cli import main
     from zoo.objectives import LanguageModel
-    from zoo.training.loading import load_checkpoint
 
     plain = torch.load(trained, map_location="cpu", weights_only=True)
     old, new = tmp_path / "old.ckpt", tmp_path / "new.ckpt"

@@ -11,26 +11,30 @@ file with ``--i-trust-this-file`` (your own runs' checkpoints from an older zoo)
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from zoo.commands.errors import command
+from zoo.commands.options import CommandParser, command_parser
 from zoo.errors import ZooError
 from zoo.training.convert import convert_checkpoint
 
 
-@command("checkpoint")
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m zoo checkpoint", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = p.add_subparsers(dest="action", required=True)
-    convert = sub.add_parser("convert", help="rewrite an older, trusted checkpoint so that it loads weights-only")
-    convert.add_argument("old", help="checkpoint to convert (unpickled in full: only a file you trust)")
-    convert.add_argument("new", help="where to write the converted checkpoint")
-    convert.add_argument("--i-trust-this-file", action="store_true",
+def parser() -> CommandParser:
+    p = command_parser("python -m zoo checkpoint", __doc__)
+    convert = CommandParser(description=convert_checkpoint.__doc__)
+    convert.add_function_arguments(convert_checkpoint, as_group=False, as_positional=True)
+    convert.add_argument("--i_trust_this_file", type=bool, default=False,
                          help="unpickle OLD in full, which imports and calls whatever Python objects it names (runs "
                          "code): required, and only for a file you trust")  # fmt: skip
-    args = p.parse_args(argv)
+    p.add_subcommands(required=True, dest="action").add_subcommand(
+        "convert", convert, help="rewrite an older, trusted checkpoint so that it loads weights-only"
+    )
+    return p
+
+
+@command("checkpoint")
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv).convert
     if not args.i_trust_this_file:
         raise ZooError(f"converting {args.old} unpickles it in full, which imports and calls every Python object the "
                        "file names and so can run any code; nothing was read. If the file is yours (a checkpoint of "

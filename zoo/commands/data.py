@@ -13,56 +13,76 @@ again after an interruption to continue, or after it finished to reuse the shard
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from zoo.commands.errors import command
+from zoo.commands.options import CommandParser
 from zoo.errors import ZooError
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo data", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="action", required=True)
-    prepare = sub.add_parser("prepare", help="tokenize a run config's data into token shards")
-    prepare.add_argument("--config", action="append", required=True,
-                         help="run config (repeatable, later files override earlier ones), as for zoo fit")  # fmt: skip
-    prepare.add_argument("--out", required=True, help="folder of the shards (created; continued if interrupted)")
-    prepare.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: every core)")
-    prepare.add_argument("--piece-documents", type=int, default=None,
-                         help="source rows per shard piece (the unit an interrupted prepare continues from)")
-    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+def prepare(*, config: list[str], out: str, threads: int | None = None, piece_documents: int | None = None,
+            quiet: bool = False, overrides: list[str] = ()) -> dict:  # fmt: skip
+    """Tokenize a run config's data into token shards; returns the manifest.
 
-
-@command("data prepare")
-def main(argv: list[str]) -> None:
-    args, overrides = parser().parse_known_args(argv)
-    bad = [a for a in overrides if a.startswith("-") and not a.startswith("--data.")]
-    if bad:
-        raise ZooError(f"unknown option {bad[0]}: see --help; besides --data.… overrides are read")
-    datamodule = data_module(args.config, overrides)
+    Args:
+        config: run config (repeatable, later files override earlier ones), as for zoo fit
+        out: folder of the shards (created; continued if interrupted)
+        threads: tokenizer threads (default: every core)
+        piece_documents: source rows per shard piece (the unit an interrupted prepare continues from)
+        quiet: no progress bar
+        overrides: ``--data.…`` options of ``zoo fit``
+    """
     from zoo.data.prepare import prepare
 
+    datamodule = data_module(config, overrides)
     start = time.perf_counter()
-    kwargs = {"piece_documents": args.piece_documents} if args.piece_documents else {}
+    kwargs = {"piece_documents": piece_documents} if piece_documents else {}
     # an unreachable source, a full disk: named in one line by zoo.commands.errors.run_command
-    manifest = prepare(datamodule, Path(args.out), progress=not args.quiet, threads=args.threads, **kwargs)
+    manifest = prepare(datamodule, Path(out), progress=not quiet, threads=threads, **kwargs)
     seconds = time.perf_counter() - start
     tokens = sum(s["train"]["tokens"] for s in manifest["sources"])
-    print(f"{args.out}: {tokens:,} training tokens from {len(manifest['sources'])} sources, tokenizer sha256 "
+    print(f"{out}: {tokens:,} training tokens from {len(manifest['sources'])} sources, tokenizer sha256 "
           f"{manifest['tokenizer_fingerprint'][:16]} ({manifest['vocab_size']:,} ids), {seconds:.0f} s")  # fmt: skip
     for s in manifest["sources"]:
         skipped = ", ".join(f"{k} {v}" for k, v in s["train"]["skipped"].items()) or "none"
         print(f"  {s['label']}: {s['train']['documents']:,} documents, {s['train']['tokens']:,} tokens "
               f"(validation {s['validation']['tokens']:,}); rows skipped: {skipped}")  # fmt: skip
-    print(f"train from them: python -m zoo fit {' '.join('--config ' + c for c in args.config)} "
-          f"--data.prepared {args.out}")  # fmt: skip
+    print(f"train from them: python -m zoo fit {' '.join('--config ' + c for c in config)} "
+          f"--data.prepared {out}")  # fmt: skip
+    return manifest
+
+
+def prepare_parser() -> CommandParser:
+    p = CommandParser(prog="python -m zoo data prepare", description=prepare.__doc__.split("\n\n")[0],
+                      epilog="Any --data.… option is a zoo fit override, e.g. --data.seq_len 512")  # fmt: skip
+    p.add_function_arguments(prepare, as_group=False, skip={"overrides"})
+    return p
+
+
+def parser() -> CommandParser:
+    p = CommandParser(prog="python -m zoo data", description=__doc__)
+    p.add_subcommands(required=True, dest="action").add_subcommand(
+        "prepare", prepare_parser(), help="tokenize a run config's data into token shards"
+    )
+    return p
+
+
+@command("data prepare")
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["prepare"]:  # its own options, then the --data.… overrides for zoo fit's parser
+        args, overrides = prepare_parser().parse_known(argv[1:])
+    else:
+        args, overrides = parser().parse_args(argv).prepare, []  # --help, or the missing subcommand's error
+    bad = [a for a in overrides if a.startswith("-") and not a.startswith("--data.")]
+    if bad:
+        raise ZooError(f"unknown option {bad[0]}: see --help; besides --data.… overrides are read")
+    prepare(**vars(args), overrides=overrides)
 
 
 def data_module(configs: list[str], overrides: list[str]):
     """The run's pre-training data module, parsed and built as ``zoo fit`` builds it."""
-    from zoo.commands.fit import build_data_module
+    from zoo.training.run_config import build_data_module
 
     datamodule = build_data_module(configs, overrides)
     if not hasattr(datamodule, "sources") or type(datamodule).__name__ == "SFTDataModule":

@@ -29,69 +29,29 @@ its tests (:mod:`zoo.eval.code`) in bubblewrap's namespaces; without a usable bu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from typing import Literal
 
 import torch
 
 from zoo.commands.errors import command
+from zoo.commands.options import add_trust_flag, command_parser
 from zoo.eval.checkpoint import load_model, make_scorer, scalars
 from zoo.eval.tasks import CODE_TASKS
-from zoo.training.checkpoints import TRUST_HELP
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zoo eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m zoo fit`")
-    p.add_argument("--trust-checkpoint", action="store_true", default=None, help=TRUST_HELP)
-    p.add_argument("--tasks", required=True, help="comma-separated task or group names (e.g. arc_easy,piqa,blimp)")
-    p.add_argument("--limit", type=int, help="first N documents of each task (default: all)")
-    p.add_argument("--data-dir", help="folder of local task files (layout above); default: the hub")
-    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH",
-                   help="local file for one task (repeatable)")  # fmt: skip
-    p.add_argument("--include", action="append", default=[], metavar="YAML", help="extra task YAML file(s)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default: 32)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda when available)")  # fmt: skip
-    p.add_argument("--tokenizer", help="tokenizer.json, for a checkpoint that carries no tokenizer")
-    p.add_argument("--eos-token", default=None, help="end-of-text token of --tokenizer (default: <|endoftext|>)")
-    p.add_argument("--engine", default="auto", choices=("native", "harness", "auto"),
-                   help="native: zoo's tasks; harness: lm-eval's registry; auto (default): native where zoo has it")
-    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                   help="folder of task YAMLs in lm-eval's format (repeatable; harness engine)")
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (harness engine; default: the task's)")
-    p.add_argument("--apply-chat-template", action="store_true",
-                   help="render prompts in the model's SFT format (--chat-format; harness engine)")
-    p.add_argument("--chat-format", help="SFT format of the model for --apply-chat-template: alpaca, user_assistant, "
-                   "chat, none")
-    p.add_argument("--output", help="write the results as JSON here")
-    p.add_argument("--tensorboard", help="also log eval/<task>/<metric> scalars to this TensorBoard folder")
-    dm = p.add_argument_group("masked-diffusion checkpoints")
-    dm.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per ELBO (default: 128)")
-    dm.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks and of code-task sampling")
-    code = p.add_argument_group("code tasks (humaneval, mbpp)")
-    code.add_argument("--n-samples", type=int, default=1, help="completions per problem")
-    code.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
-    code.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    code.add_argument("--max-new-tokens", type=int, default=1024,
-                      help="tokens per completion at most, as the harness (lowered to fit the context)")  # fmt: skip
-    code.add_argument("--format", default="none", help="prompt format (see zoo generate --format)")
-    code.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
-    code.add_argument("--workers", type=int, default=None, help="programs run at once (default: the CPU count)")
-    code.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program, MiB")
-    code.add_argument("--unsafe-no-sandbox", action="store_true",
-                      help="run generated programs even where bubblewrap cannot isolate them (not installed, user "
-                      "namespaces disabled): they then run with resource limits only and can read your files, write "
-                      "anywhere you can, reach the network and signal your processes. Default: refuse")  # fmt: skip
+def parser():
+    p = command_parser("zoo eval", __doc__, run, skip={"trust_checkpoint"})
+    add_trust_flag(p)
     return p
 
 
 @command("eval")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    report = run(args)  # a ValueError/OSError is printed as one line by zoo.commands.errors.run_command
+    args.pop("config", None)
+    report = run(**vars(args))  # a ValueError/OSError is printed as one line by zoo.commands.errors.run_command
     from zoo.eval.engines import format_table
 
     print(format_table(report))
@@ -117,64 +77,131 @@ def parse_task_files(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(
+    *,
+    ckpt: str,
+    tasks: str,
+    trust_checkpoint: bool | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    task_file: list[str] = [],  # noqa: B006  (read only; jsonargparse shows it as the default)
+    include: list[str] = [],  # noqa: B006
+    batch_size: int = 32,
+    device: str | None = None,
+    tokenizer: str | None = None,
+    eos_token: str | None = None,
+    engine: Literal["native", "harness", "auto"] = "auto",
+    include_path: list[str] = [],  # noqa: B006
+    num_fewshot: int | None = None,
+    apply_chat_template: bool = False,
+    chat_format: str | None = None,
+    output: str | None = None,
+    tensorboard: str | None = None,
+    mc_num: int = 128,
+    seed: int = 0,
+    n_samples: int = 1,
+    k: str = "1",
+    temperature: float = 0.0,
+    max_new_tokens: int = 1024,
+    format: str = "none",
+    timeout: float = 10.0,
+    workers: int | None = None,
+    memory_mb: int = 1024,
+    unsafe_no_sandbox: bool = False,
+) -> dict:
+    """Score a checkpoint on tasks; returns the report ``--output`` writes.
+
+    Args:
+        ckpt: checkpoint written by `python -m zoo fit`
+        tasks: comma-separated task or group names (e.g. arc_easy,piqa,blimp)
+        trust_checkpoint: unpickle the checkpoint in full (see --help of --trust-checkpoint)
+        limit: first N documents of each task (default: all)
+        data_dir: folder of local task files (layout above); default: the hub
+        task_file: local file for one task, TASK=PATH (repeatable)
+        include: extra task YAML file (repeatable)
+        batch_size: sequences per forward pass
+        device: cpu or cuda (default: cuda when available)
+        tokenizer: tokenizer.json, for a checkpoint that carries no tokenizer
+        eos_token: end-of-text token of --tokenizer (default: <|endoftext|>)
+        engine: native: zoo's tasks; harness: lm-eval's registry; auto: native where zoo has it
+        include_path: folder of task YAMLs in lm-eval's format (repeatable; harness engine)
+        num_fewshot: few-shot examples per prompt (harness engine; default: the task's)
+        apply_chat_template: render prompts in the model's SFT format (--chat-format; harness engine)
+        chat_format: SFT format of the model for --apply-chat-template: alpaca, user_assistant, chat, none
+        output: write the results as JSON here
+        tensorboard: also log eval/<task>/<metric> scalars to this TensorBoard folder
+        mc_num: masked-diffusion checkpoints: Monte-Carlo samples per ELBO
+        seed: seed of the ELBO masks and of code-task sampling
+        n_samples: code tasks (humaneval, mbpp): completions per problem
+        k: code tasks: comma-separated k of pass@k
+        temperature: code tasks: sampling temperature (0 = greedy)
+        max_new_tokens: code tasks: tokens per completion at most, as the harness (lowered to fit the context)
+        format: code tasks: prompt format (see zoo generate --format)
+        timeout: code tasks: seconds per program run
+        workers: code tasks: programs run at once (default: the CPU count)
+        memory_mb: code tasks: address-space limit per program, MiB
+        unsafe_no_sandbox: code tasks: run generated programs even where bubblewrap cannot isolate them (not
+            installed, user namespaces disabled): they then run with resource limits only and can read your files,
+            write anywhere you can, reach the network and signal your processes. Default: refuse
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from zoo.eval.engines import evaluate_with_harness, split_by_engine
     from zoo.eval.metrics import evaluate
     from zoo.eval.tasks import resolve
 
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-    names, harness_names = split_by_engine(names, engine=args.engine, include_paths=args.include_path,
-                                           extra_files=args.include)  # fmt: skip
+    names = [n.strip() for n in tasks.split(",") if n.strip()]
+    names, harness_names = split_by_engine(names, engine=engine, include_paths=include_path,
+                                           extra_files=include)  # fmt: skip
     code_names = [n for n in names if n in CODE_TASKS]
-    ks = parse_k(args.k)
-    if code_names and args.n_samples > 1 and args.temperature == 0:
+    ks = parse_k(k)
+    if code_names and n_samples > 1 and temperature == 0:
         raise ValueError(
-            f"--n-samples {args.n_samples} with --temperature 0: greedy samples are all the same, so pass@k would "
+            f"--n-samples {n_samples} with --temperature 0: greedy samples are all the same, so pass@k would "
             "equal pass@1; sample with --temperature > 0 (e.g. 0.8) or use --n-samples 1"
         )
     if code_names:  # no sandbox, no run: refused before the model is loaded
         from zoo.eval.sandbox import require_sandbox
 
-        require_sandbox(unsafe_no_sandbox=args.unsafe_no_sandbox)
-    tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=args.include)
-    task_files = parse_task_files(args.task_file)
-    model, tokenizer, eos, step = load_model(args.ckpt, device=args.device, tokenizer_path=args.tokenizer,
-                                             eos_token=args.eos_token, trust=args.trust_checkpoint)  # fmt: skip
-    scorer = make_scorer(model, tokenizer, eos, batch_size=args.batch_size, mc_num=args.mc_num, seed=args.seed)
+        require_sandbox(unsafe_no_sandbox=unsafe_no_sandbox)
+    tasks, groups = resolve([n for n in names if n not in CODE_TASKS], extra_files=include)
+    task_files = parse_task_files(task_file)
+    model, tokenizer, eos, step = load_model(ckpt, device=device, tokenizer_path=tokenizer,
+                                             eos_token=eos_token, trust=trust_checkpoint)  # fmt: skip
+    scorer = make_scorer(model, tokenizer, eos, batch_size=batch_size, mc_num=mc_num, seed=seed)
     report = {"results": {}, "elbo": scorer.elbo}
     if tasks:
-        report = evaluate(tasks, scorer, groups=groups, data_dir=args.data_dir, task_files=task_files,
-                          limit=args.limit, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+        report = evaluate(tasks, scorer, groups=groups, data_dir=data_dir, task_files=task_files,
+                          limit=limit, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     for name in code_names:
         from zoo.eval.code import evaluate_code
 
-        scores = evaluate_code(model=model, tokenizer=tokenizer, eos_token=eos, task=name, data_dir=args.data_dir,
-                               limit=args.limit, n_samples=args.n_samples, k=ks, temperature=args.temperature,
-                               max_new_tokens=args.max_new_tokens, prompt_format=args.format, timeout=args.timeout,
-                               seed=args.seed, workers=args.workers, memory_bytes=args.memory_mb * 2**20,
-                               unsafe_no_sandbox=args.unsafe_no_sandbox,
+        scores = evaluate_code(model=model, tokenizer=tokenizer, eos_token=eos, task=name, data_dir=data_dir,
+                               limit=limit, n_samples=n_samples, k=ks, temperature=temperature,
+                               max_new_tokens=max_new_tokens, prompt_format=format, timeout=timeout,
+                               seed=seed, workers=workers, memory_bytes=memory_mb * 2**20,
+                               unsafe_no_sandbox=unsafe_no_sandbox,
                                log=lambda m: print(m, file=sys.stderr))  # fmt: skip
         n = scores.pop("n")
         report["results"][name] = {"n": n, **{m: {"value": v, "stderr": None} for m, v in scores.items()}}
     report["engines"] = {name: "native" for name in report["results"]}
     if harness_names:
-        out = evaluate_with_harness(model, tokenizer, eos, harness_names, batch_size=args.batch_size,
-                                    mc_num=args.mc_num, seed=args.seed, chat_format=args.chat_format,
-                                    data_dir=args.data_dir, include_paths=args.include_path, limit=args.limit,
-                                    num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template,
+        out = evaluate_with_harness(model, tokenizer, eos, harness_names, batch_size=batch_size,
+                                    mc_num=mc_num, seed=seed, chat_format=chat_format,
+                                    data_dir=data_dir, include_paths=include_path, limit=limit,
+                                    num_fewshot=num_fewshot, apply_chat_template=apply_chat_template,
                                     log=lambda m: print(m, file=sys.stderr))  # fmt: skip
         report["results"].update(out["results"])
         report["engines"].update({name: "harness" for name in out["results"]})
         report["harness"] = out["harness"]
-    report.update({"checkpoint": args.ckpt, "global_step": step, "limit": args.limit,
-                   "mc_num": args.mc_num if scorer.elbo else None})  # fmt: skip
-    if args.output:
-        with open(args.output, "w") as f:
+    report.update({"checkpoint": ckpt, "global_step": step, "limit": limit,
+                   "mc_num": mc_num if scorer.elbo else None})  # fmt: skip
+    if output:
+        with open(output, "w") as f:
             json.dump(report, f, indent=2, default=str)
-    if args.tensorboard:
+    if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        with SummaryWriter(args.tensorboard) as writer:
+        with SummaryWriter(tensorboard) as writer:
             for name, value in scalars(report["results"]).items():
                 writer.add_scalar(name, value, step)
     return report

@@ -11,10 +11,8 @@ import os
 import re
 from pathlib import Path
 
-import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import (
-    ModelCheckpoint,
     ModelSummary,
     RichModelSummary,
     RichProgressBar,
@@ -38,13 +36,12 @@ from zoo.training.checkpoints import (
 )
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.exits import SaveOnExit
-from zoo.training.guards import NonFiniteGuard
 from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
 from zoo.training.lock import RunLock
 from zoo.training.precision import SaveConfigWithNotes, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
-from zoo.training.throughput import TokenThroughput
+from zoo.training.run_config import add_run_arguments
 
 
 class ZooHelpFormatter(DefaultHelpFormatter):
@@ -139,16 +136,7 @@ class ZooCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
-        parser.add_lightning_class_args(TokenThroughput, "throughput")
-        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
-        parser.add_argument(
-            "--trust_checkpoint", type=bool, default=False,
-            help="read checkpoints that hold pickled Python objects (written by an older zoo) by unpickling them, or "
-            "that name classes other than zoo's and torch's, which runs any code they name: only files you trust "
-            f"(also: {TRUST_ENV}=1). Default: weights-only, zoo and torch classes only",
-        )  # fmt: skip
+        add_run_arguments(parser)  # checkpoint:, throughput:, nonfinite:, --trust_checkpoint
 
     def before_instantiate_classes(self) -> None:
         # trainer.precision unset (null, as the quickstart and the CPU preset leave it): the device's fastest;
@@ -265,84 +253,3 @@ def finished_already(ckpt_path: str | None, max_steps: int) -> str | None:
         return None
     return (f"nothing to train: {ckpt_path} is at step {step}, and trainer.max_steps={max_steps}; raise "
             "--trainer.max_steps to train further")
-
-
-class _ParseOnly(ZooCLI):
-    """``ZooCLI`` that stops after parsing: the same parser, ``--config`` merging, relative-path resolution and
-    checks as ``zoo fit``, with nothing built, seeded or read from a checkpoint."""
-
-    def __init__(self, args: list[str], defaults: dict | None, optional: tuple[str, ...]) -> None:
-        self._parse_defaults, self._optional = defaults or {}, optional
-        super().__init__(args=args, run=False, parser_kwargs={"exit_on_error": False})
-
-    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # LightningCLI's own sections (trainer, model, data), with the ones the command reads nothing from optional
-        parser.add_lightning_class_args(self.trainer_class, "trainer")
-        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        for key, cls in (("model", self._model_class), ("data", self._datamodule_class)):
-            parser.add_lightning_class_args(cls, key, subclass_mode=True, required=key not in self._optional)
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.set_defaults(self._parse_defaults)
-
-    def _parse_ckpt_path(self) -> None:
-        return None
-
-    def _set_seed(self) -> None:
-        return None
-
-    def before_instantiate_classes(self) -> None:
-        return None
-
-    def instantiate_classes(self) -> None:
-        return None
-
-    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        self.config = parser.parse_args(args)  # no --ckpt_path to check, no environment to set
-
-
-def parse_run_config(
-    args: list[str], *, defaults: dict | None = None, optional: tuple[str, ...] = ()
-) -> tuple[LightningArgumentParser, Namespace]:
-    """Parse ``args`` (``--config FILE`` repeatable, ``--model.…`` overrides) exactly as ``python -m zoo fit`` does,
-    building nothing. ``defaults`` fills what a command does not ask the user for; ``optional`` names the sections
-    (``model``, ``data``) a command reads nothing from, so a config may leave them out (``zoo info`` needs no
-    data, ``zoo tokenizer train`` no model). Returns the parser and the parsed config; errors raise
-    ``jsonargparse.ArgumentError``."""
-    cli = _ParseOnly(args, defaults, optional)
-    return cli.parser, cli.config
-
-
-def instantiate_section(parser: LightningArgumentParser, config: Namespace, key: str):
-    """Build one section (``model`` or ``data``) of a config parsed by :func:`parse_run_config`, as ``zoo fit``
-    builds it, leaving the others (the trainer may need hardware this machine lacks) unbuilt."""
-    return parser.instantiate_classes(Namespace({key: config[key]}), instantiate_groups=False)[key]
-
-
-def build_data_module(configs: list[str], overrides: list[str] = ()):
-    """The data module that run configs' ``data:`` sections (or one data-module config) describe, with ``--data.…``
-    ``overrides``, parsed and built by the parser of ``python -m zoo fit`` (a run config's model section is parsed,
-    not built, and may be left out), so relative paths, ``--config`` merging and errors are fit's. Raises
-    :class:`ZooError` naming the config."""
-    for config in configs:
-        if not Path(config).is_file():
-            raise ZooError(f"--config {config} does not exist: give a run config or a data-module config (YAML)")
-    top = yaml.safe_load(Path(configs[0]).read_text()) if len(configs) == 1 else None
-    flag = "--data" if isinstance(top, dict) and "class_path" in top else "--config"  # a data-module config
-    try:
-        parser, parsed = parse_run_config([a for c in configs for a in (flag, str(c))] + list(overrides),
-                                          optional=("model",))  # fmt: skip
-        if parsed.get("data") is None:
-            raise ValueError("expected a `data:` section with a class_path (or a data-module config)")
-        return instantiate_section(parser, parsed, "data")
-    except Exception as err:  # parser and constructor errors alike, named without a traceback
-        raise ZooError(f"--config {configs[-1]} does not describe a data module: {config_error_text(err)}") from None
-
-
-def config_error_text(err: Exception) -> str:
-    """jsonargparse's message for a config that does not parse or build, without the lines that restate the whole
-    value or the ``None`` alternative of an optional section (the reason and the key stay)."""
-    import argparse
-
-    return explain_parser_error(str(err)) if isinstance(err, argparse.ArgumentError) else str(err)

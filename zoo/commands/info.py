@@ -11,17 +11,17 @@ so sizing a 300M-parameter model takes no memory::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 from zoo.commands.errors import command
-from zoo.commands.fit import config_error_text, instantiate_section, parse_run_config
+from zoo.commands.options import CommandParser
+from zoo.errors import ZooError
 from zoo.nn.transformer import Transformer
+from zoo.training.run_config import config_error_text, instantiate_section, parse_run_config
 
 # the objective a bare backbone config is sized under (every objective holds the same backbone)
 DEFAULTS = {"model": {"class_path": "zoo.objectives.CausalLM"}}
@@ -73,24 +73,32 @@ def describe(backbone: Transformer) -> str:
     return "\n".join(lines)
 
 
+def info(*, config: list[Path], overrides: list[str] = ()) -> Transformer:
+    """Build the model of run or backbone configs on the ``meta`` device and print its architecture and size.
+
+    Args:
+        config: config file (repeatable): a backbone config or a run config with a model section
+        overrides: ``zoo fit`` options (``--model.backbone.init_args.n_layers 12``)
+    """
+    for path in config:
+        if not path.is_file():
+            raise ZooError(f"--config {path} does not exist")
+    try:
+        backbone = build(config, overrides)
+    except Exception as err:  # parser and constructor errors alike: report them, without a traceback
+        raise ZooError(f"cannot build the model of {', '.join(map(str, config))}: {config_error_text(err)}") from None
+    print(describe(backbone))
+    return backbone
+
+
+def parser() -> CommandParser:
+    p = CommandParser(prog="zoo info", description=__doc__,
+                      epilog="Any other argument is a `zoo fit` override, e.g. --model.backbone.init_args.n_layers 24")
+    p.add_function_arguments(info, as_group=False, skip={"overrides"})
+    return p
+
+
 @command("info")
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="zoo info", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other argument is a `zoo fit` override, e.g. --model.backbone.init_args.n_layers 24",
-    )  # fmt: skip
-    parser.add_argument("--config", action="append", required=True, type=Path, help="config file (repeatable)")
-    args, overrides = parser.parse_known_args(argv)
-    for path in args.config:
-        if not path.is_file():
-            print(f"zoo info: --config {path} does not exist", file=sys.stderr)
-            sys.exit(2)
-    try:
-        backbone = build(args.config, overrides)
-    except Exception as err:  # parser and constructor errors alike: report them, without a traceback
-        print(
-            f"zoo info: cannot build the model of {', '.join(map(str, args.config))}: {config_error_text(err)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    print(describe(backbone))
+    args, overrides = parser().parse_known(argv)
+    info(config=list(args.config), overrides=overrides)

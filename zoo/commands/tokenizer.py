@@ -15,7 +15,6 @@ two small files with which ``transformers.AutoTokenizer.from_pretrained(DIR)`` l
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -23,56 +22,64 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zoo.commands.errors import command
+from zoo.commands.options import CommandParser
 from zoo.data.tokenizer import EOS, train_bpe
 from zoo.errors import ZooError
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo tokenizer", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="action", required=True)
-    train = sub.add_parser("train", help="train a byte-level BPE on a data config's training text")
-    train.add_argument("--config", required=True, help="run config (with data:) or data-module config (YAML)")
-    train.add_argument("--vocab-size", type=int, required=True, help="final vocabulary, special tokens included")
-    train.add_argument("--min-frequency", type=int, default=2, help="pairs seen fewer times are never merged")
-    train.add_argument(
-        "--special-tokens", default=EOS, help=f"comma-separated, given ids 0, 1, …; the first ends documents ({EOS})"
+def train(*, config: str, vocab_size: int, output: str, min_frequency: int = 2, special_tokens: str = EOS,
+          documents: int | None = None) -> Path:  # fmt: skip
+    """Train a byte-level BPE on the training text of a data config and write it to a directory.
+
+    Args:
+        config: run config (with data:) or data-module config (YAML)
+        vocab_size: final vocabulary, special tokens included
+        output: directory to write tokenizer.json (and its config) into
+        min_frequency: pairs seen fewer times are never merged
+        special_tokens: comma-separated, given ids 0, 1, …; the first ends documents
+        documents: learn from at most this many documents
+    """
+    special = [t for t in special_tokens.split(",") if t]
+    if not special:
+        raise ZooError("--special-tokens is empty: give at least the end-of-text token, e.g. '<|endoftext|>'")
+    if vocab_size < 256 + len(special):
+        raise ZooError(
+            f"--vocab-size {vocab_size} is below the 256 byte symbols and {len(special)} special tokens: "
+            f"use at least {256 + len(special)}"
+        )
+    from zoo.training.run_config import build_data_module
+
+    datamodule = build_data_module([config])
+    texts = datamodule.tokenizer_training_texts()  # rows over data.max_row_chars skipped, progress, stall watch
+    if documents is not None:
+        texts = itertools.islice(texts, documents)
+    counted = _Counting(texts)
+    start = time.perf_counter()
+    tokenizer = train_bpe(counted, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special)
+    seconds = time.perf_counter() - start
+    out = write(tokenizer, Path(output), special_tokens=special)
+    print(
+        f"trained on {counted.documents:,} documents ({counted.chars / 1e6:.1f}M characters) in {seconds:.0f} s: "
+        f"{tokenizer.get_vocab_size():,} tokens, {held_out_compression(tokenizer, datamodule):.2f} characters per "
+        f"token on held-out text → {out / 'tokenizer.json'}"
     )
-    train.add_argument("--documents", type=int, default=None, help="learn from at most this many documents")
-    train.add_argument("--output", required=True, help="directory to write tokenizer.json (and its config) into")
+    return out
+
+
+def parser() -> CommandParser:
+    p = CommandParser(prog="python -m zoo tokenizer", description=__doc__)
+    sub = CommandParser(description=train.__doc__.split("\n\n")[0])
+    sub.add_function_arguments(train, as_group=False)
+    p.add_subcommands(required=True, dest="action").add_subcommand(
+        "train", sub, help="train a byte-level BPE on a data config's training text"
+    )
     return p
 
 
 @command("tokenizer")
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    special = [t for t in args.special_tokens.split(",") if t]
-    if not special:
-        raise ZooError("--special-tokens is empty: give at least the end-of-text token, e.g. '<|endoftext|>'")
-    if args.vocab_size < 256 + len(special):
-        raise ZooError(
-            f"--vocab-size {args.vocab_size} is below the 256 byte symbols and {len(special)} special tokens: "
-            f"use at least {256 + len(special)}"
-        )
-    from zoo.commands.fit import build_data_module
-
-    datamodule = build_data_module([args.config])
-    train(args, datamodule, special)  # an unreachable source, an unreadable file: one line, by run_command
-
-
-def train(args: argparse.Namespace, datamodule, special: list[str]) -> None:
-    texts = datamodule.tokenizer_training_texts()  # rows over data.max_row_chars skipped, progress, stall watch
-    if args.documents is not None:
-        texts = itertools.islice(texts, args.documents)
-    counted = _Counting(texts)
-    start = time.perf_counter()
-    tokenizer = train_bpe(counted, vocab_size=args.vocab_size, min_frequency=args.min_frequency, special_tokens=special)
-    seconds = time.perf_counter() - start
-    out = write(tokenizer, Path(args.output), special_tokens=special)
-    print(
-        f"trained on {counted.documents:,} documents ({counted.chars / 1e6:.1f}M characters) in {seconds:.0f} s: "
-        f"{tokenizer.get_vocab_size():,} tokens, {held_out_compression(tokenizer, datamodule):.2f} characters per "
-        f"token on held-out text → {out / 'tokenizer.json'}"
-    )
+    train(**vars(args.train))  # an unreachable source, an unreadable file: one line, by run_command
 
 
 def write(tokenizer, out: Path, *, special_tokens: list[str]) -> Path:

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -100,7 +101,7 @@ def fast_tokenizer(tokenizer, eos: str, max_len: int):
 
 def export(
     ckpt: str, out: str, *, format: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = False,
-    outtype: str | None = None, license: str | None = None, eval_results: str | None = None,
+    outtype: Literal["f32", "f16", "q8_0"] | None = None, license: str | None = None, eval_results: str | None = None,
     tokenizer: str | None = None, eos_token: str | None = None, trust: bool | None = None,
 ) -> Path:  # fmt: skip
     """Write the checkpoint's model, tokenizer and model card to ``out`` in the given format (see :data:`FORMATS`;
@@ -109,10 +110,11 @@ def export(
     Args:
         ckpt: a checkpoint written by ``python -m zoo fit``.
         out: the directory to write (created; an existing non-empty one only with ``overwrite``).
-        format: ``auto`` or a key of :data:`FORMATS`.
+        format: ``auto`` (stock transformers classes where they apply, else remote code) or a key of
+            :data:`FORMATS`: ``hf``, ``remote-code``, ``gguf`` (llama.cpp).
         dtype: dtype of the exported weights (for GGUF, float16 means ``outtype='f16'``).
         overwrite: replace an existing non-empty ``out``.
-        outtype: GGUF tensor type: ``f32``, ``f16`` or ``q8_0`` (``gguf`` only).
+        outtype: GGUF tensor type: ``f32``, ``f16`` or ``q8_0`` (``gguf`` only; default from ``dtype``).
         license: the model card's license id (e.g. ``apache-2.0``).
         eval_results: a ``zoo eval --output`` JSON file whose scores go into the model card.
         tokenizer: a ``tokenizer.json`` to export instead of the checkpoint's own (for checkpoints that carry none).

@@ -31,7 +31,12 @@ def convert_checkpoint(old: str | Path, new: str | Path) -> list[str]:
     """Read ``old`` by unpickling it in full (this runs whatever code the file names: convert only files you
     trust, such as your own runs' checkpoints from an older zoo), turn its contents into plain data and write
     ``new`` atomically. Checks that ``new`` reads weights-only and returns the places that changed
-    (``hyper_parameters/optimizer: functools.partial -> dict``)."""
+    (``hyper_parameters/optimizer: functools.partial -> dict``).
+
+    Args:
+        old: checkpoint to convert (unpickled in full: only a file you trust).
+        new: where to write the converted checkpoint.
+    """
     old, new = Path(old), Path(new)
     if old.resolve() == new.resolve():
         raise ValueError(f"convert {old} to a new file (NEW is the same path): the old file is kept until NEW reads")

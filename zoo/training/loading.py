@@ -89,6 +89,7 @@ def load_checkpoint(
     from zoo.data.tokenizer import EOS, tokenizer_from_checkpoint
 
     checkpoint = read_checkpoint(path, map_location="cpu", mmap=True, trust=trust)  # the one read
+    objective_class(checkpoint, source=f"checkpoint {path}")  # not zoo's: named before anything else
     if tokenizer is not None:
         from tokenizers import Tokenizer
 
@@ -101,7 +102,7 @@ def load_checkpoint(
         except ValueError:
             raise ValueError(
                 f"checkpoint {path} carries no tokenizer (it was not trained through a zoo data module): pass the "
-                "tokenizer.json it was trained with as --tokenizer"
+                "tokenizer.json it was trained with, e.g. --tokenizer path/to/tokenizer.json"
             ) from None
     eos_id = text_tokenizer.token_to_id(eos)
     if eos_id is None:
@@ -113,16 +114,12 @@ def load_checkpoint(
                   path=Path(path), tokens=int(tokens) if tokens is not None else None)  # fmt: skip
 
 
-def build_model(checkpoint: dict, *, source: str) -> LanguageModel:
-    """The objective a checkpoint (read by :func:`zoo.training.checkpoints.read_checkpoint`, so its class paths are
-    checked) records, built from its hyper-parameters as Lightning's ``load_from_checkpoint`` builds it, with the
-    checkpoint's weights; ``source`` names the file in errors. Nothing is read from disk."""
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
+def objective_class(checkpoint: dict, *, source: str) -> type[LanguageModel]:
+    """The objective class a checkpoint (read by :func:`zoo.training.checkpoints.read_checkpoint`, so its class
+    paths are checked) records; a ``ValueError`` naming ``source`` when it records none or not an objective."""
     from zoo.objectives.base import LanguageModel
 
-    hyper_parameters = dict(checkpoint.get("hyper_parameters") or {})
-    class_path = hyper_parameters.get("_class_path")
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not isinstance(class_path, str):
         raise ValueError(
             f"{source} has no recorded objective class (it was not written by `python -m zoo fit`): build the "
@@ -132,6 +129,17 @@ def build_model(checkpoint: dict, *, source: str) -> LanguageModel:
     target = getattr(importlib.import_module(module_name), name, None)
     if not (isinstance(target, type) and issubclass(target, LanguageModel)):
         raise ValueError(f"{source} holds a {class_path}, which is not a {LanguageModel.__name__}")
+    return target
+
+
+def build_model(checkpoint: dict, *, source: str) -> LanguageModel:
+    """The objective a checkpoint (read by :func:`zoo.training.checkpoints.read_checkpoint`, so its class paths are
+    checked) records, built from its hyper-parameters as Lightning's ``load_from_checkpoint`` builds it, with the
+    checkpoint's weights; ``source`` names the file in errors. Nothing is read from disk."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    target = objective_class(checkpoint, source=source)
+    hyper_parameters = dict(checkpoint.get("hyper_parameters") or {})
     instantiator = hyper_parameters.pop("_instantiator", None)
     if instantiator is not None and instantiator not in INSTANTIATORS:  # only reachable with trust
         raise ValueError(f"{source} names the instantiator {instantiator!r}, which is not Lightning's own")
