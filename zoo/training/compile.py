@@ -123,7 +123,7 @@ class _TrainingCall:
                 out = self.compiled(*args, **kwargs)
         except Exception as err:  # the compiler's failure, or the call's own error: eager tells them apart
             out = module._call_impl(*args, **kwargs)  # the call's own error is raised here, as without compile
-            _fall_back(module, f"{type(err).__name__}: {_first_line(err)}")
+            _fall_back(module, _reason(err))
             return out
         self.signature = signature
         return out
@@ -131,7 +131,15 @@ class _TrainingCall:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0][:300] if text else "(no message)"
+    return f"{type(err).__name__}: {text[0][:300] if text else '(no message)'}"
+
+
+def _reason(err: BaseException) -> str:
+    """The error's first line, and its innermost cause's (a backend's failure arrives wrapped by dynamo)."""
+    inner = err
+    while (getattr(inner, "inner_exception", None) or inner.__cause__) is not None:
+        inner = getattr(inner, "inner_exception", None) or inner.__cause__
+    return _first_line(err) if inner is err else f"{_first_line(err)} {_first_line(inner)}"
 
 
 def _fall_back(module: nn.Module, reason: str) -> None:
