@@ -43,6 +43,7 @@ on a GPU; on a CPU the process's peak resident set (``ru_maxrss``) minus its res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -219,11 +220,18 @@ def worker(args) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
+    profiler = contextlib.nullcontext()
+    if args.profile:  # the timed steps' operators, by self time (the profiler's overhead is in the timing then)
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
+    with profiler:
+        for _ in range(args.steps):
+            step()
+        sync()
     elapsed = time.perf_counter() - start
+    if args.profile:
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+        Path(args.profile, f"{args.shape}-{args.dtype}-{args.impl}.txt").write_text(table)
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     else:
@@ -264,6 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--roofline-dtypes", default="fp32,bf16", help="comma-separated, from: fp32, bf16")
     p.add_argument("--roofline-seconds", type=float, default=0.3, help="timing per matrix product of the roofline")
     p.add_argument("--litgpt-python", help="a Python with LitGPT and torch (default: benchmarks/_litgpt_env.py's)")
+    p.add_argument("--profile", help="write each measurement's operator profile (torch.profiler) to this folder")
     p.add_argument("--json", help="also write the medians, rooflines and FLOPs per token to this file")
     p.add_argument("--smoke", action="store_true", help="every code path at a tiny shape, in seconds (for CI)")
     p.add_argument("--impl", choices=(*IMPLS, COMPILED, "roofline"), help=argparse.SUPPRESS)
@@ -294,6 +303,9 @@ def main() -> None:
     common = [f"--device={args.device}", f"--batch-size={args.batch_size}", f"--seq-len={args.seq_len}",
               f"--steps={args.steps}", f"--warmup={args.warmup}", f"--roofline-dtypes={args.roofline_dtypes}",
               f"--roofline-seconds={args.roofline_seconds}"]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        common.append(f"--profile={Path(args.profile).resolve()}")
     impls = args.impls.split(",")
     if args.compile:  # right after zoo eager, so the two zoo sides see the same machine
         impls.insert(impls.index("zoo") + 1 if "zoo" in impls else 0, COMPILED)
