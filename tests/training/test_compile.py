@@ -252,12 +252,16 @@ class _Trainer:
 
 
 def test_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
-    monkeypatch.setattr(compile_module, "MIN_STEPS", {"bf16": 1000})
-    assert resolve_compile("auto", trainer=_Trainer(1000))[0]
-    assert not resolve_compile("auto", trainer=_Trainer(999))[0]
-    assert not resolve_compile("auto", trainer=_Trainer(-1))[0]  # no length: not known to repay
-    assert not resolve_compile("auto", trainer=_Trainer(10_000, "32-true"))[0]  # fp32 not in the table
-    assert not resolve_compile("auto", trainer=_Trainer(10_000), sharded=True)[0]
+    table = {"bf16": {"small": (1_000_000, None), "large": (50_000_000, 200)}}
+    monkeypatch.setattr(compile_module, "PAYBACK_STEPS", table)
+    monkeypatch.setattr(compile_module, "PAYBACK_FRACTION", 0.1)
+    large, small = 40_000_000, 2_000_000
+    assert resolve_compile("auto", trainer=_Trainer(2000), parameters=large)[0]
+    assert not resolve_compile("auto", trainer=_Trainer(1999), parameters=large)[0]  # repaid after 10% of the run
+    assert not resolve_compile("auto", trainer=_Trainer(-1), parameters=large)[0]  # no length: not known to repay
+    assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=small)[0]  # nearest preset: no gain
+    assert not resolve_compile("auto", trainer=_Trainer(10**6, "32-true"), parameters=large)[0]  # not measured
+    assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=large, sharded=True)[0]
     assert resolve_compile(True, trainer=_Trainer(1))[0] and not resolve_compile(False, trainer=_Trainer(10**9))[0]
     with pytest.raises(ValueError, match="compile='yes'"):
         resolve_compile("yes")

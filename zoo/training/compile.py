@@ -16,25 +16,32 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import warnings
 from collections.abc import Callable
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 CompileSetting = bool | Literal["auto"]
 
 BACKEND: str | Callable = "inductor"  # what `compile: true` compiles with (tests swap in a failing backend)
 
-# ``auto``: compile only when the compile time is paid back within the first PAYBACK_FRACTION of the run, i.e. when
-# trainer.max_steps ≥ payback steps / PAYBACK_FRACTION. The payback steps (compile seconds over seconds saved per
-# step) were measured for every preset on a 2-core AVX512-BF16 CPU (benchmarks/train_throughput.py --compile);
-# MIN_STEPS[precision] is the largest of them over the presets where compiling won, divided by PAYBACK_FRACTION,
-# and a precision absent from it never compiles under ``auto`` (compiled was not faster there).
+# ``auto``: compile only where compiling won, and only when its compile time is repaid within the first
+# PAYBACK_FRACTION of the run: trainer.max_steps × PAYBACK_FRACTION ≥ the steps that repay it (the cold compile time
+# over the seconds saved per step). Those steps were measured for every preset on a 2-core AVX512-BF16 CPU
+# (benchmarks/results/train-compiled-cpu-2026-12-07.md); a model takes the figure of the measured preset nearest
+# to it in non-embedding parameters (log scale). ``None``: compiled was not faster there, so ``auto`` never compiles.
 PAYBACK_FRACTION = 0.10
-MIN_STEPS: dict[str, int] = {"bf16": 10_000, "fp32": 10_000}
+PAYBACK_STEPS: dict[str, dict[str, tuple[int, int | None]]] = {  # precision: {preset: (parameters, steps)}
+    "bf16": {"quickstart": (2_361_792, None), "gpt-s-5m": (4_372_032, None), "supra-50m": (35_402_240, None),
+             "gpt2-124m": (84_953_856, None)},
+    "fp32": {"quickstart": (2_361_792, None), "gpt-s-5m": (4_372_032, None), "supra-50m": (35_402_240, None),
+             "gpt2-124m": (84_953_856, None)},
+}
 
 
 def compiler_missing(device: torch.device) -> str | None:
@@ -58,24 +65,37 @@ def _precision_name(trainer) -> str:
     return "bf16" if "bf16" in precision else "fp16" if precision.startswith("16") else "fp32"
 
 
-def resolve_compile(setting: CompileSetting, *, trainer=None, sharded: bool = False) -> tuple[bool, str]:
+def resolve_compile(
+    setting: CompileSetting, *, trainer=None, parameters: int | None = None, sharded: bool = False
+) -> tuple[bool, str]:
     """Whether to compile, and why (a phrase for the log). ``True`` and ``False`` are kept as given (``True`` may
-    still fall back, see :func:`compile_for_training`); ``auto`` compiles a run on one device or data-parallel (not
-    sharded: unmeasured), in a precision where compiling won, at least ``MIN_STEPS`` steps long."""
+    still fall back, see :func:`compile_for_training`). ``auto`` compiles a run on one device or data-parallel (not
+    sharded: unmeasured) when the measured preset nearest to the model's ``parameters`` (non-embedding) won in the
+    run's precision and ``trainer.max_steps`` is long enough to repay the compile time early (``PAYBACK_STEPS``)."""
     if setting is True or setting is False:
         return setting, f"compile={setting}"
     if setting != "auto":
         raise ValueError(f"model compile={setting!r} is not one of true, false, auto: pick one of them")
+    compile, reason = _auto(trainer, parameters, sharded)
+    rank_zero_info(reason)
+    return compile, reason
+
+
+def _auto(trainer, parameters: int | None, sharded: bool) -> tuple[bool, str]:
     if sharded:
         return False, "compile=auto: a sharded strategy trains eager"
     precision = _precision_name(trainer)
-    need = MIN_STEPS.get(precision)
-    steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
-    if need is None:
-        return False, f"compile=auto: compiling did not speed up {precision} training"
-    if steps is None or steps < need:
-        return False, f"compile=auto: max_steps={steps} is below the {need} steps that repay compiling in {precision}"
-    return True, f"compile=auto: max_steps={steps} ≥ {need} steps repay compiling in {precision}"
+    measured = PAYBACK_STEPS.get(precision)
+    if not measured or parameters is None:
+        return False, f"compile=auto: compiling was not measured for {precision}"
+    preset, (_, payback) = min(measured.items(), key=lambda item: abs(math.log(item[1][0] / max(parameters, 1))))
+    if payback is None:
+        return False, f"compile=auto: compiling did not speed up {preset} in {precision}"
+    steps = getattr(trainer, "max_steps", -1)
+    if steps is None or steps * PAYBACK_FRACTION < payback:
+        return False, (f"compile=auto: max_steps={steps} is too short to repay compiling ({payback} steps at "
+                       f"{preset} in {precision}, within the first {PAYBACK_FRACTION:.0%})")
+    return True, f"compile=auto: {payback} steps repay compiling at {preset} in {precision}"
 
 
 def _device(module: nn.Module) -> torch.device:
