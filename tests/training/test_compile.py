@@ -247,8 +247,9 @@ def test_inductor_trains_a_tiny_model_with_one_graph_and_eager_checkpoints(tmp_p
 
 # ---- compile: auto --------------------------------------------------------------------------------------------------
 class _Trainer:
-    def __init__(self, max_steps, precision="bf16-mixed"):
+    def __init__(self, max_steps, precision="bf16-mixed", device="cpu"):
         self.max_steps, self.precision = max_steps, precision
+        self.strategy = type("Strategy", (), {"root_device": torch.device(device)})()
 
 
 def test_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
@@ -262,6 +263,7 @@ def test_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
     assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=small)[0]  # nearest preset: no gain
     assert not resolve_compile("auto", trainer=_Trainer(10**6, "32-true"), parameters=large)[0]  # not measured
     assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=large, sharded=True)[0]
+    assert not resolve_compile("auto", trainer=_Trainer(10**6, device="cuda"), parameters=large)[0]  # unmeasured
     assert resolve_compile(True, trainer=_Trainer(1))[0] and not resolve_compile(False, trainer=_Trainer(10**9))[0]
     with pytest.raises(ValueError, match="compile='yes'"):
         resolve_compile("yes")

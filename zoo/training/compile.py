@@ -84,6 +84,9 @@ def resolve_compile(
 def _auto(trainer, parameters: int | None, sharded: bool) -> tuple[bool, str]:
     if sharded:
         return False, "compile=auto: a sharded strategy trains eager"
+    device = getattr(getattr(trainer, "strategy", None), "root_device", torch.device("cpu"))
+    if device.type != "cpu":  # the figures are a CPU's; elsewhere `compile: true` asks for it
+        return False, f"compile=auto: compiling was measured on CPUs only, and this run trains on {device.type}"
     precision = _precision_name(trainer)
     measured = PAYBACK_STEPS.get(precision)
     if not measured or parameters is None:
