@@ -273,3 +273,15 @@ def test_configs_default_to_auto():
     for path in [CONFIGS / "quickstart.yaml", *sorted((CONFIGS / "recipes").glob("*.yaml"))]:
         model = yaml.safe_load(path.read_text())["model"]
         assert model["init_args"].get("compile") == "auto", path.name
+
+
+def test_auto_keeps_the_quickstart_eager_and_compiles_the_gpt_s_recipe():
+    """The quickstart's 600 steps would not repay a cold compile early (its wall time stays eager's); GPT-S-5M's
+    95,367 bf16 steps do."""
+    from zoo.commands.info import build
+
+    for name, compiles in (("quickstart.yaml", False), ("recipes/gpt-s-5m.yaml", True)):
+        config = yaml.safe_load((CONFIGS / name).read_text())
+        trainer = _Trainer(config["trainer"]["max_steps"], "bf16-mixed")
+        parameters = build([CONFIGS / name]).num_parameters(embeddings=False)
+        assert resolve_compile("auto", trainer=trainer, parameters=parameters)[0] is compiles, name

@@ -37,7 +37,7 @@ BACKEND: str | Callable = "inductor"  # what `compile: true` compiles with (test
 # to it in non-embedding parameters (log scale). ``None``: compiled was not faster there, so ``auto`` never compiles.
 PAYBACK_FRACTION = 0.10
 PAYBACK_STEPS: dict[str, dict[str, tuple[int, int | None]]] = {  # precision: {preset: (parameters, steps)}
-    "bf16": {"quickstart": (2_361_792, None), "gpt-s-5m": (4_372_032, None), "supra-50m": (35_402_240, None),
+    "bf16": {"quickstart": (2_361_792, 350), "gpt-s-5m": (4_372_032, 1_971), "supra-50m": (35_402_240, None),
              "gpt2-124m": (84_953_856, None)},
     "fp32": {"quickstart": (2_361_792, None), "gpt-s-5m": (4_372_032, None), "supra-50m": (35_402_240, None),
              "gpt2-124m": (84_953_856, None)},
