@@ -90,6 +90,13 @@ def test_the_training_call_has_no_graph_break(family):
         assert explained.graph_count == 1
 
 
+def test_activation_checkpointing_keeps_one_graph():
+    backbone = tiny_backbone().train()
+    backbone.activation_checkpointing = True
+    explained = torch._dynamo.explain(backbone)(torch.randint(0, 64, (2, 16)), features_only=True)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
 def test_a_diffusion_call_with_positions_has_no_graph_break():
     backbone = tiny_backbone().train()
     ids = torch.randint(0, 64, (2, 32))
