@@ -164,12 +164,11 @@ def test_a_backend_that_fails_falls_back_to_eager_with_one_warning(tmp_path, mon
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def test_no_cpp_compiler_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
+def test_no_cpp_compiler_falls_back_to_eager_with_one_warning(tmp_path):
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", (None, "zoo-no-such-compiler"))
     model = CausalLM(backbone=tiny_backbone(), compile=True)
-    with warnings.catch_warnings(record=True) as record:
+    with config.patch({"cpp.cxx": (None, "zoo-no-such-compiler")}), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer = _fit(model, tmp_path, max_steps=2, enable_checkpointing=False)
     assert trainer.global_step == 2
