@@ -22,6 +22,16 @@ step runs each, in fp32 and in bf16. Each side's achieved FLOP/s is its tokens/s
 
 ``--smoke`` runs every code path at a tiny shape in seconds (for CI; its figures mean nothing).
 
+``--compile`` adds a side, ``zoo-compiled``: zoo's backbone compiled as ``model.compile: true`` compiles it in
+training (:func:`zoo.training.compile.compile_for_training`, inductor), alternating with the eager sides (HF and
+LitGPT stay eager, their default). The first round's compiled measurement starts from an empty inductor cache, so its
+compile time is a cold one, as a first run pays it; later rounds at that shape reuse the cache (a warm compile, as a
+rerun or a resume pays it). Both are reported apart (the first step's time less a compiled step's), with the steps
+that repay the cold one (compile time / seconds saved per step against zoo eager). ``--dtype bf16,fp32`` measures
+both in one run.
+
+    python benchmarks/train_throughput.py --compile --dtype bf16,fp32 --shapes gpt-s-5m,supra-50m,gpt2-124m,quickstart
+
 LitGPT cannot share an environment with transformers 5 / datasets 5 (its releases pin numpy < 2 or
 huggingface-hub < 1.4), so its side runs in an environment of its own that ``benchmarks/_litgpt_env.py`` creates
 on first use (the same torch, LitGPT pinned), under ``$ZOO_CACHE``; ``--litgpt-python`` points at another one.
@@ -33,11 +43,14 @@ on a GPU; on a CPU the process's peak resident set (``ru_maxrss``) minus its res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +63,7 @@ SHAPES = {
     "tiny": (2, 64, 4, 2, 128, 256, 10000.0),  # --smoke
 }
 IMPLS = ("zoo", "hf", "litgpt")
+COMPILED = "zoo-compiled"  # the --compile side
 
 
 def build_zoo(shape, seq_len):
@@ -105,7 +119,7 @@ def build_litgpt(shape, seq_len):
     return model, loss
 
 
-BUILDERS = {"zoo": build_zoo, "hf": build_hf, "litgpt": build_litgpt}
+BUILDERS = {"zoo": build_zoo, "hf": build_hf, "litgpt": build_litgpt, COMPILED: build_zoo}
 
 
 def _rss_mb() -> float:
@@ -172,9 +186,16 @@ def worker(args) -> None:
     shape = SHAPES[args.shape]
     model, loss_fn = BUILDERS[args.impl](shape, args.seq_len)
     model.to(device).train()
-    if args.compile:  # in place, so loss_fn calls the compiled module
-        # zoo compiles the backbone, as `compile: true` does in training (the fused head + loss stays eager)
-        (model.backbone if args.impl == "zoo" else model).compile()
+    compiled = None
+    if args.impl == COMPILED:  # in place, so loss_fn calls the compiled module
+        # the backbone, as `compile: true` does in training (the fused head + loss stays eager)
+        import warnings
+
+        from zoo.training.compile import compile_for_training, compiled_call
+
+        warnings.filterwarnings("error", message="torch.compile (could not|is not)")  # eager would be measured: stop
+        compile_for_training(model.backbone)
+        compiled = compiled_call(model.backbone)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # zoo's default where the device has it
     ids = torch.randint(0, shape[5], (args.batch_size, args.seq_len), device=device)
     batch = {"input_ids": ids, "labels": ids}
@@ -189,24 +210,41 @@ def worker(args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     base_rss = _rss_mb()
     start_warmup = time.perf_counter()
-    for _ in range(args.warmup):
+    step()
+    sync()
+    first_step = time.perf_counter() - start_warmup  # includes compilation for zoo-compiled
+    for _ in range(args.warmup - 1):
         step()
     sync()
-    first_steps = time.perf_counter() - start_warmup  # includes compilation with --compile
+    first_steps = time.perf_counter() - start_warmup
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
+    profiler = contextlib.nullcontext()
+    if args.profile:  # the timed steps' operators, by self time (the profiler's overhead is in the timing then)
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
+    with profiler:
+        for _ in range(args.steps):
+            step()
+        sync()
     elapsed = time.perf_counter() - start
+    if args.profile:
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+        Path(args.profile, f"{args.shape}-{args.dtype}-{args.impl}.txt").write_text(table)
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
     tokens = args.steps * args.batch_size * args.seq_len
-    print(json.dumps({"tokens_per_s": tokens / elapsed, "peak_mb": peak, "warmup_s": first_steps}))
+    result = {"tokens_per_s": tokens / elapsed, "peak_mb": peak, "warmup_s": first_steps,
+              "step_s": elapsed / args.steps, "compile_s": max(first_step - elapsed / args.steps, 0.0)}
+    if compiled is not None:
+        assert compiled.signature is not None and compiled.eager_calls == 0, "the compiled graph did not run"
+        from torch._dynamo.utils import counters
+
+        result["graphs"] = counters["stats"]["unique_graphs"]  # 1: no graph break, no recompile
+    print(json.dumps(result))
 
 
 def flops_per_token(shape, seq_len: int) -> float:
@@ -224,19 +262,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated, from: " + ", ".join(SHAPES))
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from: " + ", ".join(IMPLS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16, or both comma-separated (measured one after the other)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="zoo/HF/LitGPT alternations per shape")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--compile", action="store_true", help=f"add the side {COMPILED}: zoo's training compile")
     p.add_argument("--roofline-dtypes", default="fp32,bf16", help="comma-separated, from: fp32, bf16")
     p.add_argument("--roofline-seconds", type=float, default=0.3, help="timing per matrix product of the roofline")
     p.add_argument("--litgpt-python", help="a Python with LitGPT and torch (default: benchmarks/_litgpt_env.py's)")
+    p.add_argument("--profile", help="write each measurement's operator profile (torch.profiler) to this folder")
     p.add_argument("--json", help="also write the medians, rooflines and FLOPs per token to this file")
     p.add_argument("--smoke", action="store_true", help="every code path at a tiny shape, in seconds (for CI)")
-    p.add_argument("--impl", choices=(*IMPLS, "roofline"), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=(*IMPLS, COMPILED, "roofline"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -245,6 +284,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.shapes.split(","):
         if name not in SHAPES:
             p.error(f"--shapes: unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    for name in args.dtype.split(","):
+        if name not in ("fp32", "bf16"):
+            p.error(f"--dtype: unknown {name!r}; choose from fp32, bf16")
     for name in args.impls.split(","):
         if name not in IMPLS:
             p.error(f"--impls: unknown side {name!r}; choose from {', '.join(IMPLS)}")
@@ -257,11 +299,16 @@ def main() -> None:
         return worker(args)
 
     root = Path(__file__).resolve().parents[1]
-    common = [f"--device={args.device}", f"--dtype={args.dtype}", f"--batch-size={args.batch_size}",
-              f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-              f"--roofline-dtypes={args.roofline_dtypes}", f"--roofline-seconds={args.roofline_seconds}"]
-    common += ["--compile"] if args.compile else []
+    dtypes = args.dtype.split(",")
+    common = [f"--device={args.device}", f"--batch-size={args.batch_size}", f"--seq-len={args.seq_len}",
+              f"--steps={args.steps}", f"--warmup={args.warmup}", f"--roofline-dtypes={args.roofline_dtypes}",
+              f"--roofline-seconds={args.roofline_seconds}"]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        common.append(f"--profile={Path(args.profile).resolve()}")
     impls = args.impls.split(",")
+    if args.compile:  # right after zoo eager, so the two zoo sides see the same machine
+        impls.insert(impls.index("zoo") + 1 if "zoo" in impls else 0, COMPILED)
     python = {impl: sys.executable for impl in impls}
     if "litgpt" in impls:
         from _litgpt_env import litgpt_python
@@ -271,13 +318,19 @@ def main() -> None:
           f"rounds={args.rounds} compile={args.compile} torch={_version('torch')} "
           f"transformers={_version('transformers')} litgpt={_version('litgpt', python.get('litgpt'))}")
 
-    def run(impl: str, name: str) -> dict:
+    caches = tempfile.TemporaryDirectory()  # an inductor cache per shape and dtype, empty at its first round
+
+    def run(impl: str, name: str, dtype: str = "fp32") -> dict:
+        env = dict(os.environ)
+        if impl == COMPILED:
+            env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(caches.name, f"{name}-{dtype}")
         out = subprocess.run(
-            [python.get(impl, sys.executable), __file__, f"--impl={impl}", f"--shape={name}", *common],
-            cwd=root, capture_output=True, text=True,
+            [python.get(impl, sys.executable), __file__, f"--impl={impl}", f"--shape={name}",
+             f"--dtype={dtype}", *common],
+            cwd=root, capture_output=True, text=True, env=env,
         )
         if out.returncode != 0:
-            raise SystemExit(f"the {impl} measurement at {name} failed:\n{out.stderr[-3000:]}")
+            raise SystemExit(f"the {impl} measurement at {name} ({dtype}) failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     summary = {}
@@ -286,32 +339,57 @@ def main() -> None:
         print(f"  {name} roofline (matmul at this shape): "
               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in roof.items()), flush=True)
         per_token = flops_per_token(SHAPES[name], args.seq_len)
-        results = {impl: [] for impl in impls}
-        for r in range(args.rounds):
-            for impl in impls:
-                results[impl].append(run(impl, name))
-                print(f"  {name} round {r + 1} {impl:>6}: {results[impl][-1]['tokens_per_s']:9.0f} tok/s "
-                      f"peak {results[impl][-1]['peak_mb']:8.1f} MB  first {args.warmup} steps "
-                      f"{results[impl][-1]['warmup_s']:.1f} s", flush=True)
-        med = {k: {m: statistics.median(x[m] for x in v) for m in ("tokens_per_s", "peak_mb", "warmup_s")}
-               for k, v in results.items()}
-        line = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s peak {v['peak_mb']:.0f} MB" for k, v in med.items())
-        if "hf" in med:
-            line += "; speed vs HF " + ", ".join(
-                f"{k}/HF {v['tokens_per_s'] / med['hf']['tokens_per_s']:.2f}" for k, v in med.items() if k != "hf"
-            )
-            line += "; memory vs HF " + ", ".join(
-                f"{k}/HF {v['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}" for k, v in med.items() if k != "hf"
-            )
-        print(f"{name}: {line}", flush=True)
-        ceiling = roof.get(args.dtype)
-        print(f"{name}: {per_token / 1e6:.1f} MFLOP/token; achieved " + ", ".join(
-            f"{k} {v['tokens_per_s'] * per_token / 1e9:.1f} GFLOP/s"
-            + (f" = {v['tokens_per_s'] * per_token / ceiling:.0%} of the {args.dtype} roofline" if ceiling else "")
-            for k, v in med.items()), flush=True)
-        summary[name] = {"roofline": roof, "flops_per_token": per_token, "median": med}
+        for dtype in dtypes:
+            label = name if len(dtypes) == 1 else f"{name} {dtype}"
+            summary[label] = {"roofline": roof, "flops_per_token": per_token, "dtype": dtype,
+                              "median": measure(args, run, name, dtype, impls, label, roof, per_token)}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
+
+
+def measure(args, run, name: str, dtype: str, impls: list[str], label: str, roof: dict, per_token: float) -> dict:
+    """``--rounds`` alternations of the sides at one shape and dtype; prints each round and the medians, which it
+    returns by side."""
+    results = {impl: [] for impl in impls}
+    for r in range(args.rounds):
+        for impl in impls:
+            results[impl].append(run(impl, name, dtype))
+            last = results[impl][-1]
+            extra = f"  compile {last['compile_s']:.1f} s, graphs {last['graphs']}" if impl == COMPILED else ""
+            print(f"  {label} round {r + 1} {impl:>12}: {last['tokens_per_s']:9.0f} tok/s "
+                  f"peak {last['peak_mb']:8.1f} MB  first {args.warmup} steps {last['warmup_s']:.1f} s{extra}",
+                  flush=True)
+    keys = ("tokens_per_s", "peak_mb", "warmup_s", "step_s", "compile_s")
+    med = {k: {m: statistics.median(x[m] for x in v) for m in keys} for k, v in results.items()}
+    if COMPILED in med:  # the first round's compile was cold, the others warm
+        med[COMPILED]["cold_compile_s"] = results[COMPILED][0]["compile_s"]
+        warm = results[COMPILED][1:] or results[COMPILED]
+        med[COMPILED]["compile_s"] = statistics.median(x["compile_s"] for x in warm)
+    line = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s peak {v['peak_mb']:.0f} MB" for k, v in med.items())
+    for peer in ("hf", "litgpt"):
+        if peer in med:
+            line += f"; speed vs {peer} " + ", ".join(
+                f"{k}/{peer} {v['tokens_per_s'] / med[peer]['tokens_per_s']:.2f}" for k, v in med.items() if k != peer
+            )
+    if "hf" in med:
+        line += "; memory vs HF " + ", ".join(
+            f"{k}/HF {v['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}" for k, v in med.items() if k != "hf"
+        )
+    print(f"{label}: {line}", flush=True)
+    if COMPILED in med and "zoo" in med:
+        eager, compiled = med["zoo"], med[COMPILED]
+        saved = eager["step_s"] - compiled["step_s"]
+        payback = f"the cold one repaid after {compiled['cold_compile_s'] / saved:.0f} steps" if saved > 0 else (
+            "never repaid")
+        print(f"{label}: compiled/eager {compiled['tokens_per_s'] / eager['tokens_per_s']:.2f}, step "
+              f"{eager['step_s']:.3f} s eager, {compiled['step_s']:.3f} s compiled; compile "
+              f"{compiled['cold_compile_s']:.1f} s cold, {compiled['compile_s']:.1f} s warm; {payback}", flush=True)
+    ceiling = roof.get(dtype)
+    print(f"{label}: {per_token / 1e6:.1f} MFLOP/token; achieved " + ", ".join(
+        f"{k} {v['tokens_per_s'] * per_token / 1e9:.1f} GFLOP/s"
+        + (f" = {v['tokens_per_s'] * per_token / ceiling:.0%} of the {dtype} roofline" if ceiling else "")
+        for k, v in med.items()), flush=True)
+    return med
 
 
 def _version(package: str, python: str | None = None) -> str:

@@ -82,8 +82,12 @@ class RoutedFFN(nn.Module):
         if self.normalize_top_k:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
-        out = torch.zeros_like(flat)
         act = self.act
+        if torch.compiler.is_compiling():  # the routed loop's shapes depend on the data: a graph break each
+            out = self._dense(flat, weights, experts)
+            self.aux_loss = self.aux_loss_coef * self.load_balancing_loss(probs, experts) if self.training else None
+            return out.view(B, T, C)
+        out = torch.zeros_like(flat)
         # One small matmul per expert over the tokens routed to it: exact and simple; grouped-GEMM kernels are
         # faster on GPUs but not in torch for every device, and MoE models here are small.
         for e in range(self.n_experts):
@@ -95,6 +99,15 @@ class RoutedFFN(nn.Module):
             out.index_add_(0, tokens, y * weights[tokens, slot, None])
         self.aux_loss = self.aux_loss_coef * self.load_balancing_loss(probs, experts) if self.training else None
         return out.view(B, T, C)
+
+    def _dense(self, flat: Tensor, weights: Tensor, experts: Tensor) -> Tensor:  # (N, C), (N, k), (N, k) -> (N, C)
+        """The same mixture with static shapes, for ``torch.compile``: every expert runs on every token and is
+        weighted 0 where the token is not routed to it (E / top_k times the experts' FLOPs)."""
+        combine = torch.zeros(flat.shape[0], self.n_experts, dtype=weights.dtype, device=flat.device)
+        combine = combine.scatter(1, experts, weights)  # (N, E): the router's weight, 0 where not chosen
+        gate, up = torch.einsum("nc,efc->enf", flat, self.gate_up).chunk(2, dim=-1)  # (E, N, F) each
+        y = torch.einsum("enf,ecf->enc", self.act(gate) * up, self.down)  # (E, N, C)
+        return torch.einsum("enc,ne->nc", y, combine)
 
     def load_balancing_loss(self, probs: Tensor, experts: Tensor) -> Tensor:
         """``E · Σ_e f_e · P_e`` with ``f_e`` the share of routing slots given to expert ``e`` (averaged per

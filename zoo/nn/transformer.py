@@ -138,7 +138,9 @@ class Transformer(nn.Module):
                     "(data.seq_len / generation length) or build the model with a larger max_seq_len"
                 )
             positions = torch.arange(start, start + T, device=input_ids.device)
-        elif int(positions.max()) >= self.max_seq_len:
+        elif not torch.compiler.is_compiling() and int(positions.max()) >= self.max_seq_len:
+            # (compiled training skips this read of a tensor, a graph break: the objectives' positions there
+            # come from data.seq_len, which setup checks against max_seq_len)
             raise ValueError(f"position {int(positions.max())} is beyond max_seq_len={self.max_seq_len}")
         x = self.embed(input_ids)  # (B, T, C)
         if self.scale_embeddings:

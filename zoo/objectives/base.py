@@ -32,6 +32,7 @@ from zoo.training.checkpoints import (
     read_checkpoint,
     trust_checkpoints,
 )
+from zoo.training.compile import CompileSetting, compile_for_training, resolve_compile
 from zoo.training.precision import check_precision, clip_gradients, unscale_gradients
 
 
@@ -64,8 +65,11 @@ class LanguageModel(L.LightningModule):
             :func:`zoo.optim.weight_decay_groups`); Adam/AdamW without ``fused``/``foreach`` use the fused kernel
             where the device has it. ``zoo.optim.MuonWithAdamW``: Muon on the blocks' matrices, AdamW on the rest.
         schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
-        compile: compile the backbone with ``torch.compile`` for training (in place, so checkpoints keep their
-            parameter names); the first steps are slower while it compiles.
+        compile: compile the backbone's training calls with ``torch.compile`` (in place, so checkpoints keep their
+            parameter names; validation and sampling run eager); the first step is slower while it compiles.
+            ``auto``: only where it pays back its compile time early in the run (see
+            :func:`zoo.training.compile.resolve_compile`). Where the device cannot compile, training runs eager
+            with one warning saying why.
         init_from: a checkpoint of ``python -m zoo fit`` (a file, a run's ``runs/<name>/last.ckpt`` link, or a run
             folder, whose newest checkpoint is taken) whose backbone weights are copied exactly when training
             (or validation) first starts: fine-tuning (SFT) and curriculum stages start from the previous run's
@@ -80,7 +84,7 @@ class LanguageModel(L.LightningModule):
         backbone: Transformer,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: Schedule | None = None,
-        compile: bool = False,
+        compile: CompileSetting = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -257,8 +261,10 @@ class LanguageModel(L.LightningModule):
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
-        if self.compile_backbone and stage == "fit":
-            self.backbone.compile()  # nn.Module.compile: in place, state-dict keys unchanged
+        compile, _ = resolve_compile(self.compile_backbone, trainer=self._trainer, sharded=self._sharded(),
+                                     parameters=self.backbone.num_parameters(embeddings=False))
+        if stage == "fit" and compile:
+            compile_for_training(self.backbone)  # in place: state-dict keys unchanged; eager (warned) if it cannot
 
     def forward(self, input_ids: Tensor, **kwargs) -> Tensor:
         return self.backbone(input_ids, **kwargs)
