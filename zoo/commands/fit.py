@@ -36,12 +36,13 @@ from zoo.training.checkpoints import (
     read_checkpoint,
     remove_torn_files,
 )
+from zoo.training.config_notes import SaveConfigWithNotes
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.exits import SaveOnExit
 from zoo.training.guards import NonFiniteGuard
 from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
 from zoo.training.lock import RunLock
-from zoo.training.precision import SaveConfigWithNotes, resolve_precision
+from zoo.training.precision import install_precision, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
@@ -166,6 +167,8 @@ class ZooCLI(LightningCLI):
         # are left alone. Set on the strategy, so every rank's strategy (DDP re-runs this CLI per rank) has it.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # zoo's precision plugin: clipping with fused optimizers; what the device cannot run refused before training
+        install_precision(trainer, training=self.subcommand == "fit")
         # Lightning's default summary and progress bar (exactly those classes, plain or rich; a user's own choice is
         # kept) become zoo's: steps of max_steps, and the backbone's own size and FLOPs figures.
         swaps = {TQDMProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),

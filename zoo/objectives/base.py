@@ -30,7 +30,6 @@ from zoo.training.checkpoints import (
     read_checkpoint,
     trust_checkpoints,
 )
-from zoo.training.precision import check_precision, clip_gradients, unscale_gradients
 
 
 def _plain(value) -> bool:
@@ -217,8 +216,6 @@ class LanguageModel(L.LightningModule):
                     f"lower data.seq_len or raise backbone.max_seq_len"
                 )
             self.flops_per_batch = self.backbone.flops_per_token(seq_len) * seq_len * data.batch_size
-        if stage == "fit" and self._trainer is not None:
-            check_precision(self._trainer)  # what the device cannot run is refused before the first step
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
@@ -264,18 +261,9 @@ class LanguageModel(L.LightningModule):
         self.log("test/ppl", loss.exp())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        unscale_gradients(self.trainer, optimizer)  # fused AdamW under 16-mixed: the norm and clipping see true sizes
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:  # the norm before clipping
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:  # fmt: skip
-        # Lightning's mixed-precision plugin refuses to clip for fused AdamW; zoo clips its unscaled gradients
-        if not clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self):
