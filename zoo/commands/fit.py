@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import yaml
-from jsonargparse import DefaultHelpFormatter, Namespace
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
@@ -20,11 +20,11 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from zoo.commands import compat
+from zoo import compat
 from zoo.commands.errors import ParserError, explain_parser_error
 from zoo.data.base import TextDataModule
 from zoo.errors import ZooError
@@ -48,14 +48,12 @@ from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.throughput import TokenThroughput
 
 
-class ZooHelpFormatter(DefaultHelpFormatter):
+class ZooHelpFormatter(compat.HelpTextFormatter):
     """jsonargparse's help, with a factory's "known subclasses" cut to zoo's own classes: for a block's
     ``Callable[[int], Module]`` arguments it lists every ``torch.nn.Module`` subclass Python has imported (a
     ``--model.backbone.block.help`` of 2,300 lines). Any other class is still accepted by its class path."""
 
-    def _get_help_string(self, action) -> str:
-        text = super()._get_help_string(action)
-
+    def help_text(self, text: str) -> str:
         def keep_zoo(match: re.Match) -> str:
             names = [n.strip() for n in match.group(1).split(",")]
             zoo = [n for n in names if n.startswith("zoo.")]
@@ -74,13 +72,13 @@ class ZooArgumentParser(LightningArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", ZooHelpFormatter)
-        compat.install()  # a list given later replaces the earlier one, never merges into it item by item
+        compat.replace_lists()  # a list given later replaces the earlier one, never merges into it item by item
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse's inner parsers: it catches their errors while trying alternatives
             return super().error(message, ex)
-        raise ParserError(explain_parser_error(message, _options(self))) from ex
+        raise ParserError(explain_parser_error(message, compat.option_strings(self))) from ex
 
 
     def dump(self, cfg: Namespace, *args, **kwargs) -> str:
@@ -98,16 +96,7 @@ class ZooArgumentParser(LightningArgumentParser):
         return text if note is None or json else f"# {note}\n{text}"
 
 
-def _options(parser) -> list[str]:
-    """The option strings of ``parser`` and of its subcommands' parsers (``fit``, ``validate``, ...)."""
-    options = list(parser._option_string_actions)
-    subcommands = getattr(parser, "_subcommands_action", None)
-    for sub in (subcommands.choices.values() if subcommands is not None else []):
-        options += _options(sub)
-    return options
-
-
-class ZooCLI(LightningCLI):
+class ZooCLI(compat.CLIHooks):
     """LightningCLI with a checkpoint, a throughput and a non-finite-loss callback in every run, configured under
     ``checkpoint:``, ``throughput:`` and ``nonfinite:`` in YAML (``--checkpoint.every_n_train_steps 500``,
     ``--nonfinite.policy stop``). Every run also writes its checkpoint files atomically
@@ -118,6 +107,12 @@ class ZooCLI(LightningCLI):
     weights-only; ``--trust_checkpoint true`` (or ``ZOO_TRUST_CHECKPOINTS=1``) unpickles files of an older zoo in
     full. Before training, the checkpoint folder must take a file (:func:`zoo.training.check_writable`), and
     temporary files of a save cut short by a kill are removed."""
+
+    # LightningCLI would rebuild the model from a --ckpt_path file's hyperparameters, over the config: a checkpoint
+    # of another shape would then train silently with its own shape, and jsonargparse would import the classes
+    # the file names. zoo builds the model from the config for every --ckpt_path, as for `last`, and restoring
+    # the weights refuses a checkpoint of another shape, listing the parameters (CheckpointMismatchError).
+    reads_checkpoint_hyperparameters = False
 
     def __init__(self, args=None, **kwargs) -> None:
         quiet_dependency_warnings()
@@ -173,8 +168,8 @@ class ZooCLI(LightningCLI):
         # kept) become zoo's: steps of max_steps, and the backbone's own size and FLOPs figures.
         swaps = {TQDMProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
                  RichProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
-                 ModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth),
-                 RichModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth)}  # fmt: skip
+                 ModelSummary: lambda cb: BackboneSummary(max_depth=compat.summary_max_depth(cb)),
+                 RichModelSummary: lambda cb: BackboneSummary(max_depth=compat.summary_max_depth(cb))}  # fmt: skip
         trainer.callbacks = [swaps[type(cb)](cb) if type(cb) in swaps else cb for cb in trainer.callbacks]
         return trainer
 
@@ -194,13 +189,6 @@ class ZooCLI(LightningCLI):
                                "`last` to resume from the newest checkpoint of the run folder, or leave it out to "
                                "start over")  # fmt: skip
             read_checkpoint(ckpt_path, mmap=True)
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI would rebuild the model from a --ckpt_path file's hyperparameters, over the config: a checkpoint
-        # of another shape would then train silently with its own shape, and jsonargparse would import the classes
-        # the file names. zoo builds the model from the config for every --ckpt_path, as for `last`, and restoring
-        # the weights refuses a checkpoint of another shape, listing the parameters (CheckpointMismatchError).
-        return None
 
     def before_fit(self) -> None:
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet
@@ -274,6 +262,8 @@ class _ParseOnly(ZooCLI):
     """``ZooCLI`` that stops after parsing: the same parser, ``--config`` merging, relative-path resolution and
     checks as ``zoo fit``, with nothing built, seeded or read from a checkpoint."""
 
+    seeds = False
+
     def __init__(self, args: list[str], defaults: dict | None, optional: tuple[str, ...]) -> None:
         self._parse_defaults, self._optional = defaults or {}, optional
         super().__init__(args=args, run=False, parser_kwargs={"exit_on_error": False})
@@ -288,12 +278,6 @@ class _ParseOnly(ZooCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.set_defaults(self._parse_defaults)
-
-    def _parse_ckpt_path(self) -> None:
-        return None
-
-    def _set_seed(self) -> None:
-        return None
 
     def before_instantiate_classes(self) -> None:
         return None

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from zoo.compat import attached_trainer
 from zoo.nn.transformer import Transformer
 from zoo.optim.fused import prefer_fused
 from zoo.optim.muon import optimizer_groups
@@ -104,7 +105,7 @@ class LanguageModel(L.LightningModule):
         for name in ("tokens_seen", "skipped_rows"):
             state.setdefault(name, torch.zeros((), dtype=torch.long))
         if not self._sharded():  # a differing architecture or vocabulary is named here, not in torch's shape errors
-            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            source = getattr(attached_trainer(self), "ckpt_path", None)
             source = f"checkpoint {source or ''}".strip()
             check_state_dict_fits(self.state_dict(), state, source=source, strict=self.strict_loading)
         self.init_from = None  # the checkpoint holds the weights; the run it started from is not needed
@@ -140,7 +141,8 @@ class LanguageModel(L.LightningModule):
         whose shapes are not the checkpoint's."""
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
         return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
     # ---- what subclasses define ----------------------------------------------------------------------------
@@ -198,7 +200,8 @@ class LanguageModel(L.LightningModule):
         ``link_arguments``: the vocabulary exists only once the tokenizer is trained or loaded (``prepare_data``,
         rank 0 first, then every rank), after the CLI has built both objects, and a link would tie these checks to
         the CLI, where an objective built in Python (a conversion script, a test) gets them too."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
         return datamodule if isinstance(datamodule, TokenData) else None
 
     def setup(self, stage: str) -> None:
