@@ -98,3 +98,16 @@ def test_fsdp_with_norm_clipping_is_refused_before_training():
     with pytest.raises(ValueError, match=r"gradient_clip_val=1.0 with FSDPStrategy.*gradient_clip_algorithm value"):
         zp.check_precision(_trainer("32-true", "cpu", strategy="FSDPStrategy"))
     zp.check_precision(_trainer("32-true", "cpu", strategy="FSDPStrategy", clip=None))
+
+
+def test_installing_the_plugin_refuses_before_training_only(monkeypatch, recwarn):
+    import lightning as L
+
+    monkeypatch.setattr(zp, "cpu_bf16_units", lambda: None)
+    settings = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    zp.install_precision(L.Trainer(precision="bf16-mixed", **settings), training=False)  # zoo validate: no check
+    assert not [w for w in recwarn if "without bf16 units" in str(w.message)]
+    trainer = L.Trainer(precision="bf16-mixed", **settings)
+    with pytest.warns(UserWarning, match="without bf16 units.*32-true"):
+        zp.install_precision(trainer)  # zoo fit
+    assert type(trainer.precision_plugin) is zp.MixedPrecision and trainer.precision == "bf16-mixed"
