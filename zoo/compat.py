@@ -159,6 +159,7 @@ def _cli_hooks() -> type:
             if self.seeds:
                 super()._set_seed()
 
+    CLIHooks.__qualname__ = "CLIHooks"
     return CLIHooks
 
 
@@ -217,6 +218,7 @@ def _help_text_formatter() -> type:
         def _get_help_string(self, action) -> str:
             return self.help_text(super()._get_help_string(action))
 
+    HelpTextFormatter.__qualname__ = "HelpTextFormatter"
     return HelpTextFormatter
 
 
