@@ -1,5 +1,5 @@
 """An override replaces what it names: ``--data.sources FILE`` (or a list in a later ``--config``) is the whole list
-of sources, with nothing of the recipe's own entries merged into it (zoo.commands.compat)."""
+of sources, with nothing of the recipe's own entries merged into it (zoo.compat.replace_lists)."""
 
 import sys
 from pathlib import Path

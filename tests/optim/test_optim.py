@@ -151,13 +151,11 @@ def test_muon_lowers_loss_keeps_lr_ratio_and_resumes_exactly():
 
 
 def test_newton_schulz_matches_torchs_and_orthogonalises():
-    import torch.optim._muon as torch_muon
-
     from zoo.optim.muon import newton_schulz
 
     coefficients = (3.4445, -4.775, 2.0315)
     grad = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
-    theirs = torch_muon._zeropower_via_newtonschulz(grad, coefficients, 5, 1e-7).float()
+    theirs = newton_schulz(grad, coefficients, 5, 1e-7, dtype=torch.bfloat16).float()  # torch's Muon's dtype
     ours = newton_schulz(grad, coefficients, 5, 1e-7)
     assert ours.dtype == torch.float32 and ours.shape == grad.shape
     torch.testing.assert_close(ours, theirs, atol=0.02, rtol=0.05)  # bf16 against fp32 rounding
@@ -165,27 +163,82 @@ def test_newton_schulz_matches_torchs_and_orthogonalises():
     assert singular.min() > 0.5 and singular.max() < 1.5  # the quintic's band around 1, not U Vᵀ exactly
 
 
-@pytest.mark.parametrize("ns_dtype", ["auto", "float32", "bfloat16"])
-def test_muon_newton_schulz_dtype(ns_dtype):
-    import torch.optim._muon as torch_muon
-
+@pytest.mark.parametrize(
+    ("units", "auto"), [("AVX512-BF16", torch.bfloat16), ("AMX", torch.bfloat16), (None, torch.float32)]
+)
+def test_muon_newton_schulz_dtype_follows_the_cpus_bf16_units(monkeypatch, units, auto):
     from zoo.optim import MuonWithAdamW
+    from zoo.training import devices
 
-    original = torch_muon._zeropower_via_newtonschulz
-    steps = {}
-    for dtype in (ns_dtype, "bfloat16"):
-        weight = torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
-        opt = MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype=dtype)
-        weight.grad = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
-        opt.step()
-        steps[dtype] = weight.detach().clone()
-    assert opt.muon.ns_dtype == torch.bfloat16
-    expected = torch.bfloat16 if ns_dtype == "bfloat16" else torch.float32  # auto: the parameters are on the CPU
-    assert MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype=ns_dtype).muon.ns_dtype == expected
-    assert torch_muon._zeropower_via_newtonschulz is original  # torch's own is back after each step
-    torch.testing.assert_close(steps[ns_dtype], steps["bfloat16"], atol=1e-3, rtol=0)  # lr 0.02 × bf16 rounding
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: units)
+    weight = torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
+    assert MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype="auto").muon.ns_dtype == auto
+    for given in ("float32", "bfloat16"):  # a dtype given is kept, whatever the CPU
+        assert MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype=given).muon.ns_dtype == getattr(
+            torch, given
+        )
     with pytest.raises(ValueError, match="ns_dtype='float16' must be"):
         MuonWithAdamW([{"params": [weight], "use_muon": True}], ns_dtype="float16")
+
+
+def test_this_cpus_muon_orthogonalises_in_its_fastest_dtype():
+    from zoo.optim import MuonWithAdamW
+    from zoo.training.devices import cpu_bf16_units
+
+    weight = torch.nn.Parameter(torch.randn(8, 4))
+    expected = torch.bfloat16 if cpu_bf16_units() else torch.float32
+    assert MuonWithAdamW([{"params": [weight], "use_muon": True}]).muon.ns_dtype == expected
+
+
+def test_batched_newton_schulz_equals_one_matrix_at_a_time():
+    from zoo.optim.muon import newton_schulz
+
+    coefficients = (3.4445, -4.775, 2.0315)
+    grads = torch.randn(5, 24, 40, generator=torch.Generator().manual_seed(3)) * torch.rand(5, 1, 1) * 10
+    for dtype in (torch.float32, torch.bfloat16):
+        batched = newton_schulz(grads, coefficients, 5, 1e-7, dtype=dtype)
+        single = torch.stack([newton_schulz(g, coefficients, 5, 1e-7, dtype=dtype) for g in grads])
+        assert batched.dtype == dtype and batched.shape == grads.shape
+        torch.testing.assert_close(batched.float(), single.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                                   rtol=0)  # fmt: skip
+    tall = grads.mT.contiguous()  # (5, 40, 24): the shorter side is squared, the result transposed back
+    wide = newton_schulz(grads, coefficients, 5, 1e-7)
+    torch.testing.assert_close(newton_schulz(tall, coefficients, 5, 1e-7), wide.mT)
+
+
+@pytest.mark.parametrize("adjust_lr_fn", [None, "match_rms_adamw"])
+def test_muon_step_equals_torchs_muon(adjust_lr_fn):
+    """zoo's batched step over a model's mix of shapes (tall, wide, square, repeated) is torch's Muon step: exactly
+    in bf16 (torch's dtype), to fp32-vs-bf16 rounding in fp32; and torch's Muon resumes from zoo's state dict."""
+    from zoo.optim.muon import _Muon
+
+    shapes = [(16, 16), (8, 16), (40, 16), (16, 40), (40, 16), (16, 16), (8, 16)]
+    gen = torch.Generator().manual_seed(4)
+    start = [torch.randn(*s, generator=gen) * 0.1 for s in shapes]
+    grads = [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(3)]
+
+    def run(make):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        return params, opt
+
+    settings = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": adjust_lr_fn}
+    theirs, _ = run(lambda ps: torch.optim.Muon(ps, **settings))
+    ours, opt = run(lambda ps: _Muon(ps, ns_dtype=torch.bfloat16, **settings))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    ours32, _ = run(lambda ps: _Muon(ps, ns_dtype=torch.float32, **settings))
+    for a, b in zip(ours32, theirs):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)  # lr 0.02 × bf16 rounding, over 3 steps
+    params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    torch_opt = torch.optim.Muon(params, **settings)
+    torch_opt.load_state_dict(opt.state_dict())  # the same state layout: a checkpoint resumes under either step
+    assert all(torch.equal(torch_opt.state[p]["momentum_buffer"], opt.state[q]["momentum_buffer"])
+               for p, q in zip(params, ours))  # fmt: skip
 
 
 def test_adamw_prefers_fused_kernel_unless_told():

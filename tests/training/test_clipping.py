@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from tests.conftest import tiny_backbone
 from zoo.objectives import CausalLM
 from zoo.optim import MuonWithAdamW
+from zoo.training.precision import install_precision
 
 CLIP = 0.5  # below the gradient norms of these steps, so every step is clipped
 
@@ -39,7 +40,7 @@ class _Record(L.Callback):
         self.stepped.append(float(torch.nn.utils.get_total_norm(grads)))
 
 
-def _fit(precision: str, optimizer, steps: int = 3) -> _Record:
+def _fit(precision: str, optimizer, steps: int = 3, *, install: bool = True) -> _Record:
     torch.manual_seed(0)
     model = CausalLM(backbone=tiny_backbone(), optimizer=optimizer)
     record = _Record()
@@ -51,6 +52,8 @@ def _fit(precision: str, optimizer, steps: int = 3) -> _Record:
         accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=CLIP, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[record], **settings,
     )  # fmt: skip
+    if install:
+        install_precision(trainer)  # as zoo fit does
     trainer.fit(model, torch.utils.data.DataLoader(_Batches(), batch_size=2))
     if precision == "16-mixed":
         assert trainer.precision_plugin.scaler is not None
@@ -82,3 +85,10 @@ def test_fused_clips_and_logs_the_norm_of_the_non_fused_optimizer(precision, mak
     assert fused.logged == pytest.approx(plain.logged, rel=tolerance)
     assert min(fused.logged) > CLIP  # every step was clipped ...
     assert fused.stepped == pytest.approx([CLIP] * 3, rel=2e-2)  # ... to the clipping norm, in true (unscaled) units
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_lightnings_own_plugin_refuses_to_clip_fused_adamw(precision):
+    """What zoo's plugin is for: without it, Lightning stops at the first step of a fused optimizer it would clip."""
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping.*fused"):
+        _fit(precision, _adamw(fused=True), install=False)

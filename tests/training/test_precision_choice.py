@@ -51,6 +51,15 @@ def test_unset_precision_is_chosen_and_noted(monkeypatch, units, expected):
     assert note.startswith(f"trainer.precision={expected}, chosen automatically")
 
 
+@pytest.mark.parametrize(("units", "expected"), [("AMX", "bf16-mixed"), (None, "32-true")])
+def test_the_cli_installs_zoos_precision_plugin(monkeypatch, units, expected):
+    from lightning.pytorch.plugins.precision import Precision
+
+    plugin = _cli(monkeypatch, units).trainer.precision_plugin
+    # bf16 autocast runs in zoo's plugin (clipping fused optimizers), 32-true in Lightning's own
+    assert type(plugin) is (zp.MixedPrecision if expected == "bf16-mixed" else Precision)
+
+
 @pytest.mark.parametrize(("units", "forced"), [("AMX", "32-true"), (None, "bf16-mixed")])
 def test_a_given_precision_is_kept(monkeypatch, units, forced):
     cli = _cli(monkeypatch, units, "--trainer.precision", forced)
@@ -60,12 +69,13 @@ def test_a_given_precision_is_kept(monkeypatch, units, forced):
 
 def _trainer(precision: str, device: str, strategy: str = "SingleDeviceStrategy", clip: float | None = 1.0):
     from lightning.pytorch import strategies
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
     # a strategy of the named Lightning class (checked by type), with nothing set up but its device
     strategy_class = type(strategy, (getattr(strategies, strategy),), {"root_device": torch.device(device)})
-    return SimpleNamespace(
-        precision=precision, strategy=strategy_class(), gradient_clip_val=clip, gradient_clip_algorithm=None
-    )
+    accelerator = CUDAAccelerator() if device == "cuda" else CPUAccelerator()
+    return SimpleNamespace(precision=precision, strategy=strategy_class(), accelerator=accelerator,
+                           gradient_clip_val=clip, gradient_clip_algorithm=None)  # fmt: skip
 
 
 def test_bf16_on_a_gpu_without_bf16_units_is_refused_naming_16_mixed(monkeypatch):
@@ -88,3 +98,16 @@ def test_fsdp_with_norm_clipping_is_refused_before_training():
     with pytest.raises(ValueError, match=r"gradient_clip_val=1.0 with FSDPStrategy.*gradient_clip_algorithm value"):
         zp.check_precision(_trainer("32-true", "cpu", strategy="FSDPStrategy"))
     zp.check_precision(_trainer("32-true", "cpu", strategy="FSDPStrategy", clip=None))
+
+
+def test_installing_the_plugin_refuses_before_training_only(monkeypatch, recwarn):
+    import lightning as L
+
+    monkeypatch.setattr(zp, "cpu_bf16_units", lambda: None)
+    settings = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    zp.install_precision(L.Trainer(precision="bf16-mixed", **settings), training=False)  # zoo validate: no check
+    assert not [w for w in recwarn if "without bf16 units" in str(w.message)]
+    trainer = L.Trainer(precision="bf16-mixed", **settings)
+    with pytest.warns(UserWarning, match="without bf16 units.*32-true"):
+        zp.install_precision(trainer)  # zoo fit
+    assert type(trainer.precision_plugin) is zp.MixedPrecision and trainer.precision == "bf16-mixed"

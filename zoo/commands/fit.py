@@ -11,18 +11,19 @@ import os
 import re
 from pathlib import Path
 
-from jsonargparse import DefaultHelpFormatter, Namespace
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import (
     ModelSummary,
     RichModelSummary,
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from zoo.commands import compat
+from zoo import compat
 from zoo.commands.errors import ParserError, explain_parser_error
 from zoo.data.base import TextDataModule
 from zoo.errors import ZooError
@@ -34,24 +35,23 @@ from zoo.training.checkpoints import (
     read_checkpoint,
     remove_torn_files,
 )
+from zoo.training.config_notes import SaveConfigWithNotes
 from zoo.training.display import BackboneSummary, StepProgressBar, quiet_dependency_warnings
 from zoo.training.exits import SaveOnExit
 from zoo.training.links import LastCheckpointLink, remove_empty_run_folder
 from zoo.training.lock import RunLock
-from zoo.training.precision import SaveConfigWithNotes, resolve_precision
+from zoo.training.precision import install_precision, resolve_precision
 from zoo.training.random_state import RandomState
 from zoo.training.resume import checkpoint_dirs, newest_good_checkpoint
 from zoo.training.run_config import add_run_arguments
 
 
-class ZooHelpFormatter(DefaultHelpFormatter):
+class ZooHelpFormatter(compat.HelpTextFormatter):
     """jsonargparse's help, with a factory's "known subclasses" cut to zoo's own classes: for a block's
     ``Callable[[int], Module]`` arguments it lists every ``torch.nn.Module`` subclass Python has imported (a
     ``--model.backbone.block.help`` of 2,300 lines). Any other class is still accepted by its class path."""
 
-    def _get_help_string(self, action) -> str:
-        text = super()._get_help_string(action)
-
+    def help_text(self, text: str) -> str:
         def keep_zoo(match: re.Match) -> str:
             names = [n.strip() for n in match.group(1).split(",")]
             zoo = [n for n in names if n.startswith("zoo.")]
@@ -70,13 +70,13 @@ class ZooArgumentParser(LightningArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", ZooHelpFormatter)
-        compat.install()  # a list given later replaces the earlier one, never merges into it item by item
+        compat.replace_lists()  # a list given later replaces the earlier one, never merges into it item by item
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse's inner parsers: it catches their errors while trying alternatives
             return super().error(message, ex)
-        raise ParserError(explain_parser_error(message, _options(self))) from ex
+        raise ParserError(explain_parser_error(message, compat.option_strings(self))) from ex
 
 
     def dump(self, cfg: Namespace, *args, **kwargs) -> str:
@@ -94,16 +94,7 @@ class ZooArgumentParser(LightningArgumentParser):
         return text if note is None or json else f"# {note}\n{text}"
 
 
-def _options(parser) -> list[str]:
-    """The option strings of ``parser`` and of its subcommands' parsers (``fit``, ``validate``, ...)."""
-    options = list(parser._option_string_actions)
-    subcommands = getattr(parser, "_subcommands_action", None)
-    for sub in (subcommands.choices.values() if subcommands is not None else []):
-        options += _options(sub)
-    return options
-
-
-class ZooCLI(LightningCLI):
+class ZooCLI(compat.CLIHooks):
     """LightningCLI with a checkpoint, a throughput and a non-finite-loss callback in every run, configured under
     ``checkpoint:``, ``throughput:`` and ``nonfinite:`` in YAML (``--checkpoint.every_n_train_steps 500``,
     ``--nonfinite.policy stop``). Every run also writes its checkpoint files atomically
@@ -114,6 +105,12 @@ class ZooCLI(LightningCLI):
     weights-only; ``--trust_checkpoint true`` (or ``ZOO_TRUST_CHECKPOINTS=1``) unpickles files of an older zoo in
     full. Before training, the checkpoint folder must take a file (:func:`zoo.training.check_writable`), and
     temporary files of a save cut short by a kill are removed."""
+
+    # LightningCLI would rebuild the model from a --ckpt_path file's hyperparameters, over the config: a checkpoint
+    # of another shape would then train silently with its own shape, and jsonargparse would import the classes
+    # the file names. zoo builds the model from the config for every --ckpt_path, as for `last`, and restoring
+    # the weights refuses a checkpoint of another shape, listing the parameters (CheckpointMismatchError).
+    reads_checkpoint_hyperparameters = False
 
     def __init__(self, args=None, **kwargs) -> None:
         quiet_dependency_warnings()
@@ -154,12 +151,14 @@ class ZooCLI(LightningCLI):
         # are left alone. Set on the strategy, so every rank's strategy (DDP re-runs this CLI per rank) has it.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # zoo's precision plugin: clipping with fused optimizers; what the device cannot run refused before training
+        install_precision(trainer, training=self.subcommand == "fit")
         # Lightning's default summary and progress bar (exactly those classes, plain or rich; a user's own choice is
         # kept) become zoo's: steps of max_steps, and the backbone's own size and FLOPs figures.
         swaps = {TQDMProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
                  RichProgressBar: lambda cb: StepProgressBar(refresh_rate=cb.refresh_rate),
-                 ModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth),
-                 RichModelSummary: lambda cb: BackboneSummary(max_depth=cb._max_depth)}  # fmt: skip
+                 ModelSummary: lambda cb: BackboneSummary(max_depth=compat.summary_max_depth(cb)),
+                 RichModelSummary: lambda cb: BackboneSummary(max_depth=compat.summary_max_depth(cb))}  # fmt: skip
         trainer.callbacks = [swaps[type(cb)](cb) if type(cb) in swaps else cb for cb in trainer.callbacks]
         return trainer
 
@@ -179,13 +178,6 @@ class ZooCLI(LightningCLI):
                                "`last` to resume from the newest checkpoint of the run folder, or leave it out to "
                                "start over")  # fmt: skip
             read_checkpoint(ckpt_path, mmap=True)
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI would rebuild the model from a --ckpt_path file's hyperparameters, over the config: a checkpoint
-        # of another shape would then train silently with its own shape, and jsonargparse would import the classes
-        # the file names. zoo builds the model from the config for every --ckpt_path, as for `last`, and restoring
-        # the weights refuses a checkpoint of another shape, listing the parameters (CheckpointMismatchError).
-        return None
 
     def before_fit(self) -> None:
         # Lightning's "last" looks only in this run's new version folder, which a resumed run has not written yet

@@ -25,11 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.compat import AfterConversion
 from zoo.nn.cache import ModuleCache
 from zoo.nn.position import PositionEncoding
 
 
-class Transformer(nn.Module):
+class Transformer(AfterConversion):
     """A decoder-style transformer backbone with pluggable blocks, norm and position encoding.
 
     Args:
@@ -87,15 +88,13 @@ class Transformer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def _apply(self, fn, recurse: bool = True):
-        # nn.Module._apply gives every module a new Parameter when the converted tensor cannot take the old one's
+    def after_conversion(self) -> None:
+        # A conversion gives every module a new Parameter when the converted tensor cannot take the old one's
         # place (a move to torch_xla's device; any conversion under torch.__future__'s
         # overwrite_module_params_on_conversion), which unties the head from the embedding: after
         # `.to(xla_device)` the head trained as a matrix of its own and the embedding lost its gradient. Re-tie.
-        super()._apply(fn, recurse)
         if self.tie_embeddings and self.head.weight is not self.embed.weight:
             self.head.weight = self.embed.weight
-        return self
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from zoo.compat import attached_trainer
 from zoo.nn.transformer import Transformer
 from zoo.objectives.description import ModelDescription, Scoring
 from zoo.optim.fused import prefer_fused
@@ -33,7 +34,6 @@ from zoo.training.checkpoints import (
     trust_checkpoints,
 )
 from zoo.training.compile import CompileSetting, compile_for_training, resolve_compile
-from zoo.training.precision import check_precision, clip_gradients, unscale_gradients
 
 
 def _plain(value) -> bool:
@@ -111,7 +111,7 @@ class LanguageModel(L.LightningModule):
         for name in ("tokens_seen", "skipped_rows"):
             state.setdefault(name, torch.zeros((), dtype=torch.long))
         if not self._sharded():  # a differing architecture or vocabulary is named here, not in torch's shape errors
-            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            source = getattr(attached_trainer(self), "ckpt_path", None)
             source = f"checkpoint {source or ''}".strip()
             check_state_dict_fits(self.state_dict(), state, source=source, strict=self.strict_loading)
         self.init_from = None  # the checkpoint holds the weights; the run it started from is not needed
@@ -147,7 +147,8 @@ class LanguageModel(L.LightningModule):
         whose shapes are not the checkpoint's."""
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
         return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
     # ---- what subclasses define ----------------------------------------------------------------------------
@@ -238,7 +239,8 @@ class LanguageModel(L.LightningModule):
         ``link_arguments``: the vocabulary exists only once the tokenizer is trained or loaded (``prepare_data``,
         rank 0 first, then every rank), after the CLI has built both objects, and a link would tie these checks to
         the CLI, where an objective built in Python (a conversion script, a test) gets them too."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
         return datamodule if isinstance(datamodule, TokenData) else None
 
     def setup(self, stage: str) -> None:
@@ -256,8 +258,6 @@ class LanguageModel(L.LightningModule):
                     f"lower data.seq_len or raise backbone.max_seq_len"
                 )
             self.flops_per_batch = self.backbone.flops_per_token(seq_len) * seq_len * data.batch_size
-        if stage == "fit" and self._trainer is not None:
-            check_precision(self._trainer)  # what the device cannot run is refused before the first step
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
@@ -305,18 +305,9 @@ class LanguageModel(L.LightningModule):
         self.log("test/ppl", loss.exp())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        unscale_gradients(self.trainer, optimizer)  # fused AdamW under 16-mixed: the norm and clipping see true sizes
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:  # the norm before clipping
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:  # fmt: skip
-        # Lightning's mixed-precision plugin refuses to clip for fused AdamW; zoo clips its unscaled gradients
-        if not clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- optimization --------------------------------------------------------------------------------------
     def configure_optimizers(self):

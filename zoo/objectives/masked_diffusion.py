@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.compat import attached_trainer
 from zoo.nn.masks import document_mask
 from zoo.objectives.base import LanguageModel
 from zoo.objectives.conversion import ConversionSchedule
@@ -146,7 +147,7 @@ class MaskedDiffusionLM(LanguageModel):
         scored = labels != -100  # prompt tokens (SFT) are neither masked nor scored
         if self.shift:
             scored[:, 0] = False  # no position before the first token to predict it
-        step = self.global_step if self._trainer is not None else 0
+        step = self.global_step if attached_trainer(self) is not None else 0
         plan = None
         if converting and self.conversion is not None:
             plan = self.conversion.plan(step, T, device=device, generator=generator)

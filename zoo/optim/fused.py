@@ -15,13 +15,13 @@ from collections.abc import Iterable
 import torch
 from torch.optim import Adam, AdamW, Optimizer
 
+from zoo.compat import fused_adam_devices
+
 
 def fused_supported(params: Iterable[torch.Tensor]) -> bool:
     """Whether the fused Adam/AdamW kernel takes every one of ``params`` (floating point, on a device that has
     the kernel); ``False`` for no parameters."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices  # torch's own list of devices
-
-    devices = set(_get_fused_kernels_supported_devices())
+    devices = set(fused_adam_devices())  # torch's own list of devices
     params = list(params)
     return bool(params) and all(p.device.type in devices and torch.is_floating_point(p) for p in params)
 

@@ -17,17 +17,17 @@ its ``state_dict`` holds both inner state dicts for an exact resume.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from functools import partial
 from typing import Literal
 
 import torch
-import torch.optim._muon as _torch_muon
 from torch import Tensor, nn
 from torch.optim import AdamW, Muon, Optimizer
 
 from zoo.optim.fused import fused_supported
 from zoo.optim.groups import weight_decay_groups
+from zoo.training.devices import fastest_matmul_dtype
 
 
 def muon_groups(module: nn.Module) -> list[dict]:
@@ -76,8 +76,9 @@ class MuonWithAdamW(Optimizer):
         nesterov: Nesterov momentum in Muon.
         ns_steps: Newton–Schulz iterations per Muon update.
         ns_dtype: the dtype of the Newton–Schulz iterations: ``bfloat16`` (torch's Muon), ``float32``, or ``auto``
-            (``float32`` for parameters on the CPU, where bf16 matrix products are several times slower than
-            fp32 without bf16 units, ``bfloat16`` elsewhere).
+            (the parameters' device's fastest, :func:`zoo.training.devices.fastest_matmul_dtype`: ``bfloat16``
+            where it has bf16 units, as GPUs since sm80 and CPUs with AMX or AVX512-BF16 do, ``float32`` on one
+            without, where bf16 products are emulated and several times slower).
         weight_decay: Muon's decoupled weight decay (``p ← p · (1 − lr · weight_decay)``, as AdamW's).
         adjust_lr_fn: Muon's per-matrix learning-rate scaling: ``original`` (``sqrt(max(1, rows / cols))``,
             use with ``lr`` ≈ 0.02) or ``match_rms_adamw`` (``0.2 · sqrt(max(rows, cols))``, so ``lr`` can be
@@ -129,9 +130,9 @@ class MuonWithAdamW(Optimizer):
         if fused is None:
             fused = fused_supported(p for g in adamw for p in g["params"])
         # An optimizer with no parameters is refused by torch, so either side may be absent.
-        if ns_dtype == "auto":
-            on_cpu = all(p.device.type == "cpu" for g in muon for p in g["params"])
-            ns_dtype = "float32" if on_cpu else "bfloat16"
+        if ns_dtype == "auto":  # the matrices' device's fastest (they share one: a model trains on one device)
+            device = next((p.device for g in muon for p in g["params"]), torch.device("cpu"))
+            ns_dtype = str(fastest_matmul_dtype(device)).removeprefix("torch.")
         self.muon = (
             _Muon(muon, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
                   adjust_lr_fn=adjust_lr_fn, ns_dtype=getattr(torch, ns_dtype))
@@ -182,13 +183,14 @@ class MuonWithAdamW(Optimizer):
 
 
 class _Muon(Muon):
-    """Identical to ``torch.optim.Muon`` except: the Newton–Schulz iterations run in ``ns_dtype``.
+    """Identical to ``torch.optim.Muon`` (its arguments, checks, state and ``state_dict``) except: the Newton–Schulz
+    iterations run in ``ns_dtype``, over every same-shaped update of a group at once.
 
-    torch's Muon always orthogonalises in bfloat16, which suits GPUs; on CPUs without bf16 units a bf16 matrix
-    product is several times slower than an fp32 one (figures: benchmarks/results/muon-vs-adamw-cpu-2026-12-01.md),
-    and the optimizer step then costs more than the forward and backward passes. torch offers no setting for it,
-    so for another dtype the step runs with torch's own iteration replaced by :func:`newton_schulz`, the same
-    quintic iteration in the given dtype."""
+    torch's step orthogonalises one matrix at a time, always in bfloat16, with no setting for either: on a CPU
+    without bf16 units a bf16 product is several times slower than an fp32 one, and a model's dozens of small
+    matrices each pay a chain of ten products' overheads. This step does what torch's does (momentum, Nesterov,
+    decoupled weight decay, the per-matrix learning-rate scale) with the updates of one shape stacked into one
+    batch, so a shape's ``ns_steps`` iterations are one chain of batched products (:func:`newton_schulz`)."""
 
     def __init__(self, params, *, ns_dtype: torch.dtype, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -196,31 +198,68 @@ class _Muon(Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self.ns_dtype == torch.bfloat16:
-            return super().step(closure)
-        original = _torch_muon._zeropower_via_newtonschulz
-        _torch_muon._zeropower_via_newtonschulz = partial(newton_schulz, dtype=self.ns_dtype)
-        try:
-            return super().step(closure)
-        finally:
-            _torch_muon._zeropower_via_newtonschulz = original
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            by_shape: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse or torch.is_complex(param):
+                    raise RuntimeError("Muon takes dense real matrices only")
+                state = self.state[param]
+                if "momentum_buffer" not in state:  # torch's Muon's state key: checkpoints of either resume in both
+                    state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(param.grad, 1 - momentum)
+                update = param.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                rows, cols = update.shape
+                # one batch per shape once the longer side lies along the rows' product: (r, c) and (c, r) together
+                key = (update.device, min(rows, cols), max(rows, cols))
+                by_shape.setdefault(key, []).append((param, update if rows <= cols else update.T))
+            for pairs in by_shape.values():
+                stacked = torch.stack([u.to(self.ns_dtype) for _, u in pairs])  # (n, short, long)
+                ortho = newton_schulz(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                      dtype=self.ns_dtype)  # fmt: skip
+                for (param, _), o in zip(pairs, ortho):
+                    o = o if o.shape == param.shape else o.T
+                    param.mul_(1 - lr * group["weight_decay"])
+                    param.add_(o, alpha=-lr * _lr_scale(group["adjust_lr_fn"], param.shape))
+        return loss
+
+
+def _lr_scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """Muon's per-matrix learning-rate factor (``adjust_lr_fn`` of ``torch.optim.Muon``): ``original`` keeps an
+    update's RMS the same across rectangular shapes, ``match_rms_adamw`` matches AdamW's update RMS."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1.0, rows / cols))
 
 
 def newton_schulz(grad: Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float, *,
                   dtype: torch.dtype = torch.float32) -> Tensor:  # fmt: skip
-    """Approximate orthogonalisation ``U Vᵀ`` of a 2-D ``grad = U S Vᵀ`` by ``ns_steps`` quintic Newton–Schulz
-    iterations ``X ← a X + (b A + c A²) X`` with ``A = X Xᵀ``, after scaling ``X`` to spectral norm ≤ 1
-    (Jordan et al., 2024), computed in ``dtype``; the shorter side is the one squared."""
+    """Approximate orthogonalisation ``U Vᵀ`` of each matrix ``grad = U S Vᵀ`` (shape ``(rows, cols)`` or a batch
+    ``(n, rows, cols)``) by ``ns_steps`` quintic Newton–Schulz iterations ``X ← a X + (b A + c A²) X`` with
+    ``A = X Xᵀ``, after scaling each ``X`` to spectral norm ≤ 1 (Jordan et al., 2024), computed in ``dtype``; the
+    shorter side is the one squared. Returns ``dtype``."""
     a, b, c = ns_coefficients
     x = grad.to(dtype)
-    wide = x.shape[0] > x.shape[1]
+    single = x.ndim == 2
+    if single:
+        x = x.unsqueeze(0)
+    wide = x.shape[-2] > x.shape[-1]
     if wide:
-        x = x.T  # (short, long)
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT  # (n, short, long)
+    x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps)  # Frobenius norm ≥ spectral norm
     for _ in range(ns_steps):
-        gram = x @ x.T  # (short, short)
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if wide else x
+        gram = x @ x.mT  # (n, short, short)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A²) X
+    x = x.mT if wide else x
+    return x[0] if single else x
 
 
 class _JointState(MutableMapping):

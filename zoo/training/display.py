@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
+from zoo import compat
+
 # Deprecation notices raised inside Lightning and torchdata on every validation, about calls zoo does not make:
 # matched by their exact text, so any other warning of the same modules still shows.
 DEPENDENCY_WARNINGS = (
@@ -99,10 +101,8 @@ class BackboneSummary(ModelSummary):
 
     def summarize(self, summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
                   total_flops, **kwargs) -> None:  # fmt: skip
-        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
-
         summary_data = [column for column in summary_data if column[0] != "FLOPs"]  # 0s without an example input
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+        table = compat.format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
                                       total_flops, *summary_data)  # fmt: skip
         lines = table.split("\n")
         if self._lines and lines[-1].endswith("Total Flops"):

@@ -1,36 +1,40 @@
 """Numeric precision of a run: the fastest one the hardware has, refusal of one it lacks, and gradient clipping that
-works with every optimizer zoo builds.
+works with every optimizer zoo builds, as Lightning's precision plugin zoo installs in every run.
 
 ::
 
-    trainer.precision unset (null) ──▶ choose_precision(accelerator) ──▶ bf16-mixed where the device has bf16 units
-                                                                         (CPU: AMX, AVX512-BF16, Arm BF16; GPU: sm80+)
-                                                                         32-true elsewhere; logged with its reason
-    trainer.precision set          ──▶ kept as given; check_precision(trainer) refuses, before the first step, what the
-                                       device cannot run, and names the alternative
+    trainer.precision unset (null) ──▶ resolve_precision ──▶ choose_precision(accelerator): bf16-mixed where the
+                                                             device has bf16 units (CPU: AMX, AVX512-BF16, Arm BF16;
+                                                             GPU: sm80+), 32-true elsewhere; noted with its reason
+    trainer.precision set          ──▶ kept as given (16-mixed on a CPU recorded as the bf16-mixed Lightning runs)
+    the built trainer              ──▶ install_precision(trainer): refuses, before the first step, what the device or
+                                       strategy cannot run (check_precision), and puts zoo's MixedPrecision plugin in
+                                       place of Lightning's
 
 Fused AdamW (zoo's default where the device has the kernel) unscales the gradients inside its own ``step``, so
 Lightning's mixed-precision plugin neither unscales them for it nor lets them be clipped (it raises at the first
-step). With bf16 there is no gradient scaler, so there is nothing to unscale and clipping is plain; with a scaler
-(``16-mixed``) :func:`unscale_gradients` unscales them through torch's ``GradScaler.unscale_`` before they are
-measured and clipped, and ``GradScaler.step`` then hands the fused kernel no second scale. Either way the norm that
-is logged and clipped is the non-fused optimizer's.
+step). zoo's :class:`MixedPrecision` does both: with bf16 there is no gradient scaler, so there is nothing to
+unscale and clipping is plain; with a scaler (``16-mixed``) it unscales them through torch's
+``GradScaler.unscale_`` right after the backward pass, before any hook measures or clips them, and
+``GradScaler.step`` then hands the fused kernel no second scale. Either way the norm that is logged and clipped is
+the non-fused optimizer's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import platform
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.plugins import precision as lightning_precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from zoo.compat import unscales_in_step
+from zoo.training.devices import cpu_bf16_units, device_kind, gpu_bf16_units
 
 BF16 = ("bf16-mixed", "bf16-true", "bf16")  # Lightning's names for bf16 autocast and bf16 weights
 
@@ -47,41 +51,6 @@ class PrecisionChoice:
             f"trainer.precision={self.precision}, chosen automatically because trainer.precision was not set: "
             f"{self.reason} (force one with --trainer.precision 32-true|bf16-mixed)"
         )
-
-
-def cpu_bf16_units() -> str | None:
-    """The name of this CPU's bf16 matrix units that torch's kernels use (``AMX``, ``AVX512-BF16``, ``Arm BF16``),
-    or ``None`` without any: there bf16 arithmetic is emulated through fp32 and slower than fp32 itself."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        # oneDNN's check on Arm is the BF16 extension itself (on x86 it also accepts plain AVX-512, which emulates)
-        return "Arm BF16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    if torch.cpu._is_avx512_bf16_supported():
-        return "AVX512-BF16"
-    return None
-
-
-def gpu_bf16_units() -> bool:
-    """Whether the current CUDA GPU computes in bf16 natively (compute capability 8.0 and newer)."""
-    return torch.cuda.is_bf16_supported(including_emulation=False)
-
-
-def device_kind(accelerator: Any) -> str:
-    """``cpu``, ``cuda`` or ``other`` for a ``trainer.accelerator`` value (``auto``, ``cpu``, ``gpu``, ``cuda``, ...
-    or an accelerator given by ``class_path``), resolved as Lightning's ``auto`` does."""
-    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
-
-    if not isinstance(accelerator, str):
-        return "other"  # an accelerator object or class_path (e.g. zoo's XLA-on-CPU): no automatic choice
-    name = accelerator.lower()
-    if name == "auto":
-        if XLAAccelerator.is_available() or MPSAccelerator.is_available():
-            return "other"
-        return "cuda" if CUDAAccelerator.is_available() else "cpu"
-    if name == "gpu":
-        return "cuda" if CUDAAccelerator.is_available() else "other"
-    return {"cpu": "cpu", "cuda": "cuda"}.get(name, "other")
 
 
 def choose_precision(accelerator: Any) -> PrecisionChoice:
@@ -155,14 +124,17 @@ def inference_autocast(
 def check_precision(trainer: L.Trainer) -> None:
     """Refuse, before the first step, a precision or clipping setting this trainer cannot run, naming the fix;
     warn where it runs but slowly."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
     precision = str(trainer.precision)
-    device = trainer.strategy.root_device
-    if precision in BF16 and device.type == "cuda" and not gpu_bf16_units():
+    # the accelerator, not the strategy's root device, which an XLA strategy names only in its launched processes
+    device = {CPUAccelerator: "cpu", CUDAAccelerator: "cuda"}.get(type(trainer.accelerator), "other")
+    if precision in BF16 and device == "cuda" and not gpu_bf16_units():
         raise ValueError(
-            f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 units: "
+            f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no bf16 units: "
             "use --trainer.precision 16-mixed (fp16 autocast with a gradient scaler) or 32-true"
         )
-    if precision in BF16 and device.type == "cpu" and cpu_bf16_units() is None:
+    if precision in BF16 and device == "cpu" and cpu_bf16_units() is None:
         rank_zero_warn(
             f"trainer.precision={precision} on a CPU without bf16 units ({torch.backends.cpu.get_cpu_capability()}): "
             "bf16 is emulated and slower than fp32 here; --trainer.precision 32-true trains faster"
@@ -180,58 +152,48 @@ def check_precision(trainer: L.Trainer) -> None:
         )
 
 
-def unscales_in_step(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` unscales its gradients inside ``step`` (torch's fused Adam/AdamW), the attribute torch's
-    ``GradScaler.step`` itself reads."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+NORM = GradClipAlgorithmType.NORM
 
 
-def unscale_gradients(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
-    """Unscale the gradients of an optimizer that unscales inside its step (which Lightning leaves scaled), so that
-    they are measured and clipped at their true size. Call once per optimizer step, before reading them; a no-op
-    without a gradient scaler (``32-true``, ``bf16-*``), for other optimizers, and when no gradient exists (a skipped
-    step)."""
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is None or not unscales_in_step(optimizer):
-        return
-    if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
-        scaler.unscale_(optimizer)  # GradScaler.step then passes the fused kernel no scale (its stage is UNSCALED)
+class MixedPrecision(lightning_precision.MixedPrecision):
+    """Identical to Lightning's ``MixedPrecision`` (bf16 or fp16 autocast) except: an optimizer that unscales its
+    gradients inside its step (torch's fused Adam/AdamW) is clipped like any other, where Lightning refuses it,
+    and its gradients are unscaled as soon as the backward pass has made them (with a gradient scaler), so that
+    ``on_before_optimizer_step`` hooks, the logged norm and clipping see their true sizes.
+
+    Named as Lightning's class, whose name keys the gradient scaler's state in a checkpoint: checkpoints of either
+    resume under the other."""
+
+    def optimizer_step(self, optimizer, model: L.LightningModule, closure: Callable[[], Any], **kwargs: Any) -> Any:
+        if self.scaler is None or not unscales_in_step(optimizer):
+            return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+
+        def closure_then_unscale() -> Any:
+            result = closure()
+            skipped = result is None and model.automatic_optimization  # no backward ran, no gradient to unscale
+            if not skipped and any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+                self.scaler.unscale_(optimizer)  # GradScaler.step then passes the fused kernel no scale
+            return result
+
+        return super().optimizer_step(optimizer, model=model, closure=closure_then_unscale, **kwargs)
+
+    def clip_gradients(
+        self, optimizer, clip_val: float = 0.0, gradient_clip_algorithm: GradClipAlgorithmType = NORM
+    ) -> None:
+        if unscales_in_step(optimizer):
+            # unscaled already (optimizer_step) or never scaled (bf16): Lightning's base plugin clips them as usual
+            return lightning_precision.Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+        return super().clip_gradients(optimizer, clip_val, gradient_clip_algorithm)
 
 
-def clip_gradients(trainer: L.Trainer, optimizer: torch.optim.Optimizer, clip_val: float | None,
-                   algorithm: str | None) -> bool:  # fmt: skip
-    """Clip the gradients of an optimizer that unscales inside its step under a mixed-precision plugin, which
-    Lightning refuses; they are unscaled already (:func:`unscale_gradients`) or were never scaled (bf16). Returns
-    whether it clipped: ``False`` leaves every other case to Lightning."""
-    plugin = trainer.precision_plugin
-    if not clip_val or not isinstance(plugin, MixedPrecision) or not unscales_in_step(optimizer):
-        return False
-    # MixedPrecision's override only adds the refusal; its parent clips the optimizer's parameters as usual
-    Precision.clip_gradients(plugin, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
-    return True
-
-
-class SaveConfigWithNotes(SaveConfigCallback):
-    """Lightning's ``config.yaml`` writer, with ``notes`` (e.g. why ``trainer.precision`` has its value) written
-    as comment lines at the top of the file: visible to a reader, ignored by a rerun with ``--config config.yaml``.
-
-    Args:
-        notes: one line each, without the leading ``#``.
-    """
-
-    def __init__(self, *args: Any, notes: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.notes = list(notes or [])
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # trainer.log_dir broadcasts from rank 0 under DDP, so every rank asks for it here; save_config runs on
-        # rank 0 alone, where asking would leave the other ranks at a different collective (a hang)
-        self._log_dir = trainer.log_dir if self.save_to_log_dir and not self.already_saved else None
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not (self.notes and self._log_dir):
-            return
-        path = Path(self._log_dir) / self.config_filename
-        if path.is_file():
-            path.write_text("".join(f"# {note}\n" for note in self.notes) + path.read_text())
+def install_precision(trainer: L.Trainer, *, training: bool = True) -> None:
+    """Put zoo's precision handling into a built ``trainer``, as ``zoo fit`` does for every run: when ``training``,
+    refuse before the first step what it cannot run (:func:`check_precision`); and run Lightning's mixed precision
+    (exactly that plugin: a strategy's own, such as FSDP's, or a user's is kept) as zoo's :class:`MixedPrecision`,
+    with the same autocast dtype, device and gradient scaler. Set on the strategy, so that every rank (DDP re-runs
+    the CLI per rank) has it."""
+    if training:
+        check_precision(trainer)
+    plugin = trainer.strategy.precision_plugin
+    if type(plugin) is lightning_precision.MixedPrecision:
+        trainer.strategy.precision_plugin = MixedPrecision(plugin.precision, plugin.device, plugin.scaler)

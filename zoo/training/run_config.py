@@ -17,7 +17,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zoo.commands import compat
+from zoo import compat
 from zoo.commands.errors import explain_parser_error
 from zoo.data.base import TextDataModule
 from zoo.errors import ZooError
@@ -44,11 +44,11 @@ def add_run_arguments(parser: LightningArgumentParser) -> None:
 
 class RunConfigParser(LightningArgumentParser):
     """Lightning's parser as ``zoo fit`` configures it: options are never abbreviated and a list given later
-    replaces the earlier one (:mod:`zoo.commands.compat`)."""
+    replaces the earlier one (:func:`zoo.compat.replace_lists`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
-        compat.install()
+        compat.replace_lists()
         super().__init__(*args, **kwargs)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import lightning.pytorch.callbacks.throughput_monitor as _monitor
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
+
+from zoo import compat
 
 
 def _rows(batch: dict) -> int:
@@ -35,13 +36,9 @@ class TokenThroughput(ThroughputMonitor):
         # Lightning's setup reads the device's peak from its table through `get_available_flops`, which for any
         # XLA device asks the TPU VM's metadata server (a connection error elsewhere: torch_xla's CPU or GPU
         # devices). The override answers instead when given, and a non-TPU XLA device has no known peak.
-        lookup = _monitor.get_available_flops
-        _monitor.get_available_flops = lambda device, dtype: self.peak_flops(device, dtype, lookup)
-        try:
+        with compat.peak_flops_lookup(self.peak_flops):
             super().setup(trainer, pl_module, stage)
-        finally:
-            _monitor.get_available_flops = lookup
-        for throughput in self._throughputs.values():
+        for throughput in compat.stage_throughputs(self).values():
             throughput.compute = _tokens_named(throughput.compute)
 
     def peak_flops(self, device: torch.device, dtype: torch.dtype, lookup) -> float | None:
