@@ -106,6 +106,19 @@ def test_hook_AfterConversion():
 
 
 # ---- Lightning --------------------------------------------------------------------------------------------------
+def test_hook_inductor_cpp_compiler():
+    config = importlib.import_module("torch._inductor.config")
+    cxx = getattr(getattr(config, "cpp", None), "cxx", None)
+    _require("inductor_cpp_compiler", isinstance(cxx, tuple) and len(cxx) == 2, "torch._inductor.config.cpp.cxx")
+    assert isinstance(compat.inductor_cpp_compiler(), str) and compat.inductor_cpp_compiler()
+
+
+def test_hook_triton_available():
+    triton = importlib.import_module("torch.utils._triton")
+    _require("triton_available", callable(getattr(triton, "has_triton", None)), "torch.utils._triton.has_triton")
+    assert compat.triton_available() in (True, False)
+
+
 def test_hook_attached_trainer():
     import lightning as L
 
@@ -197,6 +210,29 @@ def test_hook_option_strings():
     _require("option_strings", getattr(parser, "_subcommands_action", None) is not None,
              "jsonargparse's ArgumentParser._subcommands_action")  # fmt: skip
     assert {"--top", "--inner"} <= set(compat.option_strings(parser))
+
+
+def test_hook_subcommand_parsers():
+    from jsonargparse import ArgumentParser
+
+    parser, sub = ArgumentParser(), ArgumentParser()
+    parser.add_subcommands().add_subcommand("train", sub)
+    _require("subcommand_parsers", getattr(parser, "_subcommands_action", None) is not None,
+             "jsonargparse's ArgumentParser._subcommands_action")  # fmt: skip
+    assert compat.subcommand_parsers(parser) == {"train": sub}
+    assert compat.subcommand_parsers(ArgumentParser()) == {}
+
+
+def test_hook_add_option_string():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    action = parser.add_argument("--max_new_tokens", type=int, default=1)
+    _require("add_option_string", isinstance(getattr(parser, "_option_string_actions", None), dict),
+             "argparse's ArgumentParser._option_string_actions")  # fmt: skip
+    compat.add_option_string(parser, action, "--max-new-tokens")
+    assert parser.parse_args(["--max-new-tokens", "7"]).max_new_tokens == 7
+    assert "--max_new_tokens MAX_NEW_TOKENS, --max-new-tokens MAX_NEW_TOKENS" in parser.format_help()
 
 
 def test_hook_HelpTextFormatter():

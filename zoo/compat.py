@@ -39,6 +39,8 @@ HOOKS = [
     Hook("fused_adam_devices", "torch", ("_get_fused_kernels_supported_devices",), "zoo.optim.fused"),
     Hook("unscales_in_step", "torch", ("_step_supports_amp_scaling",), "zoo.training.precision"),
     Hook("AfterConversion", "torch", ("_apply",), "zoo.nn.transformer"),
+    Hook("inductor_cpp_compiler", "torch", ("_inductor",), "zoo.training.compile"),
+    Hook("triton_available", "torch", ("_triton",), "zoo.training.compile"),
     Hook("attached_trainer", "lightning", ("_trainer",), "zoo.objectives"),
     Hook("peak_flops_lookup", "lightning", ("get_available_flops",), "zoo.training.throughput"),
     Hook("stage_throughputs", "lightning", ("_throughputs",), "zoo.training.throughput"),
@@ -47,6 +49,8 @@ HOOKS = [
     Hook("CLIHooks", "lightning", ("_parse_ckpt_path", "_set_seed"), "zoo.commands.fit"),
     Hook("replace_lists", "jsonargparse", ("_typehints", "adapt_typehints"), "zoo.commands.fit"),
     Hook("option_strings", "jsonargparse", ("_option_string_actions", "_subcommands_action"), "zoo.commands.fit"),
+    Hook("subcommand_parsers", "jsonargparse", ("_subcommands_action",), "zoo.commands.options"),
+    Hook("add_option_string", "jsonargparse", ("_option_string_actions",), "zoo.commands.options"),
     Hook("HelpTextFormatter", "jsonargparse", ("_get_help_string",), "zoo.commands.fit"),
 ]
 
@@ -92,6 +96,22 @@ class AfterConversion(nn.Module):
         super()._apply(fn, recurse)
         self.after_conversion()
         return self
+
+
+def inductor_cpp_compiler() -> str:
+    """The C++ compiler inductor builds CPU kernels with: ``$CXX`` where set, else ``g++`` (inductor's own choice,
+    kept in its private ``torch._inductor.config``, which has no public reader)."""
+    from torch._inductor import config
+
+    return config.cpp.cxx[1] or "g++"
+
+
+def triton_available() -> bool:
+    """Whether Triton, which inductor needs for CUDA kernels, can be imported and used (``torch.utils._triton``:
+    torch's own check, which also looks at the device; no public function answers it)."""
+    from torch.utils._triton import has_triton
+
+    return has_triton()
 
 
 # ---- Lightning --------------------------------------------------------------------------------------------------
@@ -201,6 +221,22 @@ def option_strings(parser) -> list[str]:
     for sub in subcommands.choices.values() if subcommands is not None else []:
         options += option_strings(sub)
     return options
+
+
+def subcommand_parsers(parser) -> dict:
+    """A jsonargparse parser's subcommands by name (``{}`` where it has none): the parser keeps them in a private
+    attribute and offers no public listing."""
+    action = getattr(parser, "_subcommands_action", None)
+    return dict(action.choices) if action is not None else {}
+
+
+def add_option_string(parser, action, option: str) -> None:
+    """Give ``action`` of ``parser`` one more spelling (``--max-new-tokens`` beside jsonargparse's
+    ``--max_new_tokens``), shown in ``--help`` and accepted on the command line: argparse takes every spelling in
+    ``add_argument`` only, and jsonargparse derives an option's one spelling from a parameter's name."""
+    if option not in action.option_strings:
+        action.option_strings.append(option)
+        parser._option_string_actions[option] = action
 
 
 def _help_text_formatter() -> type:

@@ -23,9 +23,10 @@ import time
 from collections.abc import Sequence
 
 import torch
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import Namespace
 
-from zoo.commands.errors import ParserError, command, explain_parser_error
+from zoo.commands.errors import command
+from zoo.commands.options import CommandParser
 from zoo.data.formats import FORMATS
 from zoo.objectives.description import SamplerFamily, flag
 from zoo.objectives.samplers import FAMILIES
@@ -33,28 +34,14 @@ from zoo.training.checkpoints import TRUST_HELP
 from zoo.training.precision import INFERENCE_PRECISIONS, inference_autocast
 
 
-class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help (types and defaults) with the description's examples kept as written."""
-
-
-class GenerateParser(ArgumentParser):
-    """jsonargparse's parser whose errors are one sentence (:func:`zoo.commands.errors.explain_parser_error`), raised
-    for the command layer to print."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:  # inner parsers: jsonargparse catches their errors while trying alternatives
-            return super().error(message, ex)
-        raise ParserError(explain_parser_error(message, self._option_string_actions)) from ex
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parser(families: Sequence[SamplerFamily] = FAMILIES) -> ArgumentParser:
+def parser(families: Sequence[SamplerFamily] = FAMILIES) -> CommandParser:
     """The command's options, and those of each sampler family in ``families`` (zoo's own by default; a checkpoint's
     family once it is known), each family's from the fields and docstring of its options class."""
-    p = GenerateParser(prog="zoo generate", description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = CommandParser(prog="zoo generate", description=__doc__)
     p.add_argument("--ckpt", type=str, required=True, help="checkpoint written by `python -m zoo fit`")
     p.add_argument("--trust-checkpoint", action="store_true", default=None, help=TRUST_HELP)
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for several)")
@@ -78,16 +65,10 @@ def parser(families: Sequence[SamplerFamily] = FAMILIES) -> ArgumentParser:
     return p
 
 
-def add_family(p: ArgumentParser, family: SamplerFamily) -> None:
-    """The options of ``family``, from its options class (type checks, defaults and ``--help`` from its fields and
-    docstring), under the flags the command always had: jsonargparse names an option after its field
-    (``--max_new_tokens``); ``--max-new-tokens`` is registered beside it for the same action."""
-    for name in p.add_class_arguments(family.options, as_group=True, instantiate=False):
-        action = next(a for a in p._actions if a.dest == name)
-        dashed = flag(name)
-        if dashed not in action.option_strings:  # argparse keeps one table of option strings for all groups
-            action.option_strings.insert(0, dashed)
-            p._option_string_actions[dashed] = action
+def add_family(p: CommandParser, family: SamplerFamily) -> None:
+    """The options of ``family``, from its options class: type checks, defaults and ``--help`` from its fields and
+    docstring, named after the fields (``--max_new_tokens``, also written ``--max-new-tokens``)."""
+    p.add_class_arguments(family.options, as_group=True, instantiate=False)
 
 
 @command("generate")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
+from zoo import compat
 from zoo.commands.errors import ParserError, explain_parser_error
 
 SPELLINGS = ("Options may also be written with dashes (--eos-token), a true/false option given alone means true "
@@ -45,13 +46,27 @@ class CommandParser(ArgumentParser):
         """``--config FILE``: option values from a file; later options override it."""
         self.add_argument("--config", action=ActionConfigFile, help=help)
 
-    def option_names(self) -> list[str]:
-        """Every option string, the underscore and the dash spellings."""
+    def option_names(self, *, dashes: bool = True) -> list[str]:
+        """Every option string (``dashes``: with the dash spelling of each)."""
         names = [o for action in self._actions for o in action.option_strings]
-        return names + [o.replace("_", "-") for o in names if o.startswith("--")]
+        return names + [o.replace("_", "-") for o in names if o.startswith("--")] if dashes else names
 
     def parse_args(self, args: Iterable[str] | None = None, *pargs, **kwargs) -> Namespace:
+        self.add_dash_spellings()
         return super().parse_args(self.normalize(list(args or [])), *pargs, **kwargs)
+
+    def format_help(self) -> str:
+        self.add_dash_spellings()
+        return super().format_help()
+
+    def add_dash_spellings(self) -> None:
+        """``--max-new-tokens`` beside each ``--max_new_tokens`` jsonargparse made, so ``--help`` shows the
+        spelling the documentation uses (idempotent; options added later get theirs at the next call)."""
+        for action in list(self._actions):
+            for option in list(action.option_strings):
+                dashed = "--" + option[2:].replace("_", "-")
+                if option.startswith("--") and dashed != option and dashed not in self.option_names(dashes=False):
+                    compat.add_option_string(self, action, dashed)
 
     def parse_known(self, argv: list[str]) -> tuple[Namespace, list[str]]:
         """Parse this parser's own options out of ``argv``; the others (with their values) are returned as they are,
@@ -70,7 +85,7 @@ class CommandParser(ArgumentParser):
         this parser only), a bare true/false option → ``--flag true``, a repeated list option → ``--item+ VALUE``;
         after a subcommand's name, with that subcommand's parser."""
         actions = {o: a for a in self._actions for o in a.option_strings}
-        subcommands = self._subcommands_action.choices if self._subcommands_action is not None else {}
+        subcommands = compat.subcommand_parsers(self)
         out: list[str] = []
         for i, token in enumerate(argv):
             if token == "--":
@@ -86,7 +101,7 @@ class CommandParser(ArgumentParser):
             if action is None:
                 out.append(token)
                 continue
-            name = action.option_strings[0] if name not in action.option_strings else name
+            name = action.option_strings[0]  # jsonargparse's own spelling (a `+` suffix appends to its lists)
             kind = _kind(action)
             if kind == "list":
                 name += "+"

@@ -261,7 +261,7 @@ class LanguageModel(L.LightningModule):
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
-        compile, _ = resolve_compile(self.compile_backbone, trainer=self._trainer, sharded=self._sharded(),
+        compile, _ = resolve_compile(self.compile_backbone, trainer=attached_trainer(self), sharded=self._sharded(),
                                      parameters=self.backbone.num_parameters(embeddings=False))
         if stage == "fit" and compile:
             compile_for_training(self.backbone)  # in place: state-dict keys unchanged; eager (warned) if it cannot

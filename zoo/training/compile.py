@@ -26,6 +26,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from zoo import compat
+
 CompileSetting = bool | Literal["auto"]
 
 BACKEND: str | Callable = "inductor"  # what `compile: true` compiles with (tests swap in a failing backend)
@@ -48,15 +50,11 @@ PAYBACK_STEPS: dict[str, dict[str, tuple[int, int | None]]] = {  # precision: {p
 def compiler_missing(device: torch.device) -> str | None:
     """Why inductor cannot compile for ``device`` (a sentence), or ``None`` when it can."""
     if device.type == "cpu":
-        from torch._inductor import config
-
-        compiler = config.cpp.cxx[1] or "g++"  # $CXX, else g++ (inductor's own choice)
+        compiler = compat.inductor_cpp_compiler()
         if shutil.which(compiler) is None:
             return f"inductor needs a C++ compiler for the CPU and {compiler!r} was not found (set $CXX or install g++)"
     elif device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
+        if not compat.triton_available():
             return "inductor needs Triton for CUDA and it is not installed (pip install triton)"
     return None
 
