@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import (
     ModelSummary,
