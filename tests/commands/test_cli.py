@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 TINY = [
     "--config", "configs/quickstart.yaml",
@@ -43,6 +44,7 @@ def run(tmp_path_factory):
     swap = [
         "--model.backbone.block.init_args.attention.class_path", "zoo.nn.ExclusiveGroupedQueryAttention",
         "--model.backbone.block.init_args.norm", "zoo.nn.LayerNorm",
+        "--data.stall_timeout", "90",  # a base option of every data module (tests/data/test_options.py)
     ]
     result = zoo("fit", *TINY, *swap, "--trainer.default_root_dir", str(tmp), cache=tmp)
     return tmp, result
@@ -62,6 +64,13 @@ def test_block_swap_from_the_command_line(run):
     tmp, _ = run
     config = (tmp / "lightning_logs" / "version_0" / "config.yaml").read_text()
     assert "zoo.nn.ExclusiveGroupedQueryAttention" in config and "zoo.nn.LayerNorm" in config
+
+
+def test_data_stall_timeout_from_the_command_line(run):
+    tmp, _ = run
+    config = yaml.safe_load((tmp / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert config["data"]["class_path"] == "zoo.data.StdlibCorpus"
+    assert config["data"]["init_args"]["stall_timeout"] == 90.0
 
 
 def test_tensorboard_has_training_scalars(run):
