@@ -8,25 +8,8 @@ import pytest
 import torch
 import yaml
 
-TINY = [
-    "--config", "configs/quickstart.yaml",
-    "--trainer.max_steps", "3",
-    "--trainer.val_check_interval", "3",
-    "--trainer.limit_val_batches", "2",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--model.backbone.dim", "32",
-    "--model.backbone.n_layers", "2",
-    "--model.backbone.vocab_size", "300",
-    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
-    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
-    "--model.schedule.init_args.warmup_steps", "1",
-    "--data.tokenizer.init_args.vocab_size", "300",
-    "--data.seq_len", "32",
-    "--data.batch_size", "2",
-    "--data.limit_files", "30",
-    "--data.val_fraction", "0.2",
-]
+from tests.helpers import TINY, tiny_backbone
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -134,7 +117,6 @@ def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
 def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):
     import lightning as L
 
-    from tests.conftest import tiny_backbone
     from zoo.objectives import CausalLM
     from zoo.training.display import StepProgressBar
 

@@ -82,7 +82,8 @@ MODULES = sorted(set(CONFIGURED) | _in_package(), key=lambda c: c.__name__)
 
 
 def class_path(cls: type) -> str:
-    return f"zoo.data.{cls.__name__}" if getattr(zoo.data, cls.__name__, None) is cls else f"{cls.__module__}.{cls.__name__}"
+    public = getattr(zoo.data, cls.__name__, None) is cls
+    return f"zoo.data.{cls.__name__}" if public else f"{cls.__module__}.{cls.__name__}"
 
 
 def own_required(cls: type) -> dict:
