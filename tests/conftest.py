@@ -1,12 +1,11 @@
 import functools
-import importlib
-import importlib.util
 import os
 
 import pytest
 import torch
 
-from zoo.nn import GroupedQueryAttention, PreNormBlock, RMSNorm, Rotary, SwiGLU, Transformer
+from tests.helpers import GROUPS, fit
+from zoo.training import AtomicCheckpointIO
 
 
 @pytest.fixture(autouse=True)
@@ -14,46 +13,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-def tiny_backbone(*, vocab_size=64, dim=32, n_layers=2, max_seq_len=64, attention=None, ffn=None, norm=None,
-                  position=None, canon_a=None, canon_c=None, tie_embeddings=True) -> Transformer:
-    """A 2-layer, width-32 Llama-style backbone; any component can be replaced by a factory."""
-    attention = attention or (lambda d: GroupedQueryAttention(d, n_heads=4, n_kv_heads=2))
-    return Transformer(
-        vocab_size=vocab_size,
-        dim=dim,
-        n_layers=n_layers,
-        max_seq_len=max_seq_len,
-        block=lambda d: PreNormBlock(
-            d,
-            attention=attention,
-            ffn=ffn or (lambda d: SwiGLU(d, hidden_dim=64)),
-            norm=norm or RMSNorm,
-            canon_a=canon_a,
-            canon_c=canon_c,
-        ),
-        norm=norm or RMSNorm,
-        position=position or Rotary,
-        tie_embeddings=tie_embeddings,
-    )
+# ---- a tiny run several modules start from (tests/helpers.py has the functions behind it) -------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A ``ZOO_CACHE`` (the trained tokenizer) shared by the module's tiny runs."""
+    return tmp_path_factory.mktemp("cache")
 
 
-# ---- groups the README's `python -m pytest -q` skips, each skip saying what runs it --------------------------------
-# marker: (environment variable that makes the group run, and a missing requirement fail instead of skip; the
-# requirement's check, or None; what the skip says). .ci/run sets every variable and selects every marker.
-GROUPS = {
-    "slow": ("ZOO_TEST_SLOW", None, "slow: ZOO_TEST_SLOW=1 runs it (CI does)"),
-    "needs_llama_cpp": (
-        "ZOO_TEST_LLAMA_CPP",
-        lambda: importlib.util.find_spec("llama_cpp") is not None,
-        'llama-cpp-python is not installed: pip install -e ".[gguf]" runs it (ZOO_TEST_LLAMA_CPP=1 requires it)',
-    ),
-    "needs_bwrap": (
-        "ZOO_TEST_NAMESPACES",
-        lambda: importlib.import_module("zoo.eval.sandbox").namespaces_available(),
-        "the code sandbox cannot create namespaces here: apt-get install bubblewrap runs it (ZOO_TEST_NAMESPACES=1 "
-        "requires it)",
-    ),
-}
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+    """The last checkpoint of a 2-step run of :data:`tests.helpers.TINY_UNVALIDATED` (written atomically)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cli = fit(tmp, cache, "--trainer.max_steps", "2", monkeypatch=monkeypatch)
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    return tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def pytest_configure(config):

@@ -9,13 +9,12 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
+from tests.helpers import CONFIGS, rel, stated_count
 from zoo.commands.fit import ZooCLI
 from zoo.commands.info import build
 from zoo.commands.info import main as info_main
 from zoo.data import TextDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 MODELS = sorted((CONFIGS / "models").rglob("*.yaml"))
 SOURCE_LISTS = sorted((CONFIGS / "data").glob("*.yaml"))
 TRAINER_PRESETS = sorted((CONFIGS / "trainer").glob("*.yaml"))
@@ -33,18 +32,6 @@ PUBLISHED = {
     "pythia-70m": 70_426_624,
     "smollm-135m": 134_515_008,
 }
-
-
-def rel(path: Path) -> str:
-    return str(path.relative_to(ROOT))
-
-
-def stated_count(path: Path) -> int:
-    """The `# parameters: N` line every model config carries in its header."""
-    for line in path.read_text().splitlines():
-        if line.startswith("# parameters:"):
-            return int(line.split(":")[1].split("(")[0].replace(",", ""))
-    raise AssertionError(f"{path} states no parameter count")
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -1,11 +1,12 @@
 """The README's Quickstart is the contract: its two commands set up, train and test on a fresh machine, and CI
 (.ci/run) runs them exactly as written before anything else, then every group of tests they skip."""
 
+import ast
 import re
 import shlex
 from pathlib import Path
 
-from tests.conftest import GROUPS
+from tests.helpers import GROUPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +51,35 @@ def test_ci_then_runs_every_skipped_group_with_its_requirement_enforced():
     assert set(options[options.index("-m") + 1].split(" or ")) == set(GROUPS)
     for variable, *_ in GROUPS.values():
         assert f"{variable}=1" in words[: words.index("pytest")], f"{call} does not set {variable}=1"
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The test modules (``tests.test_*``, ``tests.<package>.test_*``) and conftest files that the file at ``path``
+    imports, at any depth of its code (a function's own imports count)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from tests.training import test_faults` imports a module by its last name
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.ImportFrom):  # relative: `from . import test_x`, `from .test_x import y`
+            names = [f".{node.module or ''}", *(f".{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if (parts[0] in ("tests", "") and any(p.startswith("test_") or p == "conftest" for p in parts[1:])):
+                found.append(name)
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/helpers.py (functions, constants, classes runs name) and tests/conftest.py
+    (fixtures): a test module imported by another runs its module-level code and registers its fixtures twice."""
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if (found := imported_test_modules(path))
+    }
+    assert not offenders, f"test files that import another test module or conftest (use tests/helpers.py): {offenders}"

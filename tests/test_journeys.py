@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.commands.test_eval import ARC, BLIMP, write_jsonl
+from tests.helpers import ARC, BLIMP, load_without_zoo, run_snippet, write_jsonl
 from zoo.cli import main as zoo
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 
@@ -214,8 +214,6 @@ def logits_match(ckpt: Path, exported: Path) -> bool:
 def loads_as_its_card_says(ckpt: Path, exported: Path, tmp: Path) -> None:
     """The export loads with ``trust_remote_code=True`` in a process where zoo cannot be imported and gives zoo's
     logits, and the usage snippet of its model card runs there."""
-    from tests.interop.test_export import _run_snippet
-    from tests.interop.test_remote_code import load_without_zoo
     from zoo.objectives import LanguageModel
 
     assert "auto_map" in json.loads((exported / "config.json").read_text())  # remote code, not a stock class
@@ -225,7 +223,7 @@ def loads_as_its_card_says(ckpt: Path, exported: Path, tmp: Path) -> None:
     with torch.no_grad():
         ours = LanguageModel.from_checkpoint(str(ckpt)).eval().backbone(ids)
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
-    _run_snippet(exported)
+    run_snippet(exported)
 
 
 def llama_cpp_decodes_as_zoo(ckpt: Path, out: Path) -> None:

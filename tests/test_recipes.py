@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_configs import CONFIGS, rel, stated_count
+from tests.helpers import CONFIGS, rel, stated_count
 from zoo.cli import main as zoo_main
 from zoo.data import SFTSource, Source
 from zoo.data.corpus import stdlib_documents, stdlib_shards

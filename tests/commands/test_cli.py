@@ -6,26 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-TINY = [
-    "--config", "configs/quickstart.yaml",
-    "--trainer.max_steps", "3",
-    "--trainer.val_check_interval", "3",
-    "--trainer.limit_val_batches", "2",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--model.backbone.dim", "32",
-    "--model.backbone.n_layers", "2",
-    "--model.backbone.vocab_size", "300",
-    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
-    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
-    "--model.schedule.init_args.warmup_steps", "1",
-    "--data.tokenizer.init_args.vocab_size", "300",
-    "--data.seq_len", "32",
-    "--data.batch_size", "2",
-    "--data.limit_files", "30",
-    "--data.val_fraction", "0.2",
-]
+from tests.helpers import TINY, tiny_backbone
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +27,7 @@ def run(tmp_path_factory):
     swap = [
         "--model.backbone.block.init_args.attention.class_path", "zoo.nn.ExclusiveGroupedQueryAttention",
         "--model.backbone.block.init_args.norm", "zoo.nn.LayerNorm",
+        "--data.stall_timeout", "90",  # a base option of every data module (tests/data/test_options.py)
     ]
     result = zoo("fit", *TINY, *swap, "--trainer.default_root_dir", str(tmp), cache=tmp)
     return tmp, result
@@ -62,6 +47,13 @@ def test_block_swap_from_the_command_line(run):
     tmp, _ = run
     config = (tmp / "lightning_logs" / "version_0" / "config.yaml").read_text()
     assert "zoo.nn.ExclusiveGroupedQueryAttention" in config and "zoo.nn.LayerNorm" in config
+
+
+def test_data_stall_timeout_from_the_command_line(run):
+    tmp, _ = run
+    config = yaml.safe_load((tmp / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert config["data"]["class_path"] == "zoo.data.StdlibCorpus"
+    assert config["data"]["init_args"]["stall_timeout"] == 90.0
 
 
 def test_tensorboard_has_training_scalars(run):
@@ -125,7 +117,6 @@ def test_fit_output_shows_zoo_figures_and_no_dependency_warnings(run):
 def test_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path, capsys):
     import lightning as L
 
-    from tests.conftest import tiny_backbone
     from zoo.objectives import CausalLM
     from zoo.training.display import StepProgressBar
 

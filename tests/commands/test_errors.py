@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.commands.test_cli import TINY
+from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 

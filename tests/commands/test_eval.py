@@ -5,21 +5,8 @@ import json
 import pytest
 import torch
 
-from tests.commands.test_cli import TINY
+from tests.helpers import ARC, BLIMP, TINY, write_jsonl
 from zoo.data.tokenizer import tokenizer_from_checkpoint
-
-ARC = [{"id": "q1", "question": "Which is a gas?", "answerKey": "C",
-        "choices": {"text": ["rock", "iron", "oxygen"], "label": ["A", "B", "C"]}},
-       {"id": "q2", "question": "What do plants need?", "answerKey": "1",
-        "choices": {"text": ["light", "noise"], "label": ["1", "2"]}}]  # fmt: skip
-BLIMP = [{"sentence_good": "The cat sleeps.", "sentence_bad": "The cat sleep."},
-         {"sentence_good": "Who ran?", "sentence_bad": "Ran who?"}]  # fmt: skip
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ import sys
 
 import pytest
 
-from tests.conftest import tiny_backbone
-from tests.training import test_faults as faults
+from tests.helpers import tiny_backbone
 
-cache, trained = faults.cache, faults.trained  # the fixtures: a tokenizer cache and a 2-step run's last.ckpt
 NAN, INF = float("nan"), float("inf")
 
 

@@ -95,7 +95,7 @@ def test_trained_batches_are_tallied_logged_saved_and_summarized(bad_file, tmp_p
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from zoo.objectives import CausalLM
 
     dm = mixture(tmp_path, Source(data_files=bad_file, val_documents=9), shuffle_buffer=4)
@@ -261,7 +261,7 @@ def test_a_row_over_max_row_chars_is_counted_too_long_and_training_goes_on(tmp_p
     both drop it before the tokenizer sees it, counted as too_long; training goes on."""
     import lightning as L
 
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from zoo.objectives import CausalLM
 
     rows = [json.dumps({"text": f"document {i} with a few words " * 2}).encode() for i in range(40)]

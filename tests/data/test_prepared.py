@@ -18,41 +18,15 @@ import torch
 import yaml
 from tokenizers import Tokenizer
 
+from tests.helpers import BAD_LINES, TINY_RUN, LossLog, callback, data_config, losses, write_corpus
 from zoo.cli import main as zoo_main
 from zoo.data import Mixture, PackedDataset, PretrainedTokenizer, Source
 from zoo.data import prepare as prepare_module
-from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.prepare import PrepareError, prepare
 from zoo.data.prepared import PreparedShards, Rows
 from zoo.data.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[2]
-BAD_LINES = ["not json", '{"text": null}']
-
-
-def write_corpus(folder: Path, files: int = 30) -> Path:
-    """``prose.jsonl`` and ``code.jsonl`` from the embedded corpus (each with one malformed and one null row) and a
-    512-id BPE trained on them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    texts = []
-    for kind in ("prose", "code"):
-        with open(folder / f"{kind}.jsonl", "w") as f:
-            for doc in stdlib_documents(kind, stdlib_shards(kind, files)):
-                f.write(json.dumps({"text": doc["text"]}) + "\n")
-                texts.append(doc["text"])
-            f.write("\n".join(BAD_LINES) + "\n")
-    train_bpe(texts, vocab_size=512).save(str(folder / "tokenizer.json"))
-    return folder
-
-
-def data_config(corpus: Path, *, weights=(0.7, 0.3), **init) -> dict:
-    sources = [{"data_files": str(corpus / f"{kind}.jsonl"), "weight": w, "val_documents": 5}
-               for kind, w in zip(("prose", "code"), weights)]  # fmt: skip
-    tokenizer = {"class_path": "zoo.data.PretrainedTokenizer", "init_args": {"path": str(corpus / "tokenizer.json")}}
-    init = {"sources": sources, "tokenizer": tokenizer, "seq_len": 32, "batch_size": 4, **init}
-    return {"class_path": "zoo.data.Mixture", "init_args": init}
-
-
 def write_config(path: Path, data: dict, **run) -> Path:
     path.write_text(yaml.safe_dump({"data": data, **run}))
     return path
@@ -216,24 +190,6 @@ def test_source_weights_hold_at_token_level_over_a_million_tokens(tmp_path):
     np.testing.assert_allclose(counts / counts.sum(), weights, atol=0.01)
 
 
-TINY_RUN = {
-    "seed_everything": 0,
-    "trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 8, "limit_val_batches": 0,
-                "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_progress_bar": False,
-                "enable_model_summary": False, "logger": False},
-    "checkpoint": {"every_n_train_steps": 2, "save_last": True},
-    "model": {"class_path": "zoo.objectives.CausalLM", "init_args": {
-        "backbone": {"vocab_size": 512, "dim": 32, "n_layers": 2, "max_seq_len": 32,
-                     "norm": {"class_path": "zoo.nn.RMSNorm"}, "position": {"class_path": "zoo.nn.Rotary"},
-                     "block": {"class_path": "zoo.nn.PreNormBlock", "init_args": {
-                         "norm": {"class_path": "zoo.nn.RMSNorm"},
-                         "attention": {"class_path": "zoo.nn.GroupedQueryAttention",
-                                       "init_args": {"n_heads": 4, "n_kv_heads": 2}},
-                         "ffn": {"class_path": "zoo.nn.SwiGLU", "init_args": {"hidden_dim": 64}}}}},
-        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}}}},
-}  # fmt: skip
-
-
 def fit_process(config: Path, root: Path, *args: str) -> subprocess.Popen:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(root), "ZOO_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -244,15 +200,11 @@ def fit_process(config: Path, root: Path, *args: str) -> subprocess.Popen:
 
 @pytest.mark.slow  # subprocesses killed and restarted
 def test_fit_from_shards_resumes_bitwise_after_sigkill_twice(corpus, prepared, tmp_path):
-    from tests.training.test_faults import losses
-
     data = data_config(corpus, prepared=str(prepared), num_workers=1)
     config = write_config(tmp_path / "run.yaml", data, **TINY_RUN)
 
     def log(name, kill_at=None):
-        callback = {"class_path": "tests.training.test_faults.LossLog",
-                    "init_args": {"path": str(tmp_path / name), "kill_at": kill_at}}  # fmt: skip
-        return "--trainer.callbacks+=" + json.dumps(callback)
+        return callback(LossLog, path=str(tmp_path / name), kill_at=kill_at)
 
     whole = fit_process(config, tmp_path / "whole", log("whole.txt"))
     assert whole.wait(timeout=600) == 0, whole.stdout.read()[-3000:]

@@ -12,8 +12,7 @@ import lightning as L
 import pytest
 import yaml
 
-from tests.data.test_prepared import TINY_RUN, data_config, write_corpus
-from tests.training.test_multinode import free_port
+from tests.helpers import TINY_RUN, callback, communicate_all, data_config, free_port, node_env, write_corpus
 from zoo.cli import main as zoo_main
 
 pytestmark = pytest.mark.slow  # two nodes of processes with two workers each
@@ -39,24 +38,13 @@ def launch(tmp: Path, config: Path, name: str, *extra: str) -> list[list[dict]]:
     procs = []
     for node in range(2):
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "ZOO_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT)), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "NODE_RANK": str(node), "GROUP_RANK": str(node), "RANK": str(node), "LOCAL_RANK": "0",
-               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "TORCHELASTIC_RUN_ID": "zoo-prepared"}  # fmt: skip
-        callback = {"class_path": "tests.data.test_prepared_ddp.RowLog", "init_args": {"path": str(tmp / name)}}
+               "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT)), **node_env(node, 2, port, "zoo-prepared")}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "zoo", "fit", "--config", str(config), "--trainer.default_root_dir", str(tmp / name),
-             "--trainer.callbacks+=" + json.dumps(callback), *extra],
+             callback(RowLog, path=str(tmp / name)), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))  # fmt: skip
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=900)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    outputs = communicate_all(procs)
     for node, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"node {node} of {name} failed:\n{out[-3000:]}"
     return [[json.loads(line) for line in (tmp / f"{name}.rank{r}").read_text().splitlines()] for r in range(2)]

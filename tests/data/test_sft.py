@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from tests.helpers import tiny_backbone
 from zoo.data import Alpaca, Chat, SFTDataModule, SFTSource, Template, UserAssistant, train_bpe
 from zoo.data.corpus import stdlib_functions, stdlib_shards
 from zoo.data.formats import ALPACA, ALPACA_WITH_INPUT
@@ -16,8 +17,6 @@ from zoo.data.tokenizer import EOS, PretrainedTokenizer
 from zoo.nn import GroupedQueryAttention, Transformer
 from zoo.nn.masks import document_mask
 from zoo.objectives import CausalLM, MaskedDiffusionLM
-
-from ..conftest import tiny_backbone
 
 TEXT = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.",

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import tiny_backbone
 from zoo.cli import main
 from zoo.data import Mixture, PretrainedTokenizer, Source, train_bpe
 from zoo.objectives import CausalLM
-
-from ..conftest import tiny_backbone
 
 TRICKY = [
     "\tindented\twith tabs",

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.eval.code import (
     HUMANEVAL_STOP,
     evaluate_code,

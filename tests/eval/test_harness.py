@@ -11,7 +11,7 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra; CI installs it with `test`
 
-from tests.conftest import tiny_backbone  # noqa: E402
+from tests.helpers import tiny_backbone, tiny_fit, write_jsonl  # noqa: E402
 from zoo.eval.engines import run_harness, split_by_engine, task_manager  # noqa: E402
 from zoo.eval.harness import ZooLM, render_chat  # noqa: E402
 
@@ -32,12 +32,6 @@ GSM_TRAIN = [{"question": "What is 2 plus 3?", "answer": "2 + 3 = 5\n#### 5"},
 GSM_TEST = [{"question": "Tom has 3 apples and buys 2. How many?", "answer": "3 + 2 = 5\n#### 5"},
             {"question": "What is 10 minus 4?", "answer": "10 - 4 = 6\n#### 6"},
             {"question": "Sam had 1,000 coins and lost 1. How many are left?", "answer": "999\n#### 999"}]  # fmt: skip
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +60,6 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.interop.test_hf import tiny_fit
-
     return str(tiny_fit(tmp_path_factory.mktemp("fit"), tmp_path_factory.mktemp("tok")))
 
 

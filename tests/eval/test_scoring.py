@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.data.tokenizer import EOS, train_bpe
 from zoo.eval.scoring import CausalScorer, ElboScorer
 from zoo.nn import GroupedQueryAttention

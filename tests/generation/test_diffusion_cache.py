@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.generation import confidence_threshold, diffusion_generate, low_confidence_remasking
 from zoo.nn import Canon, GroupedQueryAttention
 
@@ -214,7 +214,7 @@ def test_a_cache_is_refused_for_canon_backbones():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A tiny AR checkpoint and its masked-diffusion conversion (2 steps each)."""
-    from tests.commands.test_cli import TINY
+    from tests.helpers import TINY
     from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.data.formats import FORMATS, Alpaca, NoFormat, UserAssistant
 from zoo.generation import (
     banned_ngram_tokens,
@@ -345,7 +345,7 @@ def test_threshold_outside_the_unit_interval_is_refused(threshold):
 # ---- the command ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from tests.commands.test_cli import TINY
+    from tests.helpers import TINY
     from zoo.commands.fit import ZooCLI
 
     root = tmp_path_factory.mktemp("fit")

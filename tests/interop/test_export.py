@@ -2,21 +2,16 @@
 model card of every export (front matter, tables, a usage snippet run in a process without zoo), bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.interop.test_gguf import _llama_logits
-from tests.interop.test_hf import tiny_fit
+from tests.helpers import llama_logits, run_snippet, tiny_fit
 from zoo.commands.export import main
 from zoo.data.tokenizer import tokenizer_from_checkpoint
 from zoo.generation import generate
-from zoo.interop.card import usage_snippet
 from zoo.interop.gguf import tensor_types
 from zoo.objectives import LanguageModel
 
@@ -25,7 +20,6 @@ try:
 except ImportError:  # the gguf extra: pip install -e ".[gguf]"; tests marked needs_llama_cpp skip without it
     llama_cpp = None
 
-WITHOUT_ZOO = "import sys; sys.modules['zoo'] = None  # the export must load without zoo\n"
 SCORES = {"results": {"arc_easy": {"n": 40, "acc": {"value": 0.3, "stderr": 0.07},
                                    "acc_norm": {"value": 0.325, "stderr": 0.074}}},
           "elbo": False, "checkpoint": "last.ckpt", "global_step": 2, "limit": 40, "mc_num": None}  # fmt: skip
@@ -46,15 +40,6 @@ def _export(checkpoint, out, *args):
 def _front_matter(card: str) -> dict:
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])
-
-
-def _run_snippet(directory: Path) -> str:
-    code = WITHOUT_ZOO + usage_snippet((directory / "README.md").read_text())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, timeout=300,
-                            env=env)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +77,7 @@ def test_the_gguf_cards_usage_snippet_runs_without_zoo(checkpoint, tmp_path):
     out = _export(checkpoint, tmp_path / "gguf", "--format", "gguf", "--outtype", "q8_0")
     card = (out / "README.md").read_text()
     assert _front_matter(card)["library_name"] == "gguf" and "model-q8_0.gguf" in card
-    _run_snippet(out)
+    run_snippet(out)
 
 
 @pytest.mark.needs_llama_cpp
@@ -109,8 +94,8 @@ def test_a_masked_diffusion_checkpoint_exports_as_llada_with_zoos_logits(tmp_pat
     ids = llm.tokenize(b"def parse(", add_bos=False) + [model.mask_id] * 6
     with torch.no_grad():
         expected = model.backbone(torch.tensor([ids]))[0]
-    torch.testing.assert_close(torch.from_numpy(_llama_logits(llm, ids)), expected, atol=2e-3, rtol=1e-3)
-    _run_snippet(out)
+    torch.testing.assert_close(torch.from_numpy(llama_logits(llm, ids)), expected, atol=2e-3, rtol=1e-3)
+    run_snippet(out)
 
 
 def test_the_card_carries_the_hub_front_matter_architecture_training_and_scores(checkpoint, tmp_path):
@@ -136,7 +121,7 @@ def test_the_card_carries_the_hub_front_matter_architecture_training_and_scores(
 def test_the_transformers_cards_usage_snippet_runs_without_zoo(format, checkpoint, tmp_path):
     out = _export(checkpoint, tmp_path / format, "--format", format)
     assert ("trust_remote_code=True" in (out / "README.md").read_text()) == (format == "remote-code")
-    _run_snippet(out)
+    run_snippet(out)
 
 
 def test_the_cards_datasets_come_from_the_runs_mixture(checkpoint, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tests.conftest import tiny_backbone
+from tests.helpers import llama_logits, tiny_backbone
 from zoo import nn as znn
 from zoo.data.corpus import stdlib_documents, stdlib_shards
 from zoo.data.tokenizer import EOS, train_bpe
@@ -84,25 +84,6 @@ def _llama(path, n_ctx: int = 128):
                            type_k=f32, type_v=f32, verbose=False)  # fmt: skip
 
 
-def _llama_logits(llm, ids: list[int]) -> np.ndarray:
-    """Logits of every position from one llama.cpp decode of ``ids`` (the C API through llama_cpp's bindings:
-    ``Llama.eval`` assumes a KV cache, which llama.cpp's diffusion architectures do not have)."""
-    memory = llama_cpp.llama_get_memory(llm.ctx)
-    if memory:  # causal architectures: start from an empty KV cache
-        llama_cpp.llama_memory_clear(memory, True)
-    batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
-    try:
-        for i, token in enumerate(ids):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, True
-            batch.seq_id[i][0] = 0
-        batch.n_tokens = len(ids)
-        assert llama_cpp.llama_decode(llm.ctx, batch) == 0
-        logits = llama_cpp.llama_get_logits(llm.ctx)
-        return np.ctypeslib.as_array(logits, shape=(len(ids), llm.n_vocab())).copy()  # (T, V)
-    finally:
-        llama_cpp.llama_batch_free(batch)
-
-
 def _llama_greedy(llm, ids: list[int], n: int) -> list[int]:
     out = []
     for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
@@ -145,7 +126,7 @@ def test_llama_cpp_computes_zoos_logits_and_greedy_tokens(arch, tokenizer, tmp_p
     for ids in prompts:
         with torch.no_grad():
             expected = backbone(torch.tensor([ids]))[0].numpy()
-        np.testing.assert_allclose(_llama_logits(llm, ids), expected, atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(llama_logits(llm, ids), expected, atol=2e-3, rtol=1e-3)
         assert _llama_greedy(llm, ids, 16) == _zoo_greedy(backbone, ids, 16)
     assert ("output.weight" in tensor_types(path)) == (not backbone.tie_embeddings)
     assert read_gguf_metadata(path)["general.architecture"] == architecture(backbone)
@@ -167,7 +148,7 @@ def test_a_masked_diffusion_model_is_llama_cpps_llada_with_zoos_bidirectional_lo
     ids = tokenizer.encode(TEXTS[0]).ids[:12] + [VOCAB] * 8  # a prompt, then masked positions
     with torch.no_grad():
         expected = backbone(torch.tensor([ids]))[0].numpy()
-    np.testing.assert_allclose(_llama_logits(llm, ids), expected, atol=2e-3, rtol=1e-3)
+    np.testing.assert_allclose(llama_logits(llm, ids), expected, atol=2e-3, rtol=1e-3)
     assert llm.detokenize([VOCAB], special=True) == b"<|mask|>"
 
 
@@ -184,7 +165,7 @@ def test_f16_and_q8_0_keep_the_greedy_tokens_of_most_steps(outtype, tensor_type,
         ids = tokenizer.encode(text).ids[:40]
         with torch.no_grad():
             expected = backbone(torch.tensor([ids]))[0].argmax(-1).numpy()
-        agree += int((_llama_logits(llm, ids).argmax(-1) == expected).sum())
+        agree += int((llama_logits(llm, ids).argmax(-1) == expected).sum())
         total += len(ids)
     assert agree / total >= (0.97 if outtype == "f16" else 0.9), (agree, total)
 

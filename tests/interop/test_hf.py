@@ -1,15 +1,14 @@
 """Parity with Hugging Face transformers' own modeling code, on random weights, in both directions; export to
 and import from transformers directories; refusals of what transformers cannot express."""
 
-import sys
 from pathlib import Path
-from unittest.mock import patch
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.helpers import tiny_fit  # noqa: E402
 from zoo.interop import backbone_from_config, from_hf, hf_config_for, mapping_for, to_hf  # noqa: E402
 from zoo.interop.mappings import GPTNeoXMapping, LlamaMapping, Rule  # noqa: E402
 
@@ -191,19 +190,6 @@ def test_unknown_model_type_is_refused():
 @pytest.fixture(scope="module")
 def tokenizer_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tok")
-
-
-def tiny_fit(root, tokenizer_cache, *extra):
-    """A 2-step `python -m zoo fit` run (in process) on the embedded stdlib corpus; returns its last checkpoint."""
-    from tests.commands.test_cli import TINY
-    from zoo.commands.fit import ZooCLI
-
-    swap = ["--data.tokenizer.init_args.cache_dir", str(tokenizer_cache), "--trainer.max_steps", "2",
-            "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root),
-            "--trainer.logger", "false"]  # fmt: skip
-    with patch.object(sys, "argv", ["zoo"]):  # the run's arguments are `args` alone, not pytest's command line
-        ZooCLI(args=["fit", *TINY, *swap, *extra])
-    return next(root.rglob("last.ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ exported logits equal zoo's (fp32, CPU), and ``generate`` equals zoo's own sampl
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from unittest.mock import patch
@@ -14,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tests.conftest import tiny_backbone
+from tests.helpers import load_without_zoo, tiny_backbone
 from zoo.generation import confidence_threshold, generate, low_confidence_remasking
 from zoo.interop.remote_code import save_remote_code, zoo_config
 from zoo.nn import (
@@ -37,62 +36,6 @@ from zoo.nn import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# Runs in a fresh interpreter that cannot import zoo (and has no PYTHONPATH to the repository): loads every job's
-# directory as its model card says, and records what the tests compare.
-LOADER = r"""
-import sys
-sys.modules["zoo"] = None  # `import zoo` raises ImportError from here on
-import torch, transformers
-try:
-    import zoo
-    raise SystemExit("zoo is importable in the loading process")
-except ImportError:
-    pass
-jobs = torch.load(sys.argv[1])
-results = {}
-for name, job in jobs.items():
-    model = transformers.AutoModelForCausalLM.from_pretrained(job["dir"], trust_remote_code=True)
-    out = {"class": type(model).__name__, "module": type(model).__module__, "dtype": model.dtype}
-    with torch.no_grad():
-        out["logits"] = model(input_ids=job["ids"]).logits
-    for key, kwargs in job.get("generate", {}).items():
-        kwargs = dict(kwargs)
-        seed = kwargs.pop("seed", None)
-        if seed is not None:
-            kwargs["generator"] = torch.Generator().manual_seed(seed)
-        out[key] = model.generate(job["prompt"], **kwargs)
-    if "text" in job:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(job["dir"], trust_remote_code=True)
-        out["encoded"] = tokenizer(job["text"])["input_ids"]
-        try:
-            pipe = transformers.pipeline("text-generation", model=job["dir"], trust_remote_code=True, device="cpu")
-            out["pipeline"] = pipe(job["text"], max_new_tokens=8, do_sample=False)[0]["generated_text"]
-            ids = tokenizer(job["text"], return_tensors="pt")["input_ids"]
-            out["generated_text"] = tokenizer.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0],
-                                                     skip_special_tokens=True)
-        except Exception as err:
-            out["pipeline_error"] = f"{type(err).__name__}: {err}"
-    if "bad_generate" in job:
-        try:
-            model.generate(job["prompt"], **job["bad_generate"])
-        except ValueError as err:
-            out["bad_generate_error"] = str(err)
-    results[name] = out
-torch.save(results, sys.argv[2])
-"""
-
-
-def load_without_zoo(jobs: dict, tmp: Path) -> dict:
-    """Run :data:`LOADER` on ``jobs`` (name -> {"dir", "ids", ...}) in a process without zoo; its results."""
-    torch.save(jobs, tmp / "jobs.pt")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf-home"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", LOADER, str(tmp / "jobs.pt"), str(tmp / "results.pt")], cwd=tmp,
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(tmp / "results.pt")
-
 
 # ---- every block variant, on random weights ----------------------------------------------------------------------
 def _backbone(*, block=PreNormBlock, attention=None, ffn=None, norm=RMSNorm, position=Rotary, canon_a=None,

@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import (
     Canon,
     ExclusiveGroupedQueryAttention,

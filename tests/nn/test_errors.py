@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import Canon, GatedFFN, GroupedQueryAttention, RMSNorm, Rotary
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import (
     Canon,
     GatedFFN,

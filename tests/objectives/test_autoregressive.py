@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import GroupedQueryAttention
 from zoo.nn.losses import linear_cross_entropy
 from zoo.objectives import CausalLM

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import GroupedQueryAttention
 from zoo.nn.masks import annealed_mask, block_causal_mask, block_diffusion_mask
 from zoo.objectives import (

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.commands.test_cli import TINY
+from tests.helpers import TINY
 from zoo.generation import Generation, answer_text
 from zoo.objectives import LanguageModel, ModelDescription, ModelKind, SamplerFamily, Scoring
 

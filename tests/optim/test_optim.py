@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.optim import Constant, WarmupCosine, WarmupStableDecay, optimizer_groups, prefer_fused, weight_decay_groups
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.objectives import CausalLM
 from zoo.optim import MuonWithAdamW
 from zoo.training.precision import install_precision

@@ -15,13 +15,9 @@ import pytest
 import torch
 import yaml
 
-from tests.training import test_faults as faults
-from tests.training.test_faults import callback, fit, zoo_process
+from tests.helpers import ROOT, callback, finish, fit, zoo_process
 from zoo.training.exits import last_checkpoint_callbacks
 from zoo.training.lock import LOCK_NAME, RunFolderInUseError, acquire, release
-
-cache = faults.cache  # the fixture: a tokenizer cache shared by the module's runs
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class SavedSteps(L.Callback):
@@ -64,14 +60,14 @@ VALIDATE_EVERY_10 = ["--trainer.val_check_interval", "10", "--trainer.limit_val_
         (["--trainer.max_steps", "20", *VALIDATE_EVERY_10], 20, {10: 2, 20: 2}),
         # stopped early (trainer.should_stop, as EarlyStopping does) between two step-interval checkpoints
         (["--trainer.max_steps", "20", "--checkpoint.every_n_train_steps", "4", "--checkpoint.save_top_k", "0",
-          callback("StopAt", step=7).replace("test_faults.StopAt", "test_exits.StopAt")], 7, {4: 1, 7: 1}),
+          callback(StopAt, step=7)], 7, {4: 1, 7: 1}),
     ],
     ids=["max_steps-25-every-10", "max_steps-20-every-10", "early-stop-7-every-4"],
 )  # fmt: skip
 def test_the_final_step_is_saved_once(args, final, saves, tmp_path, cache, monkeypatch):
     """``saves``: the steps at which checkpoint files were written, and how many files at each."""
     log = tmp_path / "saved.txt"
-    saved = callback("SavedSteps", path=str(log)).replace("test_faults.SavedSteps", "test_exits.SavedSteps")
+    saved = callback(SavedSteps, path=str(log))
     fit(tmp_path, cache, *args, saved, monkeypatch=monkeypatch)
     assert last_step(tmp_path) == final
     assert Counter(int(s) for s in log.read_text().split()) == saves
@@ -121,7 +117,7 @@ def test_a_second_fit_in_a_folder_in_use_is_refused_naming_the_pid(tmp_path, cac
         assert yaml.safe_load(config)["trainer"]["max_steps"] == 100000
     finally:
         first.send_signal(signal.SIGTERM)
-        code, out = faults.finish(first)
+        code, out = finish(first)
     assert code == 128 + signal.SIGTERM, out
     assert not lock.exists()
 

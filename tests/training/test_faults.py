@@ -5,16 +5,14 @@ import io
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 
+from tests.helpers import callback, finish, fit, losses, tiny_backbone, zoo_process
 from zoo.training import (
     AtomicCheckpointIO,
     CheckpointMismatchError,
@@ -22,103 +20,6 @@ from zoo.training import (
     NonFiniteGuard,
     newest_good_checkpoint,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--config", "configs/quickstart.yaml",
-    "--trainer.val_check_interval", "1000",
-    "--trainer.limit_val_batches", "0",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-    "--model.backbone.dim", "32",
-    "--model.backbone.n_layers", "2",
-    "--model.backbone.vocab_size", "300",
-    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
-    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
-    "--model.schedule.init_args.warmup_steps", "1",
-    "--data.tokenizer.init_args.vocab_size", "300",
-    "--data.seq_len", "32",
-    "--data.batch_size", "2",
-    "--data.limit_files", "30",
-    "--data.val_fraction", "0.2",
-]  # fmt: skip
-
-
-# ---- callbacks injected into runs by class path -----------------------------------------------------------------
-
-
-class LossLog(L.Callback):
-    """Appends ``step loss`` (the step counted from 1, the loss as ``repr``) to ``path`` after every training step,
-    flushed at once; with ``kill_at`` the process sends itself ``signal`` (a name: SIGKILL, SIGTERM, SIGINT) when
-    step ``kill_at`` is about to start."""
-
-    def __init__(self, path: str, kill_at: int | None = None, signal: str = "SIGKILL") -> None:
-        self.path, self.kill_at, self.signal = path, kill_at, signal
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.kill_at is not None and trainer.global_step + 1 == self.kill_at:
-            os.kill(os.getpid(), getattr(signal, self.signal))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        with open(self.path, "a") as f:
-            f.write(f"{trainer.global_step} {outputs['loss'].item()!r}\n")
-
-
-class NaNAt(L.Callback):
-    """Makes the backbone's output NaN during step ``step`` (``trainer.global_step == step``, counted from 0)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        def hook(module, args, output):
-            return output * float("nan") if trainer.training and trainer.global_step == self.step else output
-
-        pl_module.backbone.register_forward_hook(hook)
-
-
-def losses(path: Path) -> dict[int, float]:
-    out = {}
-    for line in path.read_text().split("\n"):
-        if line:
-            step, loss = line.split()
-            out[int(step)] = float(loss)
-    return out
-
-
-def zoo_process(*args: str, cache: Path) -> subprocess.Popen:
-    env = {"ZOO_CACHE": str(cache), "PATH": "/usr/bin:/bin", "HOME": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "zoo", "fit", *TINY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    out, _ = process.communicate(timeout=900)
-    return process.returncode, out
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def fit(tmp: Path, cache: Path, *args: str, monkeypatch):
-    """``python -m zoo fit`` in this process (cheaper than a subprocess where no process has to die)."""
-    from zoo.commands.fit import ZooCLI
-
-    monkeypatch.setenv("ZOO_CACHE", str(cache))
-    monkeypatch.setattr(sys, "argv", ["zoo"])
-    return ZooCLI(args=["fit", *TINY, "--trainer.default_root_dir", str(tmp), *args])
-
-
-def callback(name: str, **init_args) -> str:
-    import json
-
-    callback = {"class_path": f"tests.training.test_faults.{name}", "init_args": init_args}
-    return "--trainer.callbacks+=" + json.dumps(callback)
 
 
 def checkpoints(tmp: Path) -> dict[str, dict]:
@@ -273,15 +174,6 @@ def test_nonfinite_config_errors():
 # ---- 4. checkpoints that do not fit or do not read ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache):
-    tmp = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        cli = fit(tmp, cache, "--trainer.max_steps", "2", monkeypatch=monkeypatch)
-    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
-    return tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-
-
 def test_resuming_with_another_vocabulary_names_the_parameters(tmp_path, cache, trained, monkeypatch):
     """The run's config changed between the crash and `--ckpt_path last` (an explicit checkpoint file is refused
     the same way: the config builds the model, test_safe_loading)."""
@@ -298,7 +190,6 @@ def test_resuming_with_another_vocabulary_names_the_parameters(tmp_path, cache, 
 
 
 def test_from_checkpoint_with_another_architecture_names_the_parameters(trained):
-    from tests.conftest import tiny_backbone
     from zoo.objectives import LanguageModel
 
     with pytest.raises(CheckpointMismatchError) as err:

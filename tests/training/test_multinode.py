@@ -3,7 +3,7 @@ torchrun sets on a node (``MASTER_ADDR``/``MASTER_PORT``, ``NODE_RANK``/``GROUP_
 ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``), the trainer asks for ``num_nodes=2, devices=1`` with DDP over gloo, and
 Lightning (its torchelastic cluster environment) does the rest, as on two machines.
 
-Compared with one process at the same global batch on :class:`tests.training.test_ddp.Numbered` (one row per document,
+Compared with one process at the same global batch on :class:`tests.helpers.Numbered` (one row per document,
 no shuffling, so both layouts see identical global batches; see tests/training/test_ddp.py): node r reads documents r,
 r + 2, …, the two nodes' rows together are the one-process batch, the mean of their losses follows the
 one-process losses to float rounding, and a checkpoint the two nodes wrote at step 3 resumes on two nodes with
@@ -12,7 +12,6 @@ steps 4–6 identical (rows and losses) to the uninterrupted run.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.test_ddp import WORDS, read, run_config, word_tokenizer
+from tests.helpers import WORDS, communicate_all, free_port, node_env, read_jsonl, run_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -36,12 +35,6 @@ def config(tmp: Path, name: str, *, nodes: int, batch_size: int) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp: Path, name: str, *, nodes: int, batch_size: int, extra: tuple[str, ...] = ()) -> list[Path]:
     """Run ``zoo fit`` as ``nodes`` nodes of one process each (a plain run for 1); the BatchLog files per rank."""
     path = config(tmp, name, nodes=nodes, batch_size=batch_size)
@@ -53,24 +46,12 @@ def launch(tmp: Path, name: str, *, nodes: int, batch_size: int, extra: tuple[st
     for node in range(nodes):
         env = dict(base)
         if nodes > 1:  # as torchrun --nnodes=2 --nproc-per-node=1 --node-rank=<node> sets it on each node
-            env.update(
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), GROUP_RANK=str(node),
-                RANK=str(node), LOCAL_RANK="0", WORLD_SIZE=str(nodes), LOCAL_WORLD_SIZE="1",
-                TORCHELASTIC_RUN_ID="zoo-loopback",
-            )  # fmt: skip
+            env.update(node_env(node, nodes, port, "zoo-loopback"))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "zoo", "fit", "--config", str(path), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))  # fmt: skip
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=900)[0])
-    finally:
-        for proc in procs:  # one node failing leaves the other waiting at a collective: end it
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    outputs = communicate_all(procs)
     for node, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"node {node} of {name} failed:\n{out[-3000:]}"
     return [tmp / f"{name}.rank{rank}" for rank in range(nodes)]
@@ -85,7 +66,7 @@ def runs(tmp_path_factory):
     step3 = tmp / "two" / "checkpoints" / "step=3.ckpt"
     assert step3.is_file(), sorted(p.name for p in (tmp / "two").rglob("*"))
     resumed = launch(tmp, "resumed", nodes=2, batch_size=2, extra=("--ckpt_path", str(step3)))
-    return read(one), [read(p) for p in nodes], [read(p) for p in resumed]
+    return read_jsonl(one), [read_jsonl(p) for p in nodes], [read_jsonl(p) for p in resumed]
 
 
 def test_two_nodes_read_disjoint_shards_that_make_the_single_process_global_batch(runs):

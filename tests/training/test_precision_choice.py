@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.commands.test_cli import TINY
+from tests.helpers import TINY
 from zoo.commands.fit import ZooCLI
 from zoo.training import precision as zp
 

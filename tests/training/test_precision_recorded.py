@@ -7,8 +7,7 @@ import sys
 import pytest
 import yaml
 
-from tests.commands.test_cli import TINY
-from tests.training.test_stage_chain import TINY as TINY_ABSOLUTE
+from tests.helpers import TINY, TINY_CHAIN
 from zoo.cli import main
 from zoo.commands.fit import ZooCLI
 from zoo.training import precision as zp
@@ -35,7 +34,7 @@ def test_print_config_shows_the_precision_used(monkeypatch, capsys, given):
 
 def test_config_yaml_of_a_run_records_the_precision_used(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    args = [a if a != "32-true" else "16-mixed" for a in TINY_ABSOLUTE]  # the tiny run, at 16-mixed
+    args = [a if a != "32-true" else "16-mixed" for a in TINY_CHAIN]  # the tiny run, at 16-mixed
     main(["fit", *args, "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.val_check_interval",
           "2", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     text = (tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text()

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.objectives import CausalLM
 from zoo.optim import MuonWithAdamW
 

@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training import test_faults as faults
-from tests.training.test_faults import ROOT, callback, fit, losses
+from tests.helpers import ROOT, callback, fit, losses
 from zoo.training import AtomicCheckpointIO, newest_good_checkpoint, read_checkpoint
 from zoo.training.checkpoints import UntrustedCheckpointError
-
-cache, trained = faults.cache, faults.trained  # the fixtures: a tokenizer cache and a 2-step run's last.ckpt
 
 REFUSAL = r"was refused: it holds pickled Python objects \((posix|os)\.system"
 
@@ -94,7 +91,7 @@ def test_library_readers_refuse_the_payload(payload):
 
 
 def test_init_from_refuses_the_payload(payload):
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from zoo.objectives import CausalLM
 
     path, _ = payload
@@ -321,7 +318,7 @@ def test_a_legacy_format_file_and_a_directory_are_named(tmp_path, trained, cache
 def test_a_model_built_in_python_keeps_only_plain_hyperparameters(tmp_path):
     """save_hyperparameters records every __init__ argument; objects (the backbone, the optimizer factory, a
     conversion schedule) are dropped so that the checkpoint still loads weights-only."""
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from zoo.objectives import MaskedDiffusionLM
     from zoo.objectives.conversion import AttentionAnnealing
 
@@ -395,7 +392,7 @@ def test_library_readers_refuse_a_foreign_class_path(foreign, capfd):
 
 
 def test_init_from_and_fit_refuse_a_foreign_class_path(foreign, cache, tmp_path, monkeypatch):
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from zoo.objectives import CausalLM
     from zoo.training import ForeignClassPathError
 

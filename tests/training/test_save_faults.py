@@ -15,11 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from tests.training import test_faults as faults
-from tests.training.test_faults import callback, finish, fit, losses, zoo_process
+from tests.helpers import callback, finish, fit, losses, zoo_process
 from zoo.training.checkpoints import CheckpointWriteError, check_writable, remove_torn_files
-
-cache = faults.cache  # the fixture: a tokenizer cache shared by the module's runs
 
 
 class KillWhileSaving(L.Callback):
@@ -50,8 +47,7 @@ def test_sigkill_while_last_ckpt_is_written_keeps_the_previous_file(tmp_path, ca
     file is ignored by `--ckpt_path last` and removed; the resumed steps 3 and 4 have the killed run's losses."""
     root, log = tmp_path / "run", tmp_path / "losses.txt"
     common = ["--trainer.max_steps", "6", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "0"]
-    kill = callback("LossLog").replace("test_faults.LossLog", "test_save_faults.KillWhileSaving")
-    kill = kill.replace('"init_args": {}', '"init_args": {"step": 4}')
+    kill = callback(KillWhileSaving, step=4)
     code, out = finish(zoo_process(*common, "--trainer.default_root_dir", str(root), callback("LossLog", path=str(log)),
                                    kill, cache=cache))  # fmt: skip
     assert code == -signal.SIGKILL, out

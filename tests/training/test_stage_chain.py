@@ -9,34 +9,17 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import TINY_CHAIN
 from zoo.cli import main
 from zoo.training.resume import run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--config", str(ROOT / "configs" / "quickstart.yaml"),
-    "--trainer.max_steps", "3",
-    "--trainer.val_check_interval", "3",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.precision", "32-true",
-    "--model.backbone.dim", "32",
-    "--model.backbone.n_layers", "2",
-    "--model.backbone.vocab_size", "300",
-    "--model.backbone.block.init_args.ffn.init_args.hidden_dim", "64",
-    "--model.backbone.block.init_args.attention.init_args.n_heads", "4",
-    "--model.schedule.init_args.warmup_steps", "1",
-    "--data.tokenizer.init_args.vocab_size", "300",
-    "--data.seq_len", "32",
-    "--data.batch_size", "2",
-    "--data.limit_files", "30",
-    "--data.val_fraction", "0.2",
-]  # fmt: skip
 
 
 def fit(*args: str) -> int:
     """``python -m zoo fit ARGS`` in this process; its exit status."""
     try:
-        main(["fit", *TINY, *args])
+        main(["fit", *TINY_CHAIN, *args])
     except SystemExit as exit_:
         return exit_.code
     return 0

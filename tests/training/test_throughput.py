@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 import zoo.training.throughput
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.objectives import CausalLM
 from zoo.training.throughput import TokenThroughput
 

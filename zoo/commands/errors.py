@@ -171,10 +171,20 @@ def known_classes() -> list[str]:
 
 
 def _parameters(class_path: str) -> list[str]:
-    """The keyword arguments of the class at ``class_path`` (its ``__init__``), or ``[]`` when it does not import."""
+    """The keyword arguments of the class at ``class_path`` (its ``__init__``, and its bases' where it passes
+    ``**kwargs`` on, as jsonargparse reads them), or ``[]`` when it does not import."""
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-        return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        names: list[str] = []
+        for owner in cls.__mro__:
+            if "__init__" not in vars(owner):
+                continue
+            params = inspect.signature(owner.__init__).parameters.values()
+            names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
+                      and p.name not in names]  # fmt: skip
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
     except (ImportError, AttributeError, TypeError, ValueError):
         return []

@@ -38,6 +38,12 @@ from zoo.data.tokenizer import TokenizerSource
 class TextDataModule(L.LightningDataModule):
     """Weighted text sources → tokenizer → packed fixed-length rows.
 
+    The options below are declared here only: a subclass declares its own and passes the rest on with ``**kwargs``
+    (``super().__init__(**kwargs)``), and jsonargparse follows ``**kwargs`` to this signature, so ``--help``,
+    ``--print_config``, YAML ``init_args`` and ``--data.X`` offer each of them for every data module, documented
+    once. (A shared options dataclass would have moved them one level down in every YAML.) A subclass that fixes
+    an option passes it by name (``super().__init__(document_mask=True, **kwargs)``), which takes it off its list.
+
     Args:
         tokenizer: where the tokenizer comes from, e.g. :class:`zoo.data.TrainedBPE` or
             :class:`zoo.data.PretrainedTokenizer`.

@@ -31,7 +31,6 @@ import datasets
 from zoo.data import hub
 from zoo.data.base import TextDataModule
 from zoo.data.rows import GOOD, SKIP, code, count_rows, local_rows, resolve
-from zoo.data.tokenizer import TokenizerSource
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
 
@@ -255,46 +254,26 @@ class Mixture(TextDataModule):
 
     Args:
         sources: the mixture's sources with their weights.
-        tokenizer: see :class:`zoo.data.TextDataModule`.
-        seq_len: tokens per row.
-        batch_size: rows per batch on each device.
         tokenizer_documents: documents per source a trained tokenizer learns from.
-        num_workers: see :class:`zoo.data.TextDataModule`.
-        seed: see :class:`zoo.data.TextDataModule`.
-        shuffle_buffer: see :class:`zoo.data.TextDataModule`.
-        document_mask: see :class:`zoo.data.TextDataModule`.
+        shuffle_buffer: as :class:`zoo.data.TextDataModule`'s, with a larger default.
         prepared: train from the token shards ``python -m zoo data prepare --config <this config> --out DIR`` wrote
             (``DIR`` or its copy at ``s3://bucket/prefix``) instead of tokenizing on the fly: the sources' weights
             still apply (each source must be in the shards), the tokenizer must be the shards' own. See
             :mod:`zoo.data.prepared`.
-        max_row_chars: see :class:`zoo.data.TextDataModule`.
+        **kwargs: the options every data module takes (``tokenizer``, ``seq_len``, ``batch_size``, ...), as
+            :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
         self,
         *,
         sources: list[Source],
-        tokenizer: TokenizerSource,
-        seq_len: int,
-        batch_size: int,
         tokenizer_documents: int = 100_000,
-        num_workers: int = 0,
-        seed: int = 0,
         shuffle_buffer: int = 1000,
-        document_mask: bool = False,
         prepared: str | None = None,
-        max_row_chars: int | None = 1_000_000,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            document_mask=document_mask,
-            max_row_chars=max_row_chars,
-        )
+        super().__init__(shuffle_buffer=shuffle_buffer, **kwargs)
         check_weights(sources, what="source")
         self.source_specs = [s for s in sources if s.weight > 0]
         self.tokenizer_documents = tokenizer_documents

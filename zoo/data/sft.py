@@ -30,7 +30,6 @@ from zoo.data.formats import PromptFormat
 from zoo.data.mixture import Source, check_weights, checked_text
 from zoo.data.packing import PackedDataset, _PackerState, skip_counts
 from zoo.data.rows import GOOD, SKIP, code
-from zoo.data.tokenizer import TokenizerSource
 
 TRUNCATION = ("truncate", "drop")
 
@@ -82,10 +81,6 @@ class SFTDataModule(TextDataModule):
         sources: instruction datasets and their weights (weighted interleaving as :class:`zoo.data.Mixture`).
         format: how an example becomes text: :class:`zoo.data.Alpaca`, :class:`zoo.data.UserAssistant`,
             :class:`zoo.data.Chat` (multi-turn, loss on assistant turns), :class:`zoo.data.Template` (YAML).
-        tokenizer: the tokenizer of the model being fine-tuned, e.g. :class:`zoo.data.CheckpointTokenizer`
-            (from a ``zoo fit`` checkpoint) or :class:`zoo.data.PretrainedTokenizer`.
-        seq_len: longest example (padded) or row (packed), in tokens.
-        batch_size: rows per batch on each device.
         pack: put several whole examples in each ``seq_len`` row (as many as fit, in stream order; the rest of
             the row is padding); ``False``: one example a row, padded to the longest in the batch.
         truncation: an example longer than ``seq_len``: ``truncate`` keeps at most ``max_prompt_tokens`` of its
@@ -93,10 +88,11 @@ class SFTDataModule(TextDataModule):
             answer's end and its EOS may be cut); ``drop`` skips it (counted with the bad rows).
         max_prompt_tokens: with ``truncate``, the most prompt tokens kept (default: half of ``seq_len``); the
             "prompt" is everything before the first trained token.
-        num_workers: DataLoader worker processes (tokenization runs inside them).
-        seed: shuffling and interleaving seed.
-        shuffle_buffer: examples held in the training stream's shuffle buffer (saved in checkpoints).
-        max_row_chars: see :class:`zoo.data.TextDataModule` (the example's rendered pieces together).
+        **kwargs: the options every data module takes, as :class:`zoo.data.TextDataModule`: ``tokenizer`` (the
+            tokenizer of the model being fine-tuned, e.g. :class:`zoo.data.CheckpointTokenizer` from a ``zoo fit``
+            checkpoint, or :class:`zoo.data.PretrainedTokenizer`), ``seq_len`` (the longest example, padded, or
+            row, packed, in tokens), ``batch_size``, ... ``shuffle_buffer`` counts examples, ``max_row_chars`` the
+            example's rendered pieces together. ``document_mask`` is always on: examples never attend to each other.
     """
 
     columns = ("text", "train")
@@ -106,27 +102,13 @@ class SFTDataModule(TextDataModule):
         *,
         sources: list[SFTSource],
         format: PromptFormat,
-        tokenizer: TokenizerSource,
-        seq_len: int,
-        batch_size: int,
         pack: bool = False,
         truncation: Literal["truncate", "drop"] = "truncate",
         max_prompt_tokens: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 256,
-        max_row_chars: int | None = 1_000_000,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            document_mask=True,
-            max_row_chars=max_row_chars,
-        )
+        super().__init__(document_mask=True, **kwargs)
+        seq_len = self.seq_len
         check_weights(sources, what="instruction source")
         if truncation not in TRUNCATION:
             raise ValueError(f"data truncation={truncation!r} is unknown: choose one of {TRUNCATION}")

@@ -9,7 +9,6 @@ import datasets
 from zoo.data.base import TextDataModule
 from zoo.data.corpus import SOURCES, is_validation, stdlib_documents, stdlib_functions, stdlib_shards
 from zoo.data.mixture import check_weight
-from zoo.data.tokenizer import TokenizerSource
 
 _STRING = datasets.Value("string")
 FEATURES = datasets.Features({"id": _STRING, "text": _STRING})
@@ -46,46 +45,24 @@ class StdlibCorpus(TextDataModule):
     A deterministic ``val_fraction`` of documents (by a hash of their path) is held out for validation.
 
     Args:
-        tokenizer: see :class:`zoo.data.TextDataModule`.
-        seq_len: tokens per row.
-        batch_size: rows per batch on each device.
         prose_weight: sampling weight of the documentation source.
         code_weight: sampling weight of the source-code source.
         val_fraction: share of documents held out for validation.
         limit_files: read only the first N stdlib files (small corpora for tests).
-        num_workers: see :class:`zoo.data.TextDataModule`.
-        seed: see :class:`zoo.data.TextDataModule`.
-        shuffle_buffer: see :class:`zoo.data.TextDataModule`.
-        document_mask: see :class:`zoo.data.TextDataModule`.
-        max_row_chars: see :class:`zoo.data.TextDataModule`.
+        **kwargs: the options every data module takes (``tokenizer``, ``seq_len``, ``batch_size``, ...), as
+            :class:`zoo.data.TextDataModule`.
     """
 
     def __init__(
         self,
         *,
-        tokenizer: TokenizerSource,
-        seq_len: int,
-        batch_size: int,
         prose_weight: float = 0.5,
         code_weight: float = 0.5,
         val_fraction: float = 0.02,
         limit_files: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 256,
-        document_mask: bool = False,
-        max_row_chars: int | None = 1_000_000,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            document_mask=document_mask,
-            max_row_chars=max_row_chars,
-        )
+        super().__init__(**kwargs)
         for name, weight in (("prose_weight", prose_weight), ("code_weight", code_weight)):
             check_weight(f"data {name}", weight)
         if prose_weight + code_weight <= 0:
