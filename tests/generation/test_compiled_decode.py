@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.generation import compiled, generate
 from zoo.nn import Canon, GroupedQueryAttention
 

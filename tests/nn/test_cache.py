@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import AttentionCache, BlockCache, Canon, ConvTail, KVCache, LearnedPositions
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import zoo.objectives
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import GroupedQueryAttention
 from zoo.objectives import (
     AUTOREGRESSIVE,

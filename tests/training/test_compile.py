@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch._dynamo.testing import CompileCounter
 
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 from zoo.nn import (
     Canon,
     ExclusiveGroupedQueryAttention,

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 
-from tests.training.test_faults import cache, fit  # noqa: F401  (cache: the fixture)
+from tests.helpers import fit
 from zoo.training.loading import Loaded, load_checkpoint
 
 
