@@ -48,8 +48,12 @@ def prepare(*, config: list[str], out: str, threads: int | None = None, piece_do
         skipped = ", ".join(f"{k} {v}" for k, v in s["train"]["skipped"].items()) or "none"
         print(f"  {s['label']}: {s['train']['documents']:,} documents, {s['train']['tokens']:,} tokens "
               f"(validation {s['validation']['tokens']:,}); rows skipped: {skipped}")  # fmt: skip
-    print(f"train from them: python -m zoo fit {' '.join('--config ' + c for c in config)} "
-          f"--data.prepared {out}")  # fmt: skip
+    if hasattr(datamodule, "prepared"):
+        print(f"train from them: python -m zoo fit {' '.join('--config ' + c for c in config)} "
+              f"--data.prepared {out}")  # fmt: skip
+    else:  # e.g. StdlibCorpus, which streams its text only
+        print(f"train from them with a zoo.data.Mixture config (data.prepared: {out}, the same tokenizer): "
+              f"data {type(datamodule).__name__} reads text only")  # fmt: skip
     return manifest
 
 
