@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import zoo.data
-from zoo.commands.fit import instantiate_section, parse_run_config
+from zoo.training.run_config import instantiate_section, parse_run_config
 from zoo.data.base import TextDataModule
 
 ROOT = Path(__file__).resolve().parents[2]
