@@ -39,8 +39,13 @@ def reaches(points: list[tuple[int, float, float]], target: float) -> float | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (default_root_dir); the first is the reference")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders (default_root_dir); the first is the reference")
+    parser.add_argument("--smoke", action="store_true", help="read two small logs written here, check the crossing")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = smoke_logs()
+    elif not args.runs:
+        parser.error("name at least one run folder")
     curves = {run: curve(run) for run in args.runs}
     target = curves[args.runs[0]][0][-1][2]
     for run, (points, last) in curves.items():
@@ -50,6 +55,26 @@ def main() -> None:
         at = reaches(points, target)
         print(f"  reaches {target:.3f} (the first run's final val/loss) at "
               + ("never" if at is None else f"{at:.0f} s, {at / points[-1][1]:.2f} of its own run time"))  # fmt: skip
+
+
+def smoke_logs() -> list[Path]:
+    """Two TensorBoard logs of a few points each (the second run falls faster), in a temporary folder, checked."""
+    import tempfile
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = Path(tempfile.mkdtemp(prefix="loss-at-wall-time-"))
+    start = time.time()
+    for name, losses in (("a", [6.0, 5.5, 5.0]), ("b", [5.8, 5.0, 4.5])):
+        writer = SummaryWriter(str(root / name))
+        writer.add_scalar("train/loss", 7.0, 0, walltime=start)
+        for i, loss in enumerate(losses, 1):
+            writer.add_scalar("val/loss", loss, i * 10, walltime=start + 10.0 * i)
+        writer.close()
+    at = reaches(curve(root / "b")[0], target=5.0)
+    assert at is not None and abs(at - 20.0) < 1e-6, at  # run b is at 5.0 at its second point, 20 s in
+    return [root / "a", root / "b"]
 
 
 if __name__ == "__main__":
