@@ -143,3 +143,18 @@ def test_zoo_generate_takes_the_new_sampler_familys_own_options(checkpoint, caps
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "its options are --max-new-tokens, --window" in err
+
+
+def test_export_refuses_a_family_the_exported_files_cannot_run(checkpoint, tmp_path, capsys, monkeypatch):
+    """The exports decode with zoo's shipped families only: a plugin family is refused, and nothing is written."""
+    from zoo.cli import main
+    from zoo.training.class_paths import TRUSTED_MODULES_ENV
+
+    monkeypatch.setenv(TRUSTED_MODULES_ENV, __name__)
+    for fmt in ("auto", "remote-code"):
+        out = tmp_path / fmt
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt", str(checkpoint), "--out", str(out), "--format", fmt])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "samples with a family of its own (recomputing)" in err, err
+        assert not out.exists() and not list(tmp_path.glob(f".{fmt}.partial-*"))

@@ -99,6 +99,21 @@ def fast_tokenizer(tokenizer, eos: str, max_len: int):
                                    model_max_length=max_len)  # fmt: skip
 
 
+def check_exportable(model) -> None:
+    """Refuse a model whose sampler family the exported files cannot run: the transformers, remote-code and GGUF
+    exports implement zoo's shipped families only (their ``generate`` and llama.cpp's decoding), so a checkpoint of
+    an objective with a family of its own would load and decode as another model."""
+    from zoo.objectives.samplers import FAMILIES
+
+    family = model.description.sampler
+    if family not in FAMILIES:
+        raise ValueError(
+            f"{type(model).__name__} samples with a family of its own ({family.name}): the exports implement "
+            f"{' and '.join(f.name for f in FAMILIES)} sampling only, so the exported model would decode differently; "
+            "share the checkpoint itself, or export a checkpoint of a shipped objective"
+        )
+
+
 def export(
     ckpt: str, out: str, *, format: str = "auto", dtype: torch.dtype = torch.float32, overwrite: bool = False,
     outtype: Literal["f32", "f16", "q8_0"] | None = None, license: str | None = None, eval_results: str | None = None,
@@ -140,6 +155,7 @@ def export(
     # one read of the file: model, tokenizer, steps and tokens for the card (foreign, untrusted: named)
     loaded = load_checkpoint(ckpt, trust=trust, tokenizer=tokenizer, eos_token=eos_token)
     model = loaded.model
+    check_exportable(model)
     fast = fast_tokenizer(loaded.tokenizer, loaded.eos, model.backbone.max_seq_len)
     format = auto_format(model) if format == "auto" else format
     options = {"outtype": outtype} if format == "gguf" else {}
