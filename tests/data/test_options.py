@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 import zoo.data
-from zoo.training.run_config import instantiate_section, parse_run_config
 from zoo.data.base import TextDataModule
+from zoo.training.run_config import instantiate_section, parse_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {name: p.default for name, p in inspect.signature(TextDataModule.__init__).parameters.items() if name != "self"}
