@@ -106,6 +106,24 @@ def test_hook_AfterConversion():
 
 
 # ---- Lightning --------------------------------------------------------------------------------------------------
+def test_hook_eager_call():
+    _require("eager_call", callable(getattr(torch.nn.Module, "_call_impl", None)), "nn.Module._call_impl")
+    layer = torch.nn.Linear(2, 2)
+    seen = []
+    layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    compat.compiled_call_slot(layer, lambda x: torch.zeros(1))  # the eager call ignores a compiled one
+    assert compat.eager_call(layer)(torch.ones(3, 2)).shape == (3, 2) and seen == [(3, 2)]
+
+
+def test_hook_compiled_call_slot():
+    layer = torch.nn.Linear(2, 2)
+    _require("compiled_call_slot", hasattr(layer, "_compiled_call_impl"), "nn.Module._compiled_call_impl")
+    assert compat.compiled_call_slot(layer) is None
+    compat.compiled_call_slot(layer, lambda x: torch.full((1,), 7.0))
+    _require("compiled_call_slot", layer(torch.ones(1, 2)).item() == 7.0, "module(...) running the compiled slot")
+    assert compat.compiled_call_slot(layer, None) is None and layer(torch.ones(1, 2)).shape == (1, 2)
+
+
 def test_hook_inductor_cpp_compiler():
     config = importlib.import_module("torch._inductor.config")
     cxx = getattr(getattr(config, "cpp", None), "cxx", None)

@@ -39,6 +39,8 @@ HOOKS = [
     Hook("fused_adam_devices", "torch", ("_get_fused_kernels_supported_devices",), "zoo.optim.fused"),
     Hook("unscales_in_step", "torch", ("_step_supports_amp_scaling",), "zoo.training.precision"),
     Hook("AfterConversion", "torch", ("_apply",), "zoo.nn.transformer"),
+    Hook("eager_call", "torch", ("_call_impl",), "zoo.training.compile"),
+    Hook("compiled_call_slot", "torch", ("_compiled_call_impl",), "zoo.training.compile"),
     Hook("inductor_cpp_compiler", "torch", ("_inductor",), "zoo.training.compile"),
     Hook("triton_available", "torch", ("_triton",), "zoo.training.compile"),
     Hook("attached_trainer", "lightning", ("_trainer",), "zoo.objectives"),
@@ -96,6 +98,24 @@ class AfterConversion(nn.Module):
         super()._apply(fn, recurse)
         self.after_conversion()
         return self
+
+
+def eager_call(module: nn.Module) -> Callable:
+    """``module``'s call with its hooks, never a compiled one (``nn.Module._call_impl``; ``module(...)`` takes the
+    compiled call once one is set, and no public name reaches the eager one)."""
+    return module._call_impl
+
+
+_UNSET = object()
+
+
+def compiled_call_slot(module: nn.Module, call: Callable | None | object = _UNSET) -> Callable | None:
+    """Read (no ``call``) or set ``nn.Module``'s slot for a compiled call (``_compiled_call_impl``, which
+    ``nn.Module.compile`` fills): ``module(...)`` then runs ``call`` while the parameters keep their names.
+    ``None`` empties it. Returns what the slot holds."""
+    if call is not _UNSET:
+        module._compiled_call_impl = call
+    return getattr(module, "_compiled_call_impl", None)
 
 
 def inductor_cpp_compiler() -> str:

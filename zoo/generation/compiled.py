@@ -14,7 +14,6 @@ runs eagerly with one warning that names the reason, never an error in the middl
 
 from __future__ import annotations
 
-import shutil
 import sys
 import types
 import warnings
@@ -23,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from zoo.training.compile import compile_failure, compiler_missing
 
 COMPILE_CHOICES = ("auto", "true", "false")
 
@@ -45,9 +46,7 @@ def cannot_compile(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, known before trying (``None``: it may)."""
     if sys.platform == "win32":
         return "torch.compile's inductor backend is not supported on Windows"
-    if device.type == "cpu" and BACKEND == "inductor" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        return "inductor compiles C++ for the CPU and no C++ compiler (g++, c++, clang++) is on PATH"
-    return None
+    return compiler_missing(device) if BACKEND == "inductor" else None
 
 
 def _step(backbone, cache, tokens: Tensor, mask: Tensor | None) -> Tensor:  # (B, 1) -> logits (B, V), fp32
@@ -90,7 +89,7 @@ class DecodeStep:
             try:
                 return step(backbone, cache, tokens, mask)
             except Exception as error:  # compiling failed before anything ran: the cache is unchanged
-                self.fail(_reason(error))
+                self.fail(compile_failure(error))
         return _step(backbone, cache, tokens, mask)
 
     def fail(self, reason: str) -> None:
@@ -98,14 +97,6 @@ class DecodeStep:
         if self.failure is None:
             self.failure = reason
             warnings.warn(f"the compiled decoding step runs eagerly: {reason}", RuntimeWarning, stacklevel=3)
-
-
-def _reason(error: BaseException) -> str:
-    """The innermost cause of a compile error (dynamo wraps the backend's own), as ``Type: first line``."""
-    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
-        error = inner
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
 
 
 DECODE_STEP = DecodeStep()

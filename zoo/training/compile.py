@@ -50,12 +50,12 @@ PAYBACK_STEPS: dict[str, dict[str, tuple[int, int | None]]] = {  # precision: {p
 def compiler_missing(device: torch.device) -> str | None:
     """Why inductor cannot compile for ``device`` (a sentence), or ``None`` when it can."""
     if device.type == "cpu":
-        compiler = compat.inductor_cpp_compiler()
+        compiler = compat.inductor_cpp_compiler()  # $CXX, else g++ (inductor's own choice)
         if shutil.which(compiler) is None:
-            return f"inductor needs a C++ compiler for the CPU and {compiler!r} was not found (set $CXX or install g++)"
-    elif device.type == "cuda":
-        if not compat.triton_available():
-            return "inductor needs Triton for CUDA and it is not installed (pip install triton)"
+            return (f"inductor compiles C++ for the CPU and no C++ compiler ({compiler!r}) is on PATH (set $CXX or "
+                    "install g++)")  # fmt: skip
+    elif device.type == "cuda" and not compat.triton_available():
+        return "inductor needs Triton for CUDA and it is not installed (pip install triton)"
     return None
 
 
@@ -125,18 +125,18 @@ class _TrainingCall:
     def __init__(self, module: nn.Module, *, backend: str | Callable) -> None:
         self.module = module
         # static shapes: no symbolic sizes in the kernels, and a differing call runs eager instead of a recompile
-        self.compiled = torch.compile(module._call_impl, backend=backend, dynamic=False)
+        self.compiled = torch.compile(compat.eager_call(module), backend=backend, dynamic=False)
         self.signature: tuple | None = None
         self.eager_calls = 0  # training calls that did not match the compiled signature
 
     def __call__(self, *args, **kwargs):
         module = self.module
         if not (module.training and torch.is_grad_enabled()):  # validation, sampling: no graph for them
-            return module._call_impl(*args, **kwargs)
+            return compat.eager_call(module)(*args, **kwargs)
         signature = _signature(args, kwargs)
         if self.signature is not None and signature != self.signature:
             self.eager_calls += 1
-            return module._call_impl(*args, **kwargs)
+            return compat.eager_call(module)(*args, **kwargs)
         try:
             # after the first call the graph is only reused, never recompiled (a guard the signature misses, e.g.
             # a changed global flag, runs eager)
@@ -144,8 +144,8 @@ class _TrainingCall:
             with torch.compiler.set_stance(stance):
                 out = self.compiled(*args, **kwargs)
         except Exception as err:  # the compiler's failure, or the call's own error: eager tells them apart
-            out = module._call_impl(*args, **kwargs)  # the call's own error is raised here, as without compile
-            _fall_back(module, _reason(err))
+            out = compat.eager_call(module)(*args, **kwargs)  # the call's own error is raised here, as without compile
+            _fall_back(module, compile_failure(err))
             return out
         self.signature = signature
         return out
@@ -156,8 +156,9 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:300] if text else '(no message)'}"
 
 
-def _reason(err: BaseException) -> str:
-    """The error's first line, and its innermost cause's (a backend's failure arrives wrapped by dynamo)."""
+def compile_failure(err: BaseException) -> str:
+    """Why compiling failed, for a warning: the error's first line, and its innermost cause's (a backend's failure
+    arrives wrapped by dynamo)."""
     inner = err
     while (getattr(inner, "inner_exception", None) or inner.__cause__) is not None:
         inner = getattr(inner, "inner_exception", None) or inner.__cause__
@@ -165,7 +166,7 @@ def _reason(err: BaseException) -> str:
 
 
 def _fall_back(module: nn.Module, reason: str) -> None:
-    module._compiled_call_impl = None  # nn.Module's own slot for a compiled call (see compile_for_training)
+    compat.compiled_call_slot(module, None)  # eager again (see compile_for_training)
     warnings.warn(f"torch.compile could not compile the model, so training runs eager: {reason}", stacklevel=3)
 
 
@@ -184,12 +185,12 @@ def compile_for_training(module: nn.Module, *, backend: str | Callable | None = 
             return False
     # nn.Module.compile keeps its compiled call in this slot (so parameters keep their names); zoo puts its own
     # call there, which adds the fallback and the one-signature rule
-    module._compiled_call_impl = _TrainingCall(module, backend=backend)
+    compat.compiled_call_slot(module, _TrainingCall(module, backend=backend))
     return True
 
 
 def compiled_call(module: nn.Module) -> _TrainingCall | None:
     """The compiled training call of ``module`` (its signature and ``eager_calls`` count), or ``None`` when the
     module runs eager."""
-    call = getattr(module, "_compiled_call_impl", None)
+    call = compat.compiled_call_slot(module)
     return call if isinstance(call, _TrainingCall) else None
