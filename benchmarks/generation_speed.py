@@ -28,6 +28,14 @@ Columns: tokens/s (all rows' new tokens per second), the ratio to AR and to the 
         --kv-heads 4 --ffn 1024 --vocab 50304 --context 1024                 # a Dhara-70M-like shape, random weights
 
 With random weights quality is "n/a": only the speed is meaningful then.
+
+``--compile`` adds a compiled twin of every setting (``generate(compile=True)``: a static KV cache and a compiled
+one-token step; ``diffusion_generate(compile=True)``: each pass a compiled graph, :mod:`zoo.generation.compiled`),
+timed in the same rounds, with its speed over its eager twin's (``vs eager``), the fraction of its tokens equal to
+the twin's (``= eager``: 1 unless rounding decides between two near-equal predictions, which random weights make
+common in the diffusion samplers' confidence ranking) and the time of its first call, which compiles (``first
+call``, excluded from the timing). ``--smoke`` traces the compiled passes with the ``aot_eager``
+backend (the same graphs, no C++ to build).
 """
 
 from __future__ import annotations
@@ -163,6 +171,7 @@ def main() -> None:
                    help="bf16: weights in bf16 (cuda only); bf16-mixed: fp32 weights under bf16 autocast (a CPU with "
                    "bf16 units, or cuda), with the AR decoder also timed in fp32")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadiest on a shared machine")
+    p.add_argument("--compile", action="store_true", help="add each setting's compiled twin (see above)")
     p.add_argument("--smoke", action="store_true", help="a tiny random model and few tokens: runs in seconds (CI)")
     args = p.parse_args()
     if bool(args.ar_ckpt) != bool(args.diffusion_ckpt):
@@ -172,7 +181,10 @@ def main() -> None:
     if args.smoke:
         args.dim, args.layers, args.heads, args.kv_heads, args.ffn, args.vocab, args.context = 32, 2, 4, 2, 64, 64, 64
         args.prompts, args.prompt_tokens, args.new_tokens, args.block_length = 2, 4, 8, 4
-        args.steps, args.batches, args.rounds = "8", "1,2", 1
+        args.steps, args.batches, args.rounds, args.compile = "8", "1,2", 1, True
+        from zoo.generation import compiled
+
+        compiled.BACKEND = "aot_eager"  # the compiled code paths without a C++ build
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -195,13 +207,13 @@ def main() -> None:
 
     def run(setting, batch: list[list[int]]) -> tuple[torch.Tensor, int, str]:  # new tokens (B, n), passes, cache
         if setting is not None and setting.get("fp32"):  # the AR decoder without autocast
-            return run_setting(None, batch)
+            return run_setting({k: v for k, v in setting.items() if k != "fp32"}, batch)
         with autocast:
             return run_setting(setting, batch)
 
     def run_setting(setting, batch: list[list[int]]) -> tuple[torch.Tensor, int, str]:
-        if setting is None:
-            out = generate(ar, batch, max_new_tokens=n)
+        if setting is None or "steps" not in setting:
+            out = generate(ar, batch, max_new_tokens=n, compile=bool(setting and setting.get("compile")))
             return torch.tensor(out.tokens, device=device), out.forward_passes, "KV"
         x = torch.tensor(batch, device=device)
         if setting["cache"] == "vanilla" and not common["block_causal"]:
@@ -210,7 +222,7 @@ def main() -> None:
         else:  # a block-causal model's vanilla sampler is the block-causal mask without a cache
             cache = "none" if setting["cache"] == "vanilla" else setting["cache"]
             out = diffusion_generate(diffusion, x, steps=setting["steps"], threshold=setting.get("threshold"),
-                                     cache=cache, **common)  # fmt: skip
+                                     cache=cache, compile=setting.get("compile", False), **common)  # fmt: skip
         return out.answer, out.forward_passes, out.cache
 
     print(provenance(args, device))
@@ -223,10 +235,14 @@ def main() -> None:
         plan = settings(args)
         if args.dtype == "bf16-mixed":
             plan.insert(1, ("AR, KV cache, fp32", {"fp32": True}))
+        if args.compile:  # a compiled twin after each setting (LLaDA's vanilla sampler has no compiled path)
+            plan = [row for name, setting in plan for row in [(name, setting)] + (
+                [] if setting is not None and setting.get("cache") == "vanilla" and not common["block_causal"]
+                else [(f"{name}, compiled", {**(setting or {}), "compile": True})])]
         times: dict[str, list[float]] = {name: [] for name, _ in plan}
-        results = {}
-        for _, setting in plan:  # warm-up: allocations, kernel selection
-            run(setting, batch)
+        results, first = {}, {}
+        for name, setting in plan:  # warm-up: allocations, kernel selection, compiling
+            first[name], _ = timed(lambda setting=setting, batch=batch: run(setting, batch), device)
         for _ in range(args.rounds):
             for name, setting in plan:
                 seconds, results[name] = timed(lambda setting=setting, batch=batch: run(setting, batch), device)
@@ -236,8 +252,9 @@ def main() -> None:
         prompt_ids = torch.tensor(batch, device=device)
         ar_tokens = results["AR, KV cache"][0]
         print(f"\nbatch={batch_size} (vs AR: against {fastest_ar})")
-        print("| setting | cache | tokens/s | vs AR | vs vanilla | passes/token | judge NLL | = AR | = vanilla |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| setting | cache | tokens/s | vs AR | vs vanilla | vs eager | = eager | first call | passes/token | "
+              "judge NLL | = AR | = vanilla |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, setting in plan:
             tokens, passes, cache = results[name]
             vanilla = f"vanilla, {setting['steps']} steps" if setting is not None and "steps" in setting else None
@@ -248,8 +265,12 @@ def main() -> None:
                 judge = same_ar = "n/a"
             same_vanilla = f"{(tokens == results[vanilla][0]).float().mean().item():.3f}" if vanilla else "-"
             ratio = f"{speed[name] / speed[vanilla]:.2f}x" if vanilla else "-"
+            twin = name.removesuffix(", compiled") if name.endswith(", compiled") else None
+            eager = f"{speed[name] / speed[twin]:.2f}x" if twin else "-"
+            same_eager = f"{(tokens == results[twin][0]).float().mean().item():.3f}" if twin else "-"
             print(f"| {name} | {cache} | {speed[name]:.1f} | {speed[name] / speed[fastest_ar]:.2f}x | {ratio} | "
-                  f"{passes / n:.2f} | {judge} | {same_ar} | {same_vanilla} |")  # fmt: skip
+                  f"{eager} | {same_eager} | {first[name]:.1f} s | {passes / n:.2f} | {judge} | {same_ar} | "
+                  f"{same_vanilla} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ figures, the medians and the ratios zoo / HF and LitGPT / HF (> 1 means faster t
 
 ``gpt2-124m`` is GPT-2 small's shape (12 × 768, 12 heads, vocabulary 50,257) in the same Llama block on all
 sides (LitGPT has no learned absolute positions); its SwiGLU width 2048 matches GELU-3072's parameters.
+``dhara-70m`` and ``smallcoder-303m`` are the seeds' own backbone configs (``configs/models/``: Dhara-70M's Canon
+layers, SmallCoder-303M's untied head), built as ``zoo fit`` builds them, on zoo's sides only.
 
 The roofline is measured in the same run, in its own subprocess before each shape's rounds: the sustained
 FLOP/s of the training step's own matrix products at this shape (for every linear layer of the model and the LM
@@ -22,15 +24,17 @@ step runs each, in fp32 and in bf16. Each side's achieved FLOP/s is its tokens/s
 
 ``--smoke`` runs every code path at a tiny shape in seconds (for CI; its figures mean nothing).
 
-``--compile`` adds a side, ``zoo-compiled``: zoo's backbone compiled as ``model.compile: true`` compiles it in
-training (:func:`zoo.training.compile.compile_for_training`, inductor), alternating with the eager sides (HF and
-LitGPT stay eager, their default). The first round's compiled measurement starts from an empty inductor cache, so its
-compile time is a cold one, as a first run pays it; later rounds at that shape reuse the cache (a warm compile, as a
-rerun or a resume pays it). Both are reported apart (the first step's time less a compiled step's), with the steps
-that repay the cold one (compile time / seconds saved per step against zoo eager). ``--dtype bf16,fp32`` measures
-both in one run.
+``--compile`` adds a side, ``zoo-compiled``: zoo's backbone compiled as ``model.compile: true`` compiles it in training
+(:func:`zoo.training.compile.compile_for_training`, inductor: each block on its own), alternating with the eager sides
+(HF and LitGPT stay eager, their default); ``--compile-scope blocks,model`` adds ``zoo-compiled-model`` too, the whole
+backbone as one graph (``model.compile: model``). The first round's compiled measurement starts from an empty inductor
+cache, so its compile time is a cold one, as a first run pays it; later rounds at that shape reuse the cache (a warm
+compile, as a rerun or a resume pays it). Both are reported apart (the first step's time less a compiled step's), with
+the steps that repay the cold one (compile time / seconds saved per step against zoo eager). ``--dtype bf16,fp32``
+measures both in one run.
 
-    python benchmarks/train_throughput.py --compile --dtype bf16,fp32 --shapes gpt-s-5m,supra-50m,gpt2-124m,quickstart
+    python benchmarks/train_throughput.py --compile --compile-scope blocks,model --dtype bf16,fp32 \
+        --shapes quickstart,gpt-s-5m,supra-50m,dhara-70m,gpt2-124m,smallcoder-303m
 
 LitGPT cannot share an environment with transformers 5 / datasets 5 (its releases pin numpy < 2 or
 huggingface-hub < 1.4), so its side runs in an environment of its own that ``benchmarks/_litgpt_env.py`` creates
@@ -62,14 +66,43 @@ SHAPES = {
     "quickstart": (6, 192, 6, 2, 512, 4096, 10000.0),  # configs/quickstart.yaml (batch 8 × 256)
     "tiny": (2, 64, 4, 2, 128, 256, 10000.0),  # --smoke
 }
+# zoo's own blocks, built from the seed's backbone config as `zoo fit` builds it (Dhara-70M's Canon layers,
+# SmallCoder-303M's untied head): zoo's sides only, as the peers have no such block. The tuple above is read from
+# the config for the roofline's matrix products (a Canon layer's depthwise convolution is not one of them).
+CONFIG_SHAPES = {"dhara-70m": "configs/models/dhara-70m.yaml", "smallcoder-303m": "configs/models/smallcoder-303m.yaml"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config_shape(path: str) -> tuple:
+    import yaml
+
+    top = yaml.safe_load((ROOT / path).read_text())["init_args"]
+    block = top["block"]["init_args"]
+    attention, ffn = block["attention"]["init_args"], block["ffn"]["init_args"]
+    theta = top["position"].get("init_args", {}).get("theta", 10000.0)
+    return (top["n_layers"], top["dim"], attention["n_heads"], attention.get("n_kv_heads", attention["n_heads"]),
+            ffn["hidden_dim"], top["vocab_size"], float(theta))
+
+
+SHAPES.update({name: _config_shape(path) for name, path in CONFIG_SHAPES.items()})
 IMPLS = ("zoo", "hf", "litgpt")
-COMPILED = "zoo-compiled"  # the --compile side
+COMPILED = "zoo-compiled"  # the --compile side (scope blocks, what `compile: true` does)
+SCOPES = {"blocks": COMPILED, "model": "zoo-compiled-model"}  # --compile-scope: the side of each scope
 
 
-def build_zoo(shape, seq_len):
+def build_zoo(shape, seq_len, config: str | None = None):
     from zoo.nn import GroupedQueryAttention, PreNormBlock, RMSNorm, Rotary, SwiGLU, Transformer
     from zoo.objectives import CausalLM
 
+    if config is not None:  # the seed's own backbone config, parsed and built as `zoo fit` builds it
+        from zoo.training.run_config import instantiate_section, parse_run_config
+
+        backbone = json.dumps(__import__("yaml").safe_load((ROOT / config).read_text()))
+        parser, parsed = parse_run_config(
+            ["--model.backbone", backbone, "--model.backbone.init_args.max_seq_len", str(seq_len)],
+            defaults={"model": {"class_path": "zoo.objectives.CausalLM"}}, optional=("data",))
+        model = instantiate_section(parser, parsed, "model")
+        return model, lambda batch: model.loss(batch)[0]
     layers, dim, heads, kv, hidden, vocab, theta = shape
     backbone = Transformer(
         vocab_size=vocab, dim=dim, n_layers=layers, max_seq_len=seq_len,
@@ -119,7 +152,7 @@ def build_litgpt(shape, seq_len):
     return model, loss
 
 
-BUILDERS = {"zoo": build_zoo, "hf": build_hf, "litgpt": build_litgpt, COMPILED: build_zoo}
+BUILDERS = {"zoo": build_zoo, "hf": build_hf, "litgpt": build_litgpt, **{side: build_zoo for side in SCOPES.values()}}
 
 
 def _rss_mb() -> float:
@@ -184,17 +217,19 @@ def worker(args) -> None:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     shape = SHAPES[args.shape]
-    model, loss_fn = BUILDERS[args.impl](shape, args.seq_len)
+    config = {"config": CONFIG_SHAPES[args.shape]} if args.shape in CONFIG_SHAPES else {}
+    model, loss_fn = BUILDERS[args.impl](shape, args.seq_len, **config)
     model.to(device).train()
     compiled = None
-    if args.impl == COMPILED:  # in place, so loss_fn calls the compiled module
+    if args.impl in SCOPES.values():  # in place, so loss_fn calls the compiled module
         # the backbone, as `compile: true` does in training (the fused head + loss stays eager)
         import warnings
 
         from zoo.training.compile import compile_for_training, compiled_call
 
         warnings.filterwarnings("error", message="torch.compile (could not|is not)")  # eager would be measured: stop
-        compile_for_training(model.backbone)
+        scope = next(scope for scope, side in SCOPES.items() if side == args.impl)
+        compile_for_training(model.backbone, scope=scope)
         compiled = compiled_call(model.backbone)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # zoo's default where the device has it
     ids = torch.randint(0, shape[5], (args.batch_size, args.seq_len), device=device)
@@ -247,19 +282,20 @@ def worker(args) -> None:
     print(json.dumps(result))
 
 
-def flops_per_token(shape, seq_len: int) -> float:
+def flops_per_token(name: str, seq_len: int) -> float:
     """zoo's ``Transformer.flops_per_token`` for this shape (built on the meta device: no memory, no time)."""
     import torch
 
     with torch.device("meta"):
-        model, _ = build_zoo(shape, seq_len)
+        model, _ = build_zoo(SHAPES[name], seq_len, CONFIG_SHAPES.get(name))
     return model.backbone.flops_per_token(seq_len)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="gpt-s-5m,supra-50m,gpt2-124m",
-                   help="comma-separated, from: " + ", ".join(SHAPES))
+                   help="comma-separated, from: " + ", ".join(SHAPES) + f" ({', '.join(CONFIG_SHAPES)}: zoo's sides "
+                        "only)")
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from: " + ", ".join(IMPLS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16, or both comma-separated (measured one after the other)")
@@ -269,13 +305,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="zoo/HF/LitGPT alternations per shape")
     p.add_argument("--compile", action="store_true", help=f"add the side {COMPILED}: zoo's training compile")
+    p.add_argument("--compile-scope", default="blocks",
+                   help="with --compile, comma-separated, from: blocks (each block compiled, the default scope; side "
+                        f"{COMPILED}), model (the whole backbone as one graph; side {SCOPES['model']})")
     p.add_argument("--roofline-dtypes", default="fp32,bf16", help="comma-separated, from: fp32, bf16")
     p.add_argument("--roofline-seconds", type=float, default=0.3, help="timing per matrix product of the roofline")
     p.add_argument("--litgpt-python", help="a Python with LitGPT and torch (default: benchmarks/_litgpt_env.py's)")
     p.add_argument("--profile", help="write each measurement's operator profile (torch.profiler) to this folder")
     p.add_argument("--json", help="also write the medians, rooflines and FLOPs per token to this file")
     p.add_argument("--smoke", action="store_true", help="every code path at a tiny shape, in seconds (for CI)")
-    p.add_argument("--impl", choices=(*IMPLS, COMPILED, "roofline"), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=(*IMPLS, *SCOPES.values(), "roofline"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -287,6 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.dtype.split(","):
         if name not in ("fp32", "bf16"):
             p.error(f"--dtype: unknown {name!r}; choose from fp32, bf16")
+    for name in args.compile_scope.split(","):
+        if name not in SCOPES:
+            p.error(f"--compile-scope: unknown scope {name!r}; choose from {', '.join(SCOPES)}")
     for name in args.impls.split(","):
         if name not in IMPLS:
             p.error(f"--impls: unknown side {name!r}; choose from {', '.join(IMPLS)}")
@@ -307,8 +349,9 @@ def main() -> None:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         common.append(f"--profile={Path(args.profile).resolve()}")
     impls = args.impls.split(",")
-    if args.compile:  # right after zoo eager, so the two zoo sides see the same machine
-        impls.insert(impls.index("zoo") + 1 if "zoo" in impls else 0, COMPILED)
+    if args.compile:  # right after zoo eager, so the zoo sides see the same machine
+        at = impls.index("zoo") + 1 if "zoo" in impls else 0
+        impls[at:at] = [SCOPES[scope] for scope in args.compile_scope.split(",")]
     python = {impl: sys.executable for impl in impls}
     if "litgpt" in impls:
         from _litgpt_env import litgpt_python
@@ -322,8 +365,8 @@ def main() -> None:
 
     def run(impl: str, name: str, dtype: str = "fp32") -> dict:
         env = dict(os.environ)
-        if impl == COMPILED:
-            env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(caches.name, f"{name}-{dtype}")
+        if impl in SCOPES.values():
+            env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(caches.name, f"{name}-{dtype}-{impl}")
         out = subprocess.run(
             [python.get(impl, sys.executable), __file__, f"--impl={impl}", f"--shape={name}",
              f"--dtype={dtype}", *common],
@@ -333,16 +376,20 @@ def main() -> None:
             raise SystemExit(f"the {impl} measurement at {name} ({dtype}) failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    if args.smoke:  # the seeds' config shapes still build (on the meta device: no memory, no time)
+        for name in CONFIG_SHAPES:
+            print(f"  {name}: {flops_per_token(name, args.seq_len) / 1e6:.1f} MFLOP/token", flush=True)
     summary = {}
     for name in args.shapes.split(","):
         roof = run("roofline", name)
         print(f"  {name} roofline (matmul at this shape): "
               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in roof.items()), flush=True)
-        per_token = flops_per_token(SHAPES[name], args.seq_len)
+        per_token = flops_per_token(name, args.seq_len)
+        sides = [impl for impl in impls if impl.startswith("zoo") or name not in CONFIG_SHAPES]
         for dtype in dtypes:
             label = name if len(dtypes) == 1 else f"{name} {dtype}"
             summary[label] = {"roofline": roof, "flops_per_token": per_token, "dtype": dtype,
-                              "median": measure(args, run, name, dtype, impls, label, roof, per_token)}
+                              "median": measure(args, run, name, dtype, sides, label, roof, per_token)}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
 
@@ -355,16 +402,17 @@ def measure(args, run, name: str, dtype: str, impls: list[str], label: str, roof
         for impl in impls:
             results[impl].append(run(impl, name, dtype))
             last = results[impl][-1]
-            extra = f"  compile {last['compile_s']:.1f} s, graphs {last['graphs']}" if impl == COMPILED else ""
-            print(f"  {label} round {r + 1} {impl:>12}: {last['tokens_per_s']:9.0f} tok/s "
+            extra = f"  compile {last['compile_s']:.1f} s, graphs {last['graphs']}" if "graphs" in last else ""
+            print(f"  {label} round {r + 1} {impl:>18}: {last['tokens_per_s']:9.0f} tok/s "
                   f"peak {last['peak_mb']:8.1f} MB  first {args.warmup} steps {last['warmup_s']:.1f} s{extra}",
                   flush=True)
     keys = ("tokens_per_s", "peak_mb", "warmup_s", "step_s", "compile_s")
     med = {k: {m: statistics.median(x[m] for x in v) for m in keys} for k, v in results.items()}
-    if COMPILED in med:  # the first round's compile was cold, the others warm
-        med[COMPILED]["cold_compile_s"] = results[COMPILED][0]["compile_s"]
-        warm = results[COMPILED][1:] or results[COMPILED]
-        med[COMPILED]["compile_s"] = statistics.median(x["compile_s"] for x in warm)
+    compiled_sides = [side for side in SCOPES.values() if side in med]
+    for side in compiled_sides:  # the first round's compile was cold, the others warm
+        med[side]["cold_compile_s"] = results[side][0]["compile_s"]
+        warm = results[side][1:] or results[side]
+        med[side]["compile_s"] = statistics.median(x["compile_s"] for x in warm)
     line = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s peak {v['peak_mb']:.0f} MB" for k, v in med.items())
     for peer in ("hf", "litgpt"):
         if peer in med:
@@ -376,12 +424,12 @@ def measure(args, run, name: str, dtype: str, impls: list[str], label: str, roof
             f"{k}/HF {v['peak_mb'] / max(med['hf']['peak_mb'], 1e-9):.2f}" for k, v in med.items() if k != "hf"
         )
     print(f"{label}: {line}", flush=True)
-    if COMPILED in med and "zoo" in med:
-        eager, compiled = med["zoo"], med[COMPILED]
+    for side in compiled_sides if "zoo" in med else ():
+        eager, compiled = med["zoo"], med[side]
         saved = eager["step_s"] - compiled["step_s"]
         payback = f"the cold one repaid after {compiled['cold_compile_s'] / saved:.0f} steps" if saved > 0 else (
             "never repaid")
-        print(f"{label}: compiled/eager {compiled['tokens_per_s'] / eager['tokens_per_s']:.2f}, step "
+        print(f"{label}: {side}/eager {compiled['tokens_per_s'] / eager['tokens_per_s']:.2f}, step "
               f"{eager['step_s']:.3f} s eager, {compiled['step_s']:.3f} s compiled; compile "
               f"{compiled['cold_compile_s']:.1f} s cold, {compiled['compile_s']:.1f} s warm; {payback}", flush=True)
     ceiling = roof.get(dtype)

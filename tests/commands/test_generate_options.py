@@ -19,6 +19,7 @@ def test_python_m_zoo_generate_help_lists_each_sampler_familys_options_from_its_
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # the help's line wrapping undone
     assert [f.name for f in FAMILIES] == ["autoregressive", "masked-diffusion"]
+    listed = set()
     for family in FAMILIES:
         doc = docstring_parser.parse(family.options.__doc__)
         assert f"{doc.short_description}:" in text  # the family's group, titled by its class
@@ -26,6 +27,9 @@ def test_python_m_zoo_generate_help_lists_each_sampler_familys_options_from_its_
         for field in dataclasses.fields(family.options):
             assert described.get(field.name), f"{family.options.__name__}.{field.name} has no documentation"
             assert f"{flag(field.name)} " in text and f"--{field.name} " in text  # both spellings
+            if field.name in listed:  # an option of two families (compile) is listed once, with the first family's
+                continue  # text (a checkpoint's --help gives its own)
+            listed.add(field.name)
             default = "null" if field.default is None else field.default
             assert f"{described[field.name]} (type: " in text and f"default: {default})" in text
     for old in ("--max-new-tokens", "--top-k", "--top-p", "--repetition-penalty", "--no-repeat-ngram-size",
@@ -33,6 +37,36 @@ def test_python_m_zoo_generate_help_lists_each_sampler_familys_options_from_its_
                 "--stream", "--stop", "--prompt", "--format", "--input", "--precision", "--trust-checkpoint",
                 "--device", "--seed", "--temperature"):  # fmt: skip
         assert f"{old} " in text, f"{old} is no longer an option of zoo generate"
+
+
+def test_a_checkpoints_help_gives_its_familys_own_text_of_a_shared_option():
+    from zoo.commands.generate import parser
+    from zoo.objectives.samplers import MASKED_DIFFUSION
+
+    text = " ".join(parser([MASKED_DIFFUSION]).format_help().split())
+    assert "run each pass as a torch.compile'd graph" in text and "static KV cache" not in text
+
+
+def test_families_that_share_an_option_must_agree_on_it():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from zoo.commands.generate import parser
+    from zoo.objectives.description import SamplerFamily
+
+    @dataclass(frozen=True)
+    class Other:
+        """Another family
+
+        Args:
+            compile: compiled or not
+        """
+
+        compile: Literal["yes", "no"] = "no"
+
+    other = SamplerFamily(name="other", options=Other, sample=lambda *a, **k: None, length="compile")
+    with pytest.raises(TypeError, match="option 'compile' of sampler family other"):
+        parser([*FAMILIES, other])
 
 
 @pytest.mark.parametrize(("spelling", "value"), [("--top-p", 0.5), ("--top_p", 0.5), ("--cache", "dual"),

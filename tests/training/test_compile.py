@@ -12,6 +12,7 @@ import yaml
 from torch._dynamo.testing import CompileCounter
 
 from tests.helpers import tiny_backbone
+from zoo import compat
 from zoo.nn import (
     Canon,
     ExclusiveGroupedQueryAttention,
@@ -147,7 +148,47 @@ def _compile_warnings(record) -> list[str]:
     return [str(w.message) for w in record if "torch.compile" in str(w.message)]
 
 
-def test_a_backend_that_fails_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
+@pytest.fixture(params=["blocks", "model"])
+def scope(request, monkeypatch):
+    """Each test using it runs with `compile: true` compiling each block, then the whole backbone."""
+    monkeypatch.setattr(compile_module, "SCOPE", request.param)
+    return request.param
+
+
+def test_blocks_of_one_class_share_one_graph_and_the_rest_runs_eager():
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    backbone = tiny_backbone(n_layers=3).train()
+    compiled = compile_for_training(backbone, backend=counter, scope="blocks")
+    assert compiled.regions == list(backbone.blocks)
+    assert compiled_call(backbone) is compiled and compat.compiled_call_slot(backbone) is None  # embedding, norm: eager
+    eager = tiny_backbone(n_layers=3).train()
+    eager.load_state_dict(backbone.state_dict())
+    ids = torch.randint(0, 64, (2, 16))
+    torch.testing.assert_close(backbone(ids), eager(ids))
+    assert counter.frame_count == 1  # three blocks, one graph: the cold compile is one block's
+    assert compiled.signature[0][0][0] == (2, 16, backbone.dim) and compiled.eager_calls == 0
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "activation-checkpointing"])
+def test_compiled_blocks_give_eager_gradients(recompute):
+    """aot_eager traces forward and backward as inductor does, without a C++ build; with activation checkpointing
+    the compiled block runs again in the backward pass."""
+    torch.manual_seed(0)
+    compiled, eager = tiny_backbone(n_layers=3).train(), tiny_backbone(n_layers=3).train()
+    eager.load_state_dict(compiled.state_dict())
+    for backbone in (compiled, eager):
+        backbone.activation_checkpointing = recompute
+    compile_for_training(compiled, backend="aot_eager", scope="blocks")
+    ids = torch.randint(0, 64, (2, 16))
+    for backbone in (compiled, eager):
+        backbone(ids).float().logsumexp(-1).mean().backward()
+    assert compiled_call(compiled).failure is None and compiled_call(compiled).signature is not None
+    for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_backend_that_fails_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch, scope):
     def broken(gm, example_inputs):
         raise RuntimeError("this backend cannot lower aten.fancy_op")
 
@@ -183,7 +224,7 @@ def test_a_call_that_fails_on_its_own_raises_its_own_error(monkeypatch):
         backbone(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_the_shorter_last_batch_and_validation_never_recompile(tmp_path, monkeypatch):
+def test_the_shorter_last_batch_and_validation_never_recompile(tmp_path, monkeypatch, scope):
     counter = CompileCounter()
     torch._dynamo.reset()
     monkeypatch.setattr(compile_module, "BACKEND", counter)
@@ -194,10 +235,11 @@ def test_the_shorter_last_batch_and_validation_never_recompile(tmp_path, monkeyp
     assert trainer.global_step == 8 and not _compile_warnings(record)
     assert counter.frame_count == 1  # one graph: no recompile for the batch of 1, none for validation's 3 rows
     assert compiled_call(model.backbone).eager_calls == 2  # the two epochs' last batches of one row
-    assert compiled_call(model.backbone).signature[0][0][0] == (2, 16)
+    rows = (2, 16) if scope == "model" else (2, 16, model.backbone.dim)  # the backbone's input, or a block's
+    assert compiled_call(model.backbone).signature[0][0][0] == rows
 
 
-def test_a_checkpoint_saved_compiled_loads_and_resumes_eager(tmp_path, monkeypatch):
+def test_a_checkpoint_saved_compiled_loads_and_resumes_eager(tmp_path, monkeypatch, scope):
     torch._dynamo.reset()
     monkeypatch.setattr(compile_module, "BACKEND", CompileCounter())
     model = CausalLM(backbone=tiny_backbone(), compile=True)
@@ -259,20 +301,33 @@ class _Trainer:
 
 
 def test_auto_compiles_only_runs_long_enough_to_repay_it(monkeypatch):
-    table = {"bf16": {"small": (1_000_000, None), "large": (50_000_000, 200)}}
+    table = {"bf16": {"small": (1_000_000, {}), "large": (50_000_000, {"blocks": 300, "model": 200})}}
     monkeypatch.setattr(compile_module, "PAYBACK_STEPS", table)
     monkeypatch.setattr(compile_module, "PAYBACK_FRACTION", 0.1)
     large, small = 40_000_000, 2_000_000
-    assert resolve_compile("auto", trainer=_Trainer(2000), parameters=large)[0]
-    assert not resolve_compile("auto", trainer=_Trainer(1999), parameters=large)[0]  # repaid after 10% of the run
-    assert not resolve_compile("auto", trainer=_Trainer(-1), parameters=large)[0]  # no length: not known to repay
-    assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=small)[0]  # nearest preset: no gain
-    assert not resolve_compile("auto", trainer=_Trainer(10**6, "32-true"), parameters=large)[0]  # not measured
-    assert not resolve_compile("auto", trainer=_Trainer(10**6), parameters=large, sharded=True)[0]
-    assert not resolve_compile("auto", trainer=_Trainer(10**6, device="cuda"), parameters=large)[0]  # unmeasured
-    assert resolve_compile(True, trainer=_Trainer(1))[0] and not resolve_compile(False, trainer=_Trainer(10**9))[0]
-    with pytest.raises(ValueError, match="compile='yes'"):
+    assert resolve_compile("auto", trainer=_Trainer(2000), parameters=large)[0] == "model"  # the sooner repaid
+    assert resolve_compile("auto", trainer=_Trainer(1999), parameters=large)[0] is None  # repaid after 10% of the run
+    assert resolve_compile("auto", trainer=_Trainer(-1), parameters=large)[0] is None  # no length: not known to repay
+    assert resolve_compile("auto", trainer=_Trainer(10**6), parameters=small)[0] is None  # nearest shape: no gain
+    assert resolve_compile("auto", trainer=_Trainer(10**6, "32-true"), parameters=large)[0] is None  # not measured
+    assert resolve_compile("auto", trainer=_Trainer(10**6), parameters=large, sharded=True)[0] is None
+    assert resolve_compile("auto", trainer=_Trainer(10**6, device="cuda"), parameters=large)[0] is None  # unmeasured
+    table["bf16"]["large"] = (50_000_000, {"blocks": 150, "model": 200})
+    assert resolve_compile("auto", trainer=_Trainer(2000), parameters=large)[0] == "blocks"
+    assert resolve_compile(True, trainer=_Trainer(1))[0] == "blocks"  # the default scope: the shortest compile
+    assert resolve_compile("model", trainer=_Trainer(1))[0] == "model"
+    assert resolve_compile(False, trainer=_Trainer(10**9))[0] is None
+    with pytest.raises(ValueError, match="compile='yes' is not one of true, false, auto, blocks, model"):
         resolve_compile("yes")
+
+
+def test_the_payback_table_holds_only_wins():
+    """Every scope in the table repaid its compile (a positive number of steps); a shape whose every scope fell
+    below MIN_SPEEDUP has none, so `auto` trains it eager."""
+    for precision, shapes in compile_module.PAYBACK_STEPS.items():
+        for shape, (parameters, paybacks) in shapes.items():
+            assert parameters > 0 and set(paybacks) <= {"blocks", "model"}, (precision, shape)
+            assert all(steps > 0 for steps in paybacks.values()), (precision, shape)
 
 
 def test_configs_default_to_auto():
@@ -281,13 +336,16 @@ def test_configs_default_to_auto():
         assert model["init_args"].get("compile") == "auto", path.name
 
 
-def test_auto_keeps_the_quickstart_eager_and_compiles_the_gpt_s_recipe():
-    """The quickstart's 600 steps would not repay a cold compile early (its wall time stays eager's); GPT-S-5M's
-    95,367 bf16 steps do."""
+@pytest.mark.parametrize("name, scope", [("quickstart.yaml", None), ("recipes/gpt-s-5m.yaml", "model"),
+                                         ("recipes/supra-50m.yaml", "blocks"), ("recipes/dhara-70m-ar.yaml", None),
+                                         ("recipes/smallcoder-303m.yaml", None)])
+def test_auto_decides_each_config_from_the_measured_table(name, scope):
+    """The quickstart's 600 steps would not repay a compile early (its wall time stays eager's); GPT-S-5M's 95,367
+    bf16 steps repay the whole-backbone compile, Supra-50M's 38,147 the per-block one; at Dhara-70M and
+    SmallCoder-303M compiling did not speed the step up, so their recipes train eager."""
     from zoo.commands.info import build
 
-    for name, compiles in (("quickstart.yaml", False), ("recipes/gpt-s-5m.yaml", True)):
-        config = yaml.safe_load((CONFIGS / name).read_text())
-        trainer = _Trainer(config["trainer"]["max_steps"], "bf16-mixed")
-        parameters = build([CONFIGS / name]).num_parameters(embeddings=False)
-        assert resolve_compile("auto", trainer=trainer, parameters=parameters)[0] is compiles, name
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    trainer = _Trainer(config["trainer"]["max_steps"], "bf16-mixed")
+    parameters = build([CONFIGS / name]).num_parameters(embeddings=False)
+    assert resolve_compile("auto", trainer=trainer, parameters=parameters)[0] == scope

@@ -18,6 +18,7 @@ diffusion cache used) go to stderr. ``--ckpt CKPT --help`` lists that checkpoint
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -60,15 +61,28 @@ def parser(families: Sequence[SamplerFamily] = FAMILIES) -> CommandParser:
     p.add_argument("--stream", action="store_true",
                    help="print tokens as they come, prompts one at a time (samplers that decide tokens one by one, "
                    "such as autoregressive decoding)")  # fmt: skip
+    fields: dict[str, tuple] = {}  # option name: (type, default, family) of the family that added it
     for family in families:
-        add_family(p, family)
+        shared = set()
+        for field in dataclasses.fields(family.options):
+            if field.name in fields:  # one option of two families (``compile``): one flag, if they agree on it
+                kind, default, first = fields[field.name]
+                if (kind, default) != (field.type, field.default):
+                    raise TypeError(f"option {field.name!r} of sampler family {family.name} is {field.type} = "
+                                    f"{field.default!r} but {kind} = {default!r} in {first}: give them one type "
+                                    "and default, or another name")  # fmt: skip
+                shared.add(field.name)
+            else:
+                fields[field.name] = (field.type, field.default, family.name)
+        add_family(p, family, skip=shared)
     return p
 
 
-def add_family(p: CommandParser, family: SamplerFamily) -> None:
+def add_family(p: CommandParser, family: SamplerFamily, *, skip: set[str] = frozenset()) -> None:
     """The options of ``family``, from its options class: type checks, defaults and ``--help`` from its fields and
-    docstring, named after the fields (``--max_new_tokens``, also written ``--max-new-tokens``)."""
-    p.add_class_arguments(family.options, as_group=True, instantiate=False)
+    docstring, named after the fields (``--max_new_tokens``, also written ``--max-new-tokens``); ``skip``: options an
+    earlier family added already."""
+    p.add_class_arguments(family.options, as_group=True, instantiate=False, skip=set(skip))
 
 
 @command("generate")

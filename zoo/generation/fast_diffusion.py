@@ -37,7 +37,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from zoo.generation import compiled
 from zoo.generation.autoregressive import left_padding_is_exact
+from zoo.generation.compiled import block_pass, cannot_compile, compile_choice
 from zoo.generation.diffusion import REMASKING, DiffusionOutput, _after_eos, _check, _choose, _finish, _unmask
 from zoo.nn.transformer import Transformer
 
@@ -109,6 +111,7 @@ def diffusion_generate(
     shift: bool = False,
     pad_id: int | None = None,
     generator: torch.Generator | None = None,
+    compile: bool | str = False,
 ) -> DiffusionOutput:
     """Generate ``gen_length`` tokens after each prompt with a masked-diffusion backbone.
 
@@ -140,6 +143,10 @@ def diffusion_generate(
         shift: the model predicts token ``i+1`` at position ``i`` (``MaskedDiffusionLM.shift``).
         pad_id: id written at pad positions (never attended to; default ``eos_id``, else 0).
         generator: random source (sampling and ``random`` remasking).
+        compile: run each pass as a ``torch.compile``d graph (:mod:`zoo.generation.compiled`; ``"true"``,
+            ``"false"`` or ``"auto"`` as strings too, ``auto`` being eager: one request does not repay a compile):
+            the same tokens as eager; the first call compiles (about 20 s for the quickstart's model on a 2-core
+            CPU), later calls and blocks reuse it; where the backend cannot compile, eager with one warning.
     """
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     device = backbone.head.weight.device if hasattr(backbone, "head") else None
@@ -161,6 +168,7 @@ def diffusion_generate(
     if cache != "none" and not backbone.new_cache(1, 1).rewindable:
         raise ValueError(f"cache={cache!r} cannot rewind a Canon layer's convolution state: use cache='none'")
     used = cache_used(cache, block_causal=block_causal, refresh=refresh)
+    run = _compiled_pass(backbone, compile)
     B, P = prompt.shape
     S = P + gen_length
     x = torch.cat([prompt, prompt.new_full((B, gen_length), mask_id)], dim=1)  # (B, S)
@@ -187,9 +195,11 @@ def diffusion_generate(
                 k = max(k, 1)
             elif k == 0:
                 continue
-            if used == "none":
+            if used == "none" and run is None:
                 logits = backbone(x, mask=mask) if mask is not None else backbone(x)  # (B, S, V)
                 logits = logits[:, lo - 1 : hi - 1] if shift else logits[:, lo:hi]
+            elif used == "none":  # compiled: the head runs on the block's rows only
+                logits = run(backbone, x, None, mask, lo - shift, hi - shift)
             else:
                 if used == "exact":
                     start = lo - block_length if (first and block > 0) else (0 if first else lo)
@@ -198,7 +208,8 @@ def diffusion_generate(
                     start, end = 0, S  # refresh: every position's keys and values
                 else:
                     start, end = lo - shift, (S if used == "prefix" else hi)
-                logits = _window_logits(backbone, x, kv, mask, start=start, end=end, lo=lo - shift, hi=hi - shift)
+                logits = _window_logits(run, backbone, x, kv, mask, start=start, end=end, lo=lo - shift,
+                                        hi=hi - shift)
             choice, confidence = _choose(logits, **choose)  # (B, L_block) each
             passes += 1
             first = False
@@ -217,15 +228,28 @@ def diffusion_generate(
 
 
 def _window_logits(
-    backbone, x: Tensor, kv, mask: Tensor | None, *, start: int, end: int, lo: int, hi: int
+    run, backbone, x: Tensor, kv, mask: Tensor | None, *, start: int, end: int, lo: int, hi: int
 ) -> Tensor:  # (B, hi - lo, V)
-    """Run positions ``start:end`` through the backbone, reading every other position from the cache ``kv`` and
-    rewriting the window's keys and values; return the logits at positions ``lo:hi`` (inside the window)."""
+    """Run positions ``start:end`` through the backbone (compiled where ``run`` is, see :func:`_compiled_pass`),
+    reading every other position from the cache ``kv`` and rewriting the window's keys and values; return the
+    logits at positions ``lo:hi`` (inside the window)."""
     kv.seek(start)
     keys = max(end, kv.filled)  # positions attention will read
     window = mask[:, :, start:end, :keys] if mask is not None else None  # (B or 1, 1, T, keys)
-    h = backbone(x[:, start:end], mask=window, cache=kv, features_only=True)  # (B, T, C)
-    return backbone.head(h[:, lo - start : hi - start])
+    return (run or block_pass)(backbone, x[:, start:end], kv, window, lo - start, hi - start)
+
+
+def _compiled_pass(backbone, choice: bool | str):
+    """The sampler's pass ``run(backbone, tokens, cache, mask, lo, hi) -> logits of rows lo:hi``, compiled
+    (:data:`zoo.generation.compiled.BLOCK_PASS`), or ``None`` for eager (:func:`_window_logits` then runs
+    :func:`zoo.generation.compiled.block_pass`)."""
+    if compile_choice(choice) != "true":  # auto: eager, as one request does not repay a compile (tens of seconds)
+        return None
+    if isinstance(backbone, Transformer):
+        reason = cannot_compile(backbone.embed.weight.device)
+        if reason is not None:
+            compiled.BLOCK_PASS.fail(reason)
+    return compiled.BLOCK_PASS
 
 
 def _check_options(

@@ -62,6 +62,7 @@ def sample_diffusion(
     remasking: str = "low_confidence",
     cache: str = "none",
     refresh: str = "block",
+    compile: bool | str = False,
 ) -> Generation:
     """A masked-diffusion ``backbone``'s answers of ``max_new_tokens`` tokens to each prompt
     (:func:`zoo.generation.diffusion_generate`), with the model's ``mask_id``, ``shift`` and ``block_size`` (a
@@ -70,9 +71,9 @@ def sample_diffusion(
     parallel decoding when ``threshold`` is given (with ``steps`` too: at least each step's share), in
     semi-autoregressive blocks of ``block_length`` tokens (default: ``block_size``, else 32 where that divides
     ``max_new_tokens``, else one block), with a block-wise KV ``cache`` (``none``, ``prefix``, ``dual``; exact for a
-    block-causal model). Prompts of different lengths run as one left-padded batch (prompts of one length at a time
-    where padding would change the answers). ``tokens`` holds each whole answer (after its first EOS everything is
-    EOS); ``texts`` are cut at the EOS and the stop strings."""
+    block-causal model), each pass compiled with ``compile``. Prompts of different lengths run as one left-padded batch
+    (prompts of one length at a time where padding would change the answers). ``tokens`` holds each whole answer (after
+    its first EOS everything is EOS); ``texts`` are cut at the EOS and the stop strings."""
     from zoo.generation.autoregressive import left_padding_is_exact
     from zoo.generation.fast_diffusion import diffusion_generate
 
@@ -83,7 +84,7 @@ def sample_diffusion(
     common = {"mask_id": mask_id, "vocab_size": backbone.vocab_size, "gen_length": max_new_tokens,
               "block_length": block_length, "steps": steps, "threshold": threshold, "remasking": remasking,
               "cache": cache, "refresh": refresh, "block_causal": block_size is not None, "temperature": temperature,
-              "eos_id": eos_id, "shift": shift, "generator": generator}  # fmt: skip
+              "eos_id": eos_id, "shift": shift, "generator": generator, "compile": compile}  # fmt: skip
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):  # one batch, or one per prompt length where padding is not exact
         groups.setdefault(0 if left_padding_is_exact(backbone) else len(ids), []).append(i)

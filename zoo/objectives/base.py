@@ -67,9 +67,11 @@ class LanguageModel(L.LightningModule):
         schedule: per-step learning-rate schedule (``None`` = constant); needs ``trainer.max_steps``.
         compile: compile the backbone's training calls with ``torch.compile`` (in place, so checkpoints keep their
             parameter names; validation and sampling run eager); the first step is slower while it compiles.
-            ``auto``: only where it pays back its compile time early in the run (see
-            :func:`zoo.training.compile.resolve_compile`). Where the device cannot compile, training runs eager
-            with one warning saying why.
+            ``true`` or ``blocks``: each block on its own (blocks of one class share one graph: the shortest
+            compile); ``model``: the whole backbone as one graph (longer to compile, sometimes a faster step);
+            ``auto``: only where it pays back its compile time early in the run, in the scope that repays it
+            soonest (see :func:`zoo.training.compile.resolve_compile`). Where the device cannot compile, training
+            runs eager with one warning saying why.
         init_from: a checkpoint of ``python -m zoo fit`` (a file, a run's ``runs/<name>/last.ckpt`` link, or a run
             folder, whose newest checkpoint is taken) whose backbone weights are copied exactly when training
             (or validation) first starts: fine-tuning (SFT) and curriculum stages start from the previous run's
@@ -261,10 +263,10 @@ class LanguageModel(L.LightningModule):
         if self.init_from is not None:  # a resumed run then restores its own checkpoint over these weights
             self.load_backbone(self.init_from)
             self.init_from = None  # once: a later fit/validate on this object keeps the weights it has
-        compile, _ = resolve_compile(self.compile_backbone, trainer=attached_trainer(self), sharded=self._sharded(),
-                                     parameters=self.backbone.num_parameters(embeddings=False))
-        if stage == "fit" and compile:
-            compile_for_training(self.backbone)  # in place: state-dict keys unchanged; eager (warned) if it cannot
+        scope, _ = resolve_compile(self.compile_backbone, trainer=attached_trainer(self), sharded=self._sharded(),
+                                   parameters=self.backbone.num_parameters(embeddings=False))
+        if stage == "fit" and scope is not None:  # in place: state-dict keys unchanged; eager (warned) if it cannot
+            compile_for_training(self.backbone, scope=scope)
 
     def forward(self, input_ids: Tensor, **kwargs) -> Tensor:
         return self.backbone(input_ids, **kwargs)
