@@ -13,6 +13,22 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def fresh_compiled_steps(monkeypatch):
+    """A test that compiles decoding (or fails to) on its own: new compiled steps (the AR one-token step and the
+    diffusion pass, :mod:`zoo.generation.compiled`), an empty dynamo cache and one thread."""
+    from zoo.generation import compiled
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch._dynamo.reset()
+    monkeypatch.setattr(compiled, "DECODE_STEP", compiled.DecodeStep())
+    monkeypatch.setattr(compiled, "BLOCK_PASS", compiled.BlockPass())
+    yield
+    torch._dynamo.reset()
+    torch.set_num_threads(threads)
+
+
 # ---- a tiny run several modules start from (tests/helpers.py has the functions behind it) -------------------------
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

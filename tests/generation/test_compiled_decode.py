@@ -11,16 +11,7 @@ V = 64
 PROMPTS = [[5, 9, 2, 17, 3], [8, 1], [4, 4, 30]]  # different lengths: left-padded, masked
 
 
-@pytest.fixture(autouse=True)
-def _fresh_step(monkeypatch):
-    """Each test compiles (or fails to) on its own: a new step and an empty dynamo cache; one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    monkeypatch.setattr(compiled, "DECODE_STEP", compiled.DecodeStep())
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_compiled_steps")  # each test compiles on its own (tests/conftest.py)
 
 
 def model():

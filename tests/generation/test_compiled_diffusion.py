@@ -14,16 +14,7 @@ V, MASK = 64, 63
 ROWS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]  # three prompt lengths: a left-padded batch
 
 
-@pytest.fixture(autouse=True)
-def _fresh_pass(monkeypatch):
-    """Each test compiles (or fails to) on its own: a new pass and an empty dynamo cache; one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    monkeypatch.setattr(compiled, "BLOCK_PASS", compiled.BlockPass())
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_compiled_steps")  # each test compiles on its own (tests/conftest.py)
 
 
 def bidirectional():
