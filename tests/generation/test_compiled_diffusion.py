@@ -39,7 +39,10 @@ def both(backbone, prompts, **options):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-@pytest.mark.parametrize("options", [{"steps": 16}, {"threshold": 0.2, "temperature": 1.0}], ids=["llada", "sampled"])
+@pytest.mark.parametrize(
+    "options", [{"steps": 16}, {"threshold": 0.2, "temperature": 1.0}, {"steps": 16, "shift": True}],
+    ids=["llada", "sampled", "shifted"],
+)
 def test_compiled_passes_give_the_eager_tokens(monkeypatch, cache, options):
     """Every pass is one graph (fullgraph: a graph break would fall back with a warning, failing here); aot_eager
     traces in seconds, inductor's code is checked in the slow test below."""
