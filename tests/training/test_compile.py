@@ -144,8 +144,12 @@ def _fit(model, tmp_path, *, max_steps=8, ckpt_path=None, **kwargs):
     return trainer
 
 
-def _compile_warnings(record) -> list[str]:
-    return [str(w.message) for w in record if "torch.compile" in str(w.message)]
+def _fit_warned(model, tmp_path, **kwargs):
+    """:func:`_fit`, and the torch.compile warnings it raised."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = _fit(model, tmp_path, **kwargs)
+    return trainer, [str(w.message) for w in record if "torch.compile" in str(w.message)]
 
 
 @pytest.fixture(params=["blocks", "model"])
@@ -195,11 +199,8 @@ def test_a_backend_that_fails_falls_back_to_eager_with_one_warning(tmp_path, mon
     torch._dynamo.reset()
     monkeypatch.setattr(compile_module, "BACKEND", broken)
     model = CausalLM(backbone=tiny_backbone(), compile=True)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        trainer = _fit(model, tmp_path, enable_checkpointing=False)
+    trainer, (message,) = _fit_warned(model, tmp_path, enable_checkpointing=False)
     assert trainer.global_step == 8  # the run went on, eager
-    (message,) = _compile_warnings(record)
     assert "training runs eager" in message and "aten.fancy_op" in message
     assert compiled_call(model.backbone) is None
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -209,11 +210,9 @@ def test_no_cpp_compiler_falls_back_to_eager_with_one_warning(tmp_path):
     from torch._inductor import config
 
     model = CausalLM(backbone=tiny_backbone(), compile=True)
-    with config.patch({"cpp.cxx": (None, "zoo-no-such-compiler")}), warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        trainer = _fit(model, tmp_path, max_steps=2, enable_checkpointing=False)
+    with config.patch({"cpp.cxx": (None, "zoo-no-such-compiler")}):
+        trainer, (message,) = _fit_warned(model, tmp_path, max_steps=2, enable_checkpointing=False)
     assert trainer.global_step == 2
-    (message,) = _compile_warnings(record)
     assert "C++ compiler" in message and "zoo-no-such-compiler" in message
 
 
@@ -229,10 +228,8 @@ def test_the_shorter_last_batch_and_validation_never_recompile(tmp_path, monkeyp
     torch._dynamo.reset()
     monkeypatch.setattr(compile_module, "BACKEND", counter)
     model = CausalLM(backbone=tiny_backbone(), compile=True)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        trainer = _fit(model, tmp_path, enable_checkpointing=False)
-    assert trainer.global_step == 8 and not _compile_warnings(record)
+    trainer, messages = _fit_warned(model, tmp_path, enable_checkpointing=False)
+    assert trainer.global_step == 8 and not messages
     assert counter.frame_count == 1  # one graph: no recompile for the batch of 1, none for validation's 3 rows
     assert compiled_call(model.backbone).eager_calls == 2  # the two epochs' last batches of one row
     rows = (2, 16) if scope == "model" else (2, 16, model.backbone.dim)  # the backbone's input, or a block's

@@ -95,8 +95,8 @@ class CompiledStep:
         if self.failure is None:
             step = self.compiled.get(backbone)
             if step is None:
-                code = self.function
-                own = types.FunctionType(code.__code__.replace(), code.__globals__, self.name)
+                function = self.function
+                own = types.FunctionType(function.__code__.replace(), function.__globals__, self.name)
                 options = OPTIONS if BACKEND == "inductor" else {"guard_filter_fn": _guards}
                 # fullgraph: one graph or an error (then eager), never a step half run compiled and half eager
                 step = self.compiled[backbone] = torch.compile(

@@ -195,7 +195,7 @@ def diffusion_generate(
                 k = max(k, 1)
             elif k == 0:
                 continue
-            if used == "none" and run is None:
+            if used == "none" and run is block_pass:
                 logits = backbone(x, mask=mask) if mask is not None else backbone(x)  # (B, S, V)
                 logits = logits[:, lo - 1 : hi - 1] if shift else logits[:, lo:hi]
             elif used == "none":  # compiled: the head runs on the block's rows only
@@ -230,21 +230,20 @@ def diffusion_generate(
 def _window_logits(
     run, backbone, x: Tensor, kv, mask: Tensor | None, *, start: int, end: int, lo: int, hi: int
 ) -> Tensor:  # (B, hi - lo, V)
-    """Run positions ``start:end`` through the backbone (compiled where ``run`` is, see :func:`_compiled_pass`),
-    reading every other position from the cache ``kv`` and rewriting the window's keys and values; return the
+    """Run positions ``start:end`` through the backbone with ``run`` (see :func:`_compiled_pass`), reading every
+    other position from the cache ``kv`` and rewriting the window's keys and values; return the
     logits at positions ``lo:hi`` (inside the window)."""
     kv.seek(start)
     keys = max(end, kv.filled)  # positions attention will read
     window = mask[:, :, start:end, :keys] if mask is not None else None  # (B or 1, 1, T, keys)
-    return (run or block_pass)(backbone, x[:, start:end], kv, window, lo - start, hi - start)
+    return run(backbone, x[:, start:end], kv, window, lo - start, hi - start)
 
 
 def _compiled_pass(backbone, choice: bool | str):
-    """The sampler's pass ``run(backbone, tokens, cache, mask, lo, hi) -> logits of rows lo:hi``, compiled
-    (:data:`zoo.generation.compiled.BLOCK_PASS`), or ``None`` for eager (:func:`_window_logits` then runs
-    :func:`zoo.generation.compiled.block_pass`)."""
+    """The sampler's pass ``run(backbone, tokens, cache, mask, lo, hi) -> logits of rows lo:hi``: compiled
+    (:data:`zoo.generation.compiled.BLOCK_PASS`) or eager (:func:`zoo.generation.compiled.block_pass`)."""
     if compile_choice(choice) != "true":  # auto: eager, as one request does not repay a compile (tens of seconds)
-        return None
+        return block_pass
     if isinstance(backbone, Transformer):
         reason = cannot_compile(backbone.embed.weight.device)
         if reason is not None:

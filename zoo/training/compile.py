@@ -138,13 +138,17 @@ class CompiledTraining:
     and one warning says why."""
 
     def __init__(self, regions: list[nn.Module], *, backend: str | Callable) -> None:
-        self.regions = regions
         self.calls = [_TrainingCall(region, self, backend=backend) for region in regions]
         self.failure: str | None = None  # why compiling failed, once it has
-        for region, call in zip(regions, self.calls):
+        for call in self.calls:
             # nn.Module.compile keeps its compiled call in this slot (so parameters keep their names); zoo puts
             # its own call there, which adds the fallback and the one-signature rule
-            compat.compiled_call_slot(region, call)
+            compat.compiled_call_slot(call.module, call)
+
+    @property
+    def regions(self) -> list[nn.Module]:
+        """The modules compiled, each on its own."""
+        return [call.module for call in self.calls]
 
     @property
     def signature(self) -> tuple | None:
@@ -182,10 +186,10 @@ class _TrainingCall:
         if not (module.training and torch.is_grad_enabled()):  # validation, sampling: no graph for them
             return compat.eager_call(module)(*args, **kwargs)
         signature = _signature(args, kwargs)
-        if self.signature is not None and signature != self.signature:
-            self.eager_calls += 1
-            return compat.eager_call(module)(*args, **kwargs)
         if self.signature is not None:
+            if signature != self.signature:
+                self.eager_calls += 1
+                return compat.eager_call(module)(*args, **kwargs)
             # compiled: the graph is only reused, never recompiled (a guard the signature misses, e.g. a changed
             # global flag, runs eager), and what it raises is the call's own (activation checkpointing stops a
             # recomputation by raising through it)
